@@ -1,0 +1,27 @@
+"""headrace: streams training data into machine-learning training loops, fast and exactly resumable.
+
+>>> import headrace as hr
+>>> sorted(hr.__all__)[:3]
+['Dataset', 'HeadraceError', 'Loader']
+"""
+
+from headrace.core.errors import HeadraceError, RecordError, SchemaError, SourceError, StateError
+from headrace.core.rng import rng
+from headrace.core.world import World
+from headrace.loader import Loader
+from headrace.pipeline import Dataset, open  # noqa: A004 - hr.open is the public entry point
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dataset",
+    "HeadraceError",
+    "Loader",
+    "RecordError",
+    "SchemaError",
+    "SourceError",
+    "StateError",
+    "World",
+    "open",
+    "rng",
+]

@@ -1,0 +1,1 @@
+"""The node protocol, blocks, state versioning, counter-based rng, the world and the error policy."""

@@ -1,0 +1,69 @@
+"""Row-level reading over a node that yields blocks, with a position instead of a buffer.
+
+Stages that consume rows across block boundaries (batch, shuffle windows, take/skip) read through a
+``Cursor``. Its state is the upstream state *before* the block it is in the middle of plus how many
+rows of that block were consumed; restoring re-reads that one block and drops the consumed rows.
+"""
+
+from __future__ import annotations
+
+from headrace.core.block import Block, concat
+from headrace.core.node import Node, State
+
+
+class Cursor:
+    """Takes rows from ``upstream`` ``n`` at a time.
+
+    >>> from headrace.testing import ListNode
+    >>> c = Cursor(ListNode([[1, 2, 3], [4, 5]]))
+    >>> c.reset(None); c.take(4).columns["x"].to_pylist()
+    [1, 2, 3, 4]
+    >>> c.state_dict()["offset"]
+    1
+    """
+
+    def __init__(self, upstream: Node[Block]) -> None:
+        self.upstream = upstream
+        self._block: Block | None = None
+        self._offset = 0
+        self._before: State = {}
+
+    def reset(self, state: State | None) -> None:
+        self._block = None
+        self._offset = 0
+        if state is None:
+            self.upstream.reset(None)
+            self._before = self.upstream.state_dict()
+            return
+        self.upstream.reset(state["upstream"])
+        self._before = state["upstream"]
+        if state["offset"]:
+            self._block = self.upstream.next()
+            self._offset = int(state["offset"])
+
+    def state_dict(self) -> State:
+        return {"upstream": self._before, "offset": self._offset}
+
+    def take(self, n: int) -> Block | None:
+        """Up to ``n`` rows (fewer only at the end of the stream); ``None`` when nothing is left."""
+        parts: list[Block] = []
+        need = n
+        while need > 0:
+            if self._block is None:
+                self._before = self.upstream.state_dict()
+                try:
+                    block = self.upstream.next()
+                except StopIteration:
+                    break
+                self._block, self._offset = block, 0
+            avail = self._block.num_rows - self._offset
+            k = min(avail, need)
+            if k:
+                parts.append(self._block.slice(self._offset, self._offset + k))
+            self._offset += k
+            need -= k
+            if self._offset >= self._block.num_rows:
+                self._block, self._offset = None, 0
+        if self._block is None:
+            self._before = self.upstream.state_dict()
+        return concat(parts) if parts else None

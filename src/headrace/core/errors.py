@@ -1,0 +1,23 @@
+"""Exceptions raised by headrace. Every message names the file/URL and position and says what to do."""
+
+from __future__ import annotations
+
+
+class HeadraceError(Exception):
+    """Base class of every error headrace raises on purpose."""
+
+
+class SourceError(HeadraceError):
+    """A path, glob, file or format that cannot be opened as a dataset."""
+
+
+class SchemaError(HeadraceError):
+    """Columns or types that do not match what the pipeline expects."""
+
+
+class RecordError(HeadraceError):
+    """A malformed record, with the file and line/row it came from."""
+
+
+class StateError(HeadraceError):
+    """A checkpoint state that does not belong to this pipeline, world or version."""

@@ -1,0 +1,43 @@
+"""Format readers and the suffix registry."""
+
+from __future__ import annotations
+
+from headrace.core.errors import SourceError
+from headrace.formats.arrow import ArrowFormat
+from headrace.formats.base import Format, Piece, ReadOptions, Start
+from headrace.formats.csv import CsvFormat, TsvFormat
+from headrace.formats.jsonl import JsonlFormat
+from headrace.formats.parquet import ParquetFormat
+from headrace.formats.text import TextFormat
+from headrace.io.resolve import split_suffix
+
+FORMATS: dict[str, Format] = {
+    f.name: f for f in (ParquetFormat(), JsonlFormat(), CsvFormat(), TsvFormat(), TextFormat(), ArrowFormat())
+}
+ALIASES = {"json": "jsonl", "ndjson": "jsonl", "txt": "text", "feather": "arrow", "ipc": "arrow"}
+SUFFIXES = {
+    ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+    ".csv": "csv", ".tsv": "tsv",
+    ".txt": "text", ".text": "text", ".md": "text", ".rst": "text",
+    ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
+}  # fmt: skip
+
+
+def format_named(name: str) -> Format:
+    key = ALIASES.get(name, name)
+    if key not in FORMATS:
+        raise SourceError(f"unknown format {name!r}; use one of {sorted(FORMATS) + sorted(ALIASES)}")
+    return FORMATS[key]
+
+
+def format_of(url: str) -> Format | None:
+    """The format a file's suffix names (compression suffixes looked through), or None."""
+    base = split_suffix(url)[0].lower()
+    for suffix, name in SUFFIXES.items():
+        if base.endswith(suffix):
+            return FORMATS[name]
+    return None
+
+
+__all__ = ["FORMATS", "Format", "Piece", "ReadOptions", "Start", "format_named", "format_of"]

@@ -1,0 +1,137 @@
+"""From what the user typed (paths, globs, directories, lists) to an ordered list of shards."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import fsspec
+import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
+
+from headrace.core.errors import SourceError
+
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One file of a dataset: where it is, how big, in which format and compression."""
+
+    url: str
+    size: int
+    format: str
+    compression: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+def split_suffix(url: str) -> tuple[str, str | None]:
+    """``("x.jsonl", "zstd")`` for ``"x.jsonl.zst"``: the name without its compression suffix."""
+    lower = url.lower()
+    for suffix, codec in COMPRESSIONS.items():
+        if lower.endswith(suffix):
+            return url[: -len(suffix)], codec
+    return url, None
+
+
+def resolve(
+    urls: str | Sequence[str],
+    fs_for: Any,
+    known_suffix: Any,
+) -> list[tuple[str, int]]:
+    """``(url, size)`` of every file ``urls`` names, in order: each glob/directory sorted, lists kept in order.
+
+    ``fs_for(url) -> (fs, path)`` opens the filesystem; ``known_suffix(name) -> bool`` keeps the data
+    files of a directory (hidden files and ``_SUCCESS`` markers are skipped).
+    """
+    items = [urls] if isinstance(urls, str) else list(urls)
+    if not items:
+        raise SourceError("no path given: pass a file, directory, glob or a list of them to headrace.open")
+    found: list[tuple[str, int]] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise SourceError(f"not a path: {item!r}; pass strings such as 'data/*.parquet'")
+        fs, path = fs_for(item)
+        found += _expand(fs, path, item, known_suffix)
+    seen: set[str] = set()
+    unique = []
+    for url, size in found:
+        if url not in seen:
+            seen.add(url)
+            unique.append((url, size))
+    return unique
+
+
+def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str, int]]:
+    if any(c in path for c in GLOB_CHARS):
+        infos = fs.glob(path, detail=True)
+        files = sorted((p, i) for p, i in infos.items() if i.get("type") != "directory")
+        if not files:
+            raise SourceError(f"the glob {given!r} matched no files; check the pattern and the working directory")
+        return [(_unstrip(fs, p), int(i.get("size") or 0)) for p, i in files]
+    if not fs.exists(path):
+        raise SourceError(f"no such file or directory: {given!r}")
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        infos = fs.find(path, detail=True)
+        files = sorted(
+            (p, i)
+            for p, i in infos.items()
+            if not any(part.startswith((".", "_")) for part in p[len(path) :].split("/")) and known_suffix(p)
+        )
+        if not files:
+            raise SourceError(f"the directory {given!r} holds no data files headrace can read")
+        return [(_unstrip(fs, p), int(i.get("size") or 0)) for p, i in files]
+    return [(_unstrip(fs, path), int(info.get("size") or 0))]
+
+
+def _unstrip(fs: Any, path: str) -> str:
+    if isinstance(fs, LocalFileSystem):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def fs_for(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem and path for ``url``."""
+    try:
+        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise SourceError(f"cannot open {url!r}: {e}") from e
+
+
+def open_stream(fs: Any, shard: Shard) -> BinaryIO:
+    """A binary stream of the shard's decompressed bytes."""
+    raw = fs.open(shard.url, "rb")
+    if shard.compression is None:
+        return raw  # type: ignore[no-any-return]
+    if shard.compression == "xz":
+        import lzma
+
+        return lzma.open(raw, "rb")  # type: ignore[return-value]
+    return io.BufferedReader(_ArrowStream(pa.CompressedInputStream(raw, shard.compression)), 1 << 20)  # type: ignore[arg-type]
+
+
+class _ArrowStream(io.RawIOBase):
+    """An Arrow input stream as a Python raw stream (so BufferedReader and readline work)."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()

@@ -1,0 +1,388 @@
+"""The fluent ``Dataset``: an immutable, lazy, picklable description of a pipeline.
+
+Each ``Dataset`` is a parent plus one stage; iterating (or a :class:`~headrace.Loader`) builds a fresh
+tree of nodes for one epoch, rank and worker. This is the only module that imports every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pyarrow as pa
+
+from headrace.core.block import Block
+from headrace.core.errors import SchemaError, SourceError
+from headrace.core.node import Node
+from headrace.core.policy import ErrorLog, check_policy
+from headrace.core.rng import DEFAULT_SEED
+from headrace.core.world import World
+from headrace.formats import format_named, format_of
+from headrace.formats.base import ReadOptions, project
+from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
+from headrace.stages.batch import BatchNode, Pad
+from headrace.stages.limit import LimitNode
+from headrace.stages.partition import REMAINDERS, Remainder
+from headrace.stages.repeat import RepeatNode
+from headrace.stages.shuffle import ShuffleNode
+from headrace.stages.source import Source, SourceNode
+from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a build needs beyond the description: the world, the epoch, and the execution resources."""
+
+    world: World = field(default_factory=World)
+    epoch: int = 0
+    remainder: Remainder = "drop"
+    pool: Executor | None = None
+    depth: int = 1
+
+
+class Stage:
+    """One step of a pipeline description; ``build`` makes its node over the parent's."""
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SourceStage(Stage):
+    source: Source
+
+    def describe(self) -> dict[str, Any]:
+        return self.source.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return SourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder)
+
+
+@dataclass(frozen=True)
+class ShardStage(Stage):
+    num_shards: int
+    index: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "shard", "num_shards": self.num_shards, "index": self.index}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        w = ctx.world
+        world = World(rank=w.consumer * self.num_shards + self.index, world_size=w.consumers * self.num_shards)
+        return parent.build(replace(ctx, world=world))
+
+
+@dataclass(frozen=True)
+class ShuffleStage(Stage):
+    seed: int
+    buffer_size: int
+    block_rows: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "shuffle", "seed": self.seed, "buffer_size": self.buffer_size}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return ShuffleNode(parent.build(ctx), seed=self.seed, epoch=ctx.epoch, stage=depth,
+                           buffer_size=self.buffer_size, block_rows=self.block_rows)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MapStage(Stage):
+    fn: Callable[[Any], Any]
+    kind: str  # "map" | "filter"
+    batched: bool
+    batch_format: BatchFormat
+    remove_columns: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "fn": describe_fn(self.fn), "batched": self.batched,
+                "remove_columns": list(self.remove_columns)}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        lineage = parent.lineage
+        if self.kind == "map":
+            fn = map_fn(self.fn, batched=self.batched, batch_format=self.batch_format,
+                        remove_columns=self.remove_columns, lineage=lineage)  # fmt: skip
+        else:
+            fn = filter_fn(self.fn, batched=self.batched, batch_format=self.batch_format, lineage=lineage)
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class LimitStage(Stage):
+    skip: int
+    take: int
+    block_rows: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "limit", "skip": self.skip, "take": self.take}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return LimitNode(parent.build(ctx), skip=self.skip, take=self.take, block_rows=self.block_rows)
+
+
+@dataclass(frozen=True)
+class RepeatStage(Stage):
+    times: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "repeat", "times": self.times}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return RepeatNode(lambda rep: parent.build(replace(ctx, epoch=ctx.epoch + rep)), times=self.times)
+
+
+@dataclass(frozen=True)
+class BatchStage(Stage):
+    size: int
+    drop_last: bool
+    pad: Pad
+    pad_value: Any
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "batch", "size": self.size, "drop_last": self.drop_last, "pad": self.pad,
+                "pad_value": self.pad_value}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return BatchNode(parent.build(ctx), size=self.size, drop_last=self.drop_last, pad=self.pad,
+                         pad_value=self.pad_value, lineage=parent.lineage)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A lazy pipeline description. Every method returns a new ``Dataset``; nothing is read until iterated.
+
+    >>> import headrace as hr, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "rows.jsonl")
+    >>> _ = open(path, "w").write("".join(f'{{"id": {i}}}\\n' for i in range(6)))
+    >>> ds = hr.open(path).map(lambda r: {"id2": r["id"] * 2}).filter(lambda r: r["id"] % 2 == 0)
+    >>> [row["id2"] for row in ds]
+    [0, 4, 8]
+    >>> [b["id"].tolist() for b in hr.open(path).batch(4)]
+    [[0, 1, 2, 3], [4, 5]]
+    """
+
+    stage: Stage
+    parent: Dataset | None = None
+
+    # -- description -------------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[Stage]:
+        chain: list[Stage] = []
+        node: Dataset | None = self
+        while node is not None:
+            chain.append(node.stage)
+            node = node.parent
+        return chain[::-1]
+
+    @property
+    def source(self) -> Source:
+        stage = self.stages[0]
+        assert isinstance(stage, SourceStage)
+        return stage.source
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The columns as read from the source (before any map)."""
+        return self.source.schema
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The JSON description used for the state fingerprint (no data, no credentials)."""
+        return [s.describe() for s in self.stages]
+
+    @property
+    def batched(self) -> bool:
+        return any(isinstance(s, BatchStage) for s in self.stages)
+
+    def lineage(self, shard: int, row: int) -> str:
+        """``"file (record r)"`` for a row's lineage."""
+        shards = self.source.shards
+        return f"{shards[shard].url} (record {row})" if 0 <= shard < len(shards) else "a row made by a batched map"
+
+    def _then(self, stage: Stage) -> Dataset:
+        if self.batched and not isinstance(stage, RepeatStage):
+            raise ValueError(f"{stage.describe()['stage']}() after batch(): batch() must be the last stage")
+        return Dataset(stage, self)
+
+    # -- stages ------------------------------------------------------------------------------------
+    def shuffle(self, seed: int = DEFAULT_SEED, buffer_size: int = 10_000) -> Dataset:
+        """Shuffle the shard order per epoch and rows within windows of ``buffer_size`` rows."""
+        if buffer_size is None or buffer_size < 1:
+            raise ValueError(
+                "shuffle(buffer_size=...) needs a positive window size; the buffer-free global shuffle for "
+                "indexed sources is not available yet"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        root = self.stages[0]
+        assert isinstance(root, SourceStage)
+        src = root.source if root.source.shuffle_seed is not None else replace(root.source, shuffle_seed=seed)
+        rebuilt = Dataset(SourceStage(src))
+        for st in self.stages[1:]:
+            rebuilt = Dataset(st, rebuilt)
+        return rebuilt._then(ShuffleStage(seed, buffer_size, self.source.block_rows))
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        batched: bool = False,
+        batch_format: BatchFormat = "numpy",
+        remove_columns: Sequence[str] = (),
+    ) -> Dataset:
+        """Apply ``fn`` to each row (a dict), or with ``batched=True`` to each block (a dict of columns).
+
+        The returned dict updates the row's columns, as in HF ``datasets``; ``remove_columns`` drops
+        inputs. A batched function may change the number of rows (its output then stands alone).
+        ``batch_format``: ``"numpy"`` arrays, ``"python"`` lists or ``"arrow"`` arrays.
+        """
+        return self._then(MapStage(fn, "map", batched, _format(batch_format), tuple(remove_columns)))
+
+    def filter(self, fn: Callable[[Any], Any], *, batched: bool = False, batch_format: BatchFormat = "numpy") -> Dataset:
+        """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask)."""
+        return self._then(MapStage(fn, "filter", batched, _format(batch_format)))
+
+    def take(self, n: int) -> Dataset:
+        """The first ``n`` rows of the stream each consumer (rank) sees."""
+        return self._then(LimitStage(0, _count(n, "take"), self.source.block_rows))
+
+    def skip(self, n: int) -> Dataset:
+        """All but the first ``n`` rows of the stream each consumer (rank) sees."""
+        return self._then(LimitStage(_count(n, "skip"), -1, self.source.block_rows))
+
+    def repeat(self, times: int | None = None) -> Dataset:
+        """Run the pipeline again for the following epochs (``None``: forever)."""
+        if times is not None and times < 1:
+            raise ValueError(f"repeat(times) needs times >= 1 or None, got {times}")
+        return Dataset(RepeatStage(times), self)
+
+    def batch(self, size: int, *, drop_last: bool = False, pad: Pad = None, pad_value: Any = 0) -> Dataset:
+        """Collate ``size`` rows into a dict of numpy arrays; must be the last stage (but ``repeat``).
+
+        Ragged list columns are padded with ``pad_value`` to the longest row (``pad="longest"``) or to a
+        fixed length (``pad=n``); without ``pad`` a ragged column is an error.
+        """
+        if size < 1:
+            raise ValueError(f"batch size must be >= 1, got {size}")
+        if pad is not None and pad != "longest" and not (isinstance(pad, int) and pad > 0):
+            raise ValueError(f"pad must be None, 'longest' or a positive length, got {pad!r}")
+        return self._then(BatchStage(size, drop_last, pad, pad_value))
+
+    def shard(self, num_shards: int, index: int) -> Dataset:
+        """Keep part ``index`` of ``num_shards`` equal parts (on top of the rank split); right after open()."""
+        if len(self.stages) != 1:
+            raise ValueError("shard() must come right after open(): it splits what the source reads")
+        if not 0 <= index < num_shards:
+            raise ValueError(f"need 0 <= index < num_shards, got index={index} num_shards={num_shards}")
+        return Dataset(ShardStage(num_shards, index), self)
+
+    # -- execution ---------------------------------------------------------------------------------
+    def build(self, ctx: Context | None = None) -> Node[Any]:
+        """A fresh iterator tree for one epoch, rank and worker."""
+        ctx = ctx or Context()
+        depth = len(self.stages) - 1
+        return self.stage.build(self.parent if self.parent is not None else self, ctx, depth)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Rows as dicts (or batches, after ``batch``), single process, epoch 0."""
+        node = self.build()
+        try:
+            for item in node:
+                if isinstance(item, Block):
+                    yield from item.to_pylist()
+                else:
+                    yield item
+        finally:
+            node.close()
+
+    def error_log(self) -> ErrorLog:
+        return ErrorLog(self.source.errors)
+
+
+def _format(batch_format: str) -> BatchFormat:
+    if batch_format not in ("numpy", "python", "arrow"):
+        raise ValueError(f"batch_format must be 'numpy', 'python' or 'arrow', got {batch_format!r}")
+    return batch_format  # type: ignore[return-value]
+
+
+def _count(n: int, what: str) -> int:
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"{what}(n) needs an integer n >= 0, got {n!r}")
+    return n
+
+
+def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqualified inside headrace
+    urls: str | Sequence[str],
+    *,
+    format: str | None = None,  # noqa: A002
+    columns: Sequence[str] | None = None,
+    errors: str = "raise",
+    storage_options: Mapping[str, Any] | None = None,
+    block_rows: int = 1024,
+    text_mode: str = "line",
+    text_column: str = "text",
+    delimiter: str | None = None,
+    schema: pa.Schema | None = None,
+    chunk_bytes: int = 1 << 20,
+) -> Dataset:
+    """Open files, globs, directories or a list of them as a :class:`Dataset`.
+
+    The format comes from each file's suffix (compression suffixes ``.gz``, ``.zst``, ``.bz2``,
+    ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
+    ``text``, ``arrow``. ``columns`` projects (Parquet, Arrow and CSV read only those columns).
+    ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``.
+
+    >>> import headrace as hr, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "lines.txt")
+    >>> _ = open(path, "w").write("to be\\nor not\\n")
+    >>> [r["text"] for r in hr.open(path)]
+    ['to be', 'or not']
+    """
+    policy = check_policy(errors)
+    if text_mode not in ("line", "file"):
+        raise ValueError(f"text_mode must be 'line' or 'file', got {text_mode!r}")
+    if block_rows < 1 or chunk_bytes < 1:
+        raise ValueError("block_rows and chunk_bytes must be positive")
+    fmt = format_named(format) if format is not None else None
+    first_fs: list[Any] = []
+
+    def fs_of(url: str) -> tuple[Any, str]:
+        fs, path = fs_for(url, storage_options)
+        if not first_fs:
+            first_fs.append(fs)
+        return fs, path
+
+    found = resolve(urls, fs_of, lambda p: fmt is not None or format_of(p) is not None)
+    shards = []
+    for url, size in found:
+        f = fmt or format_of(url)
+        if f is None:
+            raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
+                              "csv, tsv, text, arrow)")  # fmt: skip
+        if size == 0:
+            raise SourceError(f"{url}: the file is empty (0 bytes); remove it or narrow the glob")
+        shards.append(Shard(url, size, f.name, split_suffix(url)[1]))
+    fs = first_fs[0]
+    opts = ReadOptions(
+        columns=tuple(columns) if columns is not None else None, chunk_bytes=chunk_bytes, text_mode=text_mode,
+        text_column=text_column, delimiter=delimiter, schema=schema,
+    )  # fmt: skip
+    if schema is not None:
+        full = schema
+    else:
+        first = shards[0]
+        full = format_named(first.format).schema(fs, first, replace(opts, columns=None), ErrorLog("skip"))
+    try:
+        projected = project(full, opts.columns, shards[0].url)
+    except SchemaError:
+        raise
+    source = Source(tuple(shards), opts, projected, policy, block_rows, None, fs)
+    return Dataset(SourceStage(source))
+
+
+__all__ = ["REMAINDERS", "Context", "Dataset", "open"]

@@ -1,0 +1,1 @@
+"""Pipeline stages: source, shuffle, map/filter, batch, take/skip, repeat, partitioning."""

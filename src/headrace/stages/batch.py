@@ -1,0 +1,118 @@
+"""``batch``: rows into dicts of numpy arrays, with padding for ragged columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from headrace.core.block import Block, Column
+from headrace.core.cursor import Cursor
+from headrace.core.errors import SchemaError
+from headrace.core.node import Node, State
+
+Batch = dict[str, np.ndarray]
+Pad = int | str | None  # None: ragged columns are an error; "longest"; or a fixed length
+
+
+class BatchNode(Node[Batch]):
+    def __init__(
+        self,
+        upstream: Node[Block],
+        *,
+        size: int,
+        drop_last: bool,
+        pad: Pad,
+        pad_value: Any,
+        lineage: Callable[[int, int], str],
+    ) -> None:
+        self.upstream = upstream
+        self.cursor = Cursor(upstream)
+        self.size, self.drop_last, self.pad, self.pad_value = size, drop_last, pad, pad_value
+        self.lineage = lineage
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        self.cursor.reset(None if state is None else state["cursor"])
+
+    def state_dict(self) -> State:
+        return {"cursor": self.cursor.state_dict()}
+
+    def next(self) -> Batch:
+        rows = self.cursor.take(self.size)
+        if rows is None or (self.drop_last and rows.num_rows < self.size):
+            raise StopIteration
+        return collate(rows, self.pad, self.pad_value, self.lineage)
+
+
+class RowNode(Node[dict[str, Any]]):
+    """Rows one at a time, as dicts, for pipelines without ``batch()``."""
+
+    def __init__(self, upstream: Node[Block]) -> None:
+        self.upstream = upstream
+        self.cursor = Cursor(upstream)
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        self.cursor.reset(None if state is None else state["cursor"])
+
+    def state_dict(self) -> State:
+        return {"cursor": self.cursor.state_dict()}
+
+    def next(self) -> dict[str, Any]:
+        row = self.cursor.take(1)
+        if row is None:
+            raise StopIteration
+        return row.to_pylist()[0]
+
+
+def collate(block: Block, pad: Pad = None, pad_value: Any = 0, lineage: Callable[[int, int], str] | None = None) -> Batch:
+    """A dict of numpy arrays, one per column, first axis the row.
+
+    >>> collate(Block.from_pydict({"ids": [[1, 2], [3]]}), pad="longest")["ids"].tolist()
+    [[1, 2], [3, 0]]
+    """
+    return {name: _column(name, col, block, pad, pad_value, lineage) for name, col in block.columns.items()}
+
+
+def _column(name: str, col: Column, block: Block, pad: Pad, pad_value: Any, lineage: Any) -> np.ndarray:
+    if isinstance(col, pa.Array):
+        t = col.type
+        if pa.types.is_fixed_size_list(t):
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            return flat.reshape(len(col), t.list_size, *flat.shape[1:])
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            offsets = col.offsets.to_numpy()
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            rows = [flat[offsets[i] : offsets[i + 1]] for i in range(len(col))]
+            return _stack(name, rows, block, pad, pad_value, lineage)
+        return col.to_numpy(zero_copy_only=False)
+    if col.dtype == object and len(col) and isinstance(col[0], np.ndarray | list):
+        return _stack(name, [np.asarray(v) for v in col], block, pad, pad_value, lineage)
+    return col
+
+
+def _stack(name: str, rows: list[np.ndarray], block: Block, pad: Pad, pad_value: Any, lineage: Any) -> np.ndarray:
+    lengths = [len(r) for r in rows]
+    if pad is None:
+        if len(set(lengths)) <= 1:
+            return np.stack(rows) if rows else np.empty((0, 0))
+        raise SchemaError(
+            f"column {name!r} is ragged (lengths {min(lengths)}..{max(lengths)} in one batch); "
+            "pass pad='longest' or pad=<length> to batch()"
+        )
+    width = max(lengths, default=0) if pad == "longest" else int(pad)
+    for i, n in enumerate(lengths):
+        if n > width:
+            where = lineage(int(block.shard[i]), int(block.row[i])) if lineage else f"row {i}"
+            raise SchemaError(
+                f"column {name!r} at {where} has {n} values, more than pad={width}; "
+                "raise pad, use pad='longest', or truncate in a map"
+            )
+    dtype = np.result_type(*(r.dtype for r in rows)) if rows else np.int64
+    out = np.full((len(rows), width, *rows[0].shape[1:]) if rows else (0, width), pad_value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out

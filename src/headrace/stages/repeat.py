@@ -1,0 +1,46 @@
+"""``repeat(times)``: run the upstream again for the next epoch when it ends (``times=None``: forever)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from headrace.core.node import Node, State
+
+
+class RepeatNode(Node[Any]):
+    """Each repetition is a fresh upstream built for epoch ``base + repetition``."""
+
+    def __init__(self, build: Callable[[int], Node[Any]], *, times: int | None) -> None:
+        self.build = build
+        self.times = times
+        self.upstream = None
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+        self._rep = 0 if state is None else int(state["repetition"])
+        self.upstream = self.build(self._rep)
+        if state is not None:
+            self.upstream.reset(state["upstream"])
+
+    def state_dict(self) -> State:
+        assert self.upstream is not None
+        return {"repetition": self._rep, "upstream": self.upstream.state_dict()}
+
+    def next(self) -> Any:
+        empty_runs = 0  # a repetition that yields nothing means the data is empty: stop, never spin
+        while True:
+            if self.times is not None and self._rep >= self.times:
+                raise StopIteration
+            assert self.upstream is not None
+            try:
+                return self.upstream.next()
+            except StopIteration:
+                self.upstream.close()
+                self._rep += 1
+                empty_runs += 1
+                if (self.times is not None and self._rep >= self.times) or empty_runs > 1:
+                    raise
+                self.upstream = self.build(self._rep)

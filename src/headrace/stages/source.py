@@ -1,0 +1,165 @@
+"""The source stage: shards in (optionally shuffled) order, split between consumers, read as blocks.
+
+With one consumer the shards are streamed one after another and row counts are never needed. With
+several (ranks, or DataLoader worker processes), every shard's row count is taken — from metadata for
+indexed formats, by one counting pass for sequential ones, cached per process — and each consumer
+reads only its own contiguous range of the global order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from headrace.core.block import Block
+from headrace.core.node import Node, State
+from headrace.core.policy import ErrorLog, Policy
+from headrace.core.rng import permutation
+from headrace.core.state import fingerprint
+from headrace.core.world import World
+from headrace.formats import format_named
+from headrace.formats.base import Piece, ReadOptions, Start, conform
+from headrace.io.resolve import Shard
+from headrace.stages.partition import Remainder, consumer_range
+
+_COUNTS: dict[tuple[Any, ...], int] = {}
+_COUNTS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Source:
+    """An immutable description of the files to read and how."""
+
+    shards: tuple[Shard, ...]
+    opts: ReadOptions
+    schema: pa.Schema  # the dataset schema after column projection
+    errors: Policy = "raise"
+    block_rows: int = 1024
+    shuffle_seed: int | None = None
+    fs: Any = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stage": "source",
+            "shards": len(self.shards),
+            "files": fingerprint([(s.name, s.size) for s in self.shards]),
+            "formats": sorted({s.format for s in self.shards}),
+            "columns": self.schema.names,
+            "block_rows": self.block_rows,
+            "shuffle_seed": self.shuffle_seed,
+            "errors": self.errors,
+        }
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Shard indices in reading order for ``epoch``."""
+        n = len(self.shards)
+        if self.shuffle_seed is None:
+            return np.arange(n)
+        return permutation(n, self.shuffle_seed, epoch, stage=0, index=0)
+
+    def counts(self) -> list[int]:
+        """Slots (records) per shard, each counted once per process."""
+        def one(shard: Shard) -> int:
+            key = (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter)
+            with _COUNTS_LOCK:
+                if key in _COUNTS:
+                    return _COUNTS[key]
+            n = format_named(shard.format).count(self.fs, shard, self.opts)
+            with _COUNTS_LOCK:
+                _COUNTS[key] = n
+            return n
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, self.shards))
+
+
+class SourceNode(Node[Block]):
+    """Reads one consumer's part of the source, in blocks of at most ``block_rows`` slots."""
+
+    def __init__(self, source: Source, world: World, epoch: int, remainder: Remainder) -> None:
+        self.source = source
+        self.errors = ErrorLog(source.errors)
+        self._order = source.order(epoch)
+        if world.consumers > 1:
+            counts = source.counts()
+            self._cum = np.concatenate([[0], np.cumsum([counts[i] for i in self._order])]).astype(np.int64)
+            total = int(self._cum[-1])
+            lo, hi = consumer_range(total, world.consumer, world.consumers, remainder)
+            self._lo, self._length = lo, hi - lo
+        else:
+            self._cum = None
+            self._lo, self._length = 0, -1  # until the shards run out
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        self._pieces: Iterator[Piece] | None = None
+        self._piece: Piece | None = None
+        if state is None:
+            self._pos = 0
+            self._o, self._at = self._locate(self._lo)
+            self._start = Start()
+        else:
+            self._pos = int(state["pos"])
+            self._o, self._at = int(state["order"]), int(state["at"])
+            self._start = Start(int(state["slot"]), int(state["byte"]), int(state["line"]))
+        self.errors.skipped = int(state["skipped"]) if state else 0
+
+    def state_dict(self) -> State:
+        return {
+            "pos": self._pos, "order": self._o, "at": self._at,
+            "slot": self._start.slot, "byte": self._start.byte, "line": self._start.line,
+            "skipped": self.errors.skipped,
+        }  # fmt: skip
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        if self._cum is None or self._cum[-1] == 0:
+            return 0, 0
+        g = position % int(self._cum[-1])
+        o = bisect.bisect_right(self._cum.tolist(), g) - 1
+        return o, g - int(self._cum[o])
+
+    def next(self) -> Block:
+        src = self.source
+        while True:
+            left = self._length - self._pos if self._length >= 0 else 1 << 62
+            if left <= 0 or len(self._order) == 0:
+                raise StopIteration
+            if self._o >= len(self._order):
+                if self._cum is None:
+                    raise StopIteration
+                self._o = 0  # "pad": the overhang repeats the order from its start
+            shard = src.shards[int(self._order[self._o])]
+            if self._pieces is None:
+                fmt = format_named(shard.format)
+                self._pieces = fmt.pieces(src.fs, shard, src.opts, self._start, self._at, self.errors)
+            if self._piece is None or self._at >= self._piece.end:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    self._o, self._at, self._start = self._o + 1, 0, Start()
+                    self._pieces = self._piece = None
+                    continue
+                self._piece = piece
+                if piece.end <= self._at:
+                    continue
+                self._start = piece.start
+            piece = self._piece
+            stop = min(self._at + src.block_rows, piece.end, self._at + left)
+            lo, hi = np.searchsorted(piece.slots, [self._at, stop])
+            first = self._at
+            self._pos += stop - self._at
+            self._at = stop
+            if hi <= lo:
+                continue
+            batch = conform(piece.batch.slice(int(lo), int(hi - lo)), src.schema, f"{shard.url} (record {first})")
+            return Block(
+                columns={name: batch.column(i) for i, name in enumerate(batch.schema.names)},
+                shard=np.full(int(hi - lo), int(self._order[self._o]), dtype=np.int32),
+                row=piece.slots[lo:hi].copy(),
+            )

@@ -1,0 +1,160 @@
+"""``map`` and ``filter``: block-to-block functions, run in order on a thread pool when there is one.
+
+With a pool, up to ``depth`` blocks are in flight; blocks are still delivered in order, so the output
+never depends on the number of workers. The state is the upstream state recorded right after the
+block being delivered was read — the last element *delivered*, not the last one produced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from headrace.core.block import Block, as_column, to_numpy, to_pylist
+from headrace.core.node import Node, State
+
+BatchFormat = Literal["numpy", "python", "arrow"]
+BlockFn = Callable[[Block], Block]
+
+
+class TransformNode(Node[Block]):
+    def __init__(self, upstream: Node[Block], fn: BlockFn, pool: Executor | None, depth: int) -> None:
+        self.upstream = upstream
+        self.fn = fn
+        self.pool = pool
+        self.depth = max(1, depth)
+        self._pending: deque[tuple[Future[Block], State]] = deque()
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        self._drain()
+        self.upstream.reset(None if state is None else state["upstream"])
+        self._delivered = self.upstream.state_dict()
+        self._exhausted = False
+
+    def state_dict(self) -> State:
+        return {"upstream": self._delivered}
+
+    def next(self) -> Block:
+        while True:
+            if self.pool is None:
+                block = self.upstream.next()
+                out = self.fn(block)
+                self._delivered = self.upstream.state_dict()
+            else:
+                while not self._exhausted and len(self._pending) < self.depth:
+                    try:
+                        block = self.upstream.next()
+                    except StopIteration:
+                        self._exhausted = True
+                        break
+                    self._pending.append((self.pool.submit(self.fn, block), self.upstream.state_dict()))
+                if not self._pending:
+                    raise StopIteration
+                future, after = self._pending.popleft()
+                out = future.result()
+                self._delivered = after
+            if out.num_rows:
+                return out
+
+    def close(self) -> None:
+        self._drain()
+        super().close()
+
+    def _drain(self) -> None:
+        while self._pending:
+            future, _ = self._pending.popleft()
+            future.cancel()
+
+
+def _input(block: Block, batch_format: BatchFormat) -> Any:
+    if batch_format == "python":
+        return {k: to_pylist(c) for k, c in block.columns.items()}
+    if batch_format == "arrow":
+        return dict(block.columns)
+    return {k: to_numpy(c) for k, c in block.columns.items()}
+
+
+def _merge(block: Block, out: Mapping[str, Any], remove: tuple[str, ...], what: str) -> Block:
+    if not isinstance(out, Mapping):
+        raise TypeError(f"{what} must return a dict of columns, got {type(out).__name__}")
+    columns = {k: as_column(v) for k, v in out.items()}
+    lengths = {len(c) for c in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{what} returned columns of different lengths: { {k: len(c) for k, c in columns.items()} }")
+    n = lengths.pop() if lengths else block.num_rows
+    if n != block.num_rows:  # a batched function changed the row count: input columns and lineage do not carry over
+        return Block(columns=columns, shard=np.full(n, -1, np.int32), row=np.full(n, -1, np.int64))
+    merged = {k: c for k, c in block.columns.items() if k not in remove and k not in columns}
+    merged.update(columns)
+    return Block(columns=merged, shard=block.shard, row=block.row)
+
+
+def _annotate(e: BaseException, what: str, block: Block, lineage: Callable[[int, int], str]) -> None:
+    where = lineage(int(block.shard[0]), int(block.row[0])) if block.num_rows else "an empty block"
+    e.add_note(f"headrace: raised by {what} on a block starting at {where}")
+
+
+def map_fn(
+    fn: Callable[[Any], Any],
+    *,
+    batched: bool,
+    batch_format: BatchFormat,
+    remove_columns: tuple[str, ...],
+    lineage: Callable[[int, int], str],
+) -> BlockFn:
+    """A block function applying the user's ``fn`` per row or per block; outputs update the row (as HF)."""
+    what = f"map({getattr(fn, '__qualname__', fn)!s})"
+
+    def per_block(block: Block) -> Block:
+        try:
+            if batched:
+                return _merge(block, fn(_input(block, batch_format)), remove_columns, what)
+            rows = [fn(row) for row in block.to_pylist()]
+        except Exception as e:
+            _annotate(e, what, block, lineage)
+            raise
+        if not rows:
+            return block
+        keys = list(rows[0])
+        try:
+            out = {k: [r[k] for r in rows] for k in keys}
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{what}: every row must return a dict with the same keys {keys} ({e!r})") from None
+        return _merge(block, out, remove_columns, what)
+
+    return per_block
+
+
+def filter_fn(
+    fn: Callable[[Any], Any], *, batched: bool, batch_format: BatchFormat, lineage: Callable[[int, int], str]
+) -> BlockFn:
+    """A block function keeping the rows for which ``fn`` is true (``batched``: ``fn`` returns a mask)."""
+    what = f"filter({getattr(fn, '__qualname__', fn)!s})"
+
+    def per_block(block: Block) -> Block:
+        try:
+            if batched:
+                mask = np.asarray(fn(_input(block, batch_format)), dtype=bool)
+            else:
+                mask = np.fromiter((bool(fn(row)) for row in block.to_pylist()), dtype=bool, count=block.num_rows)
+        except Exception as e:
+            _annotate(e, what, block, lineage)
+            raise
+        if mask.shape != (block.num_rows,):
+            raise ValueError(f"{what} must return one boolean per row ({block.num_rows}), got shape {mask.shape}")
+        return block if mask.all() else block.filter(mask)
+
+    return per_block
+
+
+def describe_fn(fn: Any) -> str:
+    """A stable name for a user function (module + qualified name), never its repr (no addresses)."""
+    if isinstance(fn, pa.Array):
+        return "array"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
