@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -141,7 +141,7 @@ class Loader:
         if finished:
             self._epoch, self._node_state, self._batches = self._epoch + 1, None, 0
 
-    def _produce(self, node: Node[Any]) -> Iterator[tuple[Any, State, int]]:
+    def _produce(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
         while True:
             try:
                 item = node.next()
@@ -149,7 +149,7 @@ class Loader:
                 return
             yield item, node.state_dict(), sum(log.skipped for log in node.error_logs())
 
-    def _prefetched(self, node: Node[Any]) -> Iterator[tuple[Any, State, int]]:
+    def _prefetched(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
         q: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
 

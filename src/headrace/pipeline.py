@@ -157,9 +157,10 @@ class BatchStage(Stage):
 class Dataset:
     """A lazy pipeline description. Every method returns a new ``Dataset``; nothing is read until iterated.
 
-    >>> import headrace as hr, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "rows.jsonl")
-    >>> _ = open(path, "w").write("".join(f'{{"id": {i}}}\\n' for i in range(6)))
+    >>> import headrace as hr, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+    >>> _ = path.write_text("".join(f'{{"id": {i}}}\\n' for i in range(6)))
+    >>> path = str(path)
     >>> ds = hr.open(path).map(lambda r: {"id2": r["id"] * 2}).filter(lambda r: r["id"] % 2 == 0)
     >>> [row["id2"] for row in ds]
     [0, 4, 8]
@@ -243,7 +244,9 @@ class Dataset:
         """
         return self._then(MapStage(fn, "map", batched, _format(batch_format), tuple(remove_columns)))
 
-    def filter(self, fn: Callable[[Any], Any], *, batched: bool = False, batch_format: BatchFormat = "numpy") -> Dataset:
+    def filter(
+        self, fn: Callable[[Any], Any], *, batched: bool = False, batch_format: BatchFormat = "numpy"
+    ) -> Dataset:
         """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask)."""
         return self._then(MapStage(fn, "filter", batched, _format(batch_format)))
 
@@ -337,9 +340,10 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     ``text``, ``arrow``. ``columns`` projects (Parquet, Arrow and CSV read only those columns).
     ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``.
 
-    >>> import headrace as hr, tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "lines.txt")
-    >>> _ = open(path, "w").write("to be\\nor not\\n")
+    >>> import headrace as hr, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "lines.txt")
+    >>> _ = path.write_text("to be\\nor not\\n")
+    >>> path = str(path)
     >>> [r["text"] for r in hr.open(path)]
     ['to be', 'or not']
     """

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 
-Column = pa.Array | np.ndarray
+Column: TypeAlias = pa.Array | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,11 @@ class Block:
     def from_arrow(cls, batch: pa.RecordBatch | pa.Table, shard: int, first_row: int) -> Block:
         """A block of consecutive rows ``first_row..`` of one shard."""
         if isinstance(batch, pa.Table):
-            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], schema=batch.schema)
+            batch = (
+                batch.combine_chunks().to_batches()[0]
+                if batch.num_rows
+                else pa.RecordBatch.from_pylist([], schema=batch.schema)
+            )
         n = batch.num_rows
         return cls(
             columns={name: batch.column(i) for i, name in enumerate(batch.schema.names)},

@@ -23,7 +23,9 @@ def fingerprint(description: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def wrap(node_state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+def wrap(
+    node_state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[str, Any], **extra: Any
+) -> dict[str, Any]:
     """The full checkpoint document around a node state."""
     return {
         "format": STATE_FORMAT,
@@ -39,18 +41,24 @@ def wrap(node_state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mappi
 def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[str, Any]) -> None:
     """Refuse ``state`` unless it was taken from the same pipeline description and world."""
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-        raise StateError("this is not a headrace loader state (missing 'format': 'headrace.state'); "
-                         "pass the dict returned by Loader.state_dict()")
+        raise StateError(
+            "this is not a headrace loader state (missing 'format': 'headrace.state'); "
+            "pass the dict returned by Loader.state_dict()"
+        )
     if state.get("version") != STATE_VERSION:
-        raise StateError(f"state format version {state.get('version')} is not supported by this headrace "
-                         f"(it reads version {STATE_VERSION}); resume with the headrace version that wrote it")
+        raise StateError(
+            f"state format version {state.get('version')} is not supported by this headrace "
+            f"(it reads version {STATE_VERSION}); resume with the headrace version that wrote it"
+        )
     if state.get("fingerprint") == fingerprint([list(pipeline), dict(world)]):
         return
     diffs = _diff(list(state.get("pipeline", [])), list(pipeline), "pipeline")
     diffs += _diff(dict(state.get("world", {})), dict(world), "world")
     detail = "; ".join(diffs[:8]) or "fingerprints differ"
-    raise StateError(f"state was saved from a different pipeline or world: {detail}. "
-                     "Resume with the same pipeline, seed and world, or start the run afresh")
+    raise StateError(
+        f"state was saved from a different pipeline or world: {detail}. "
+        "Resume with the same pipeline, seed and world, or start the run afresh"
+    )
 
 
 def _diff(saved: Any, current: Any, path: str) -> list[str]:

@@ -46,7 +46,9 @@ class TextFormat(Format):
 
 def _decode(raw: list[bytes], first_line: int, shard: Shard, log: ErrorLog, *, whole_file: bool) -> list[str | None]:
     try:
-        return b"\n".join(raw).decode("utf-8").split("\n") if not whole_file else [raw[0].decode("utf-8")]
+        texts: list[str | None] = []
+        texts += b"\n".join(raw).decode("utf-8").split("\n") if not whole_file else [raw[0].decode("utf-8")]
+        return texts
     except UnicodeDecodeError:
         pass
     out: list[str | None] = []

@@ -68,7 +68,9 @@ class RowNode(Node[dict[str, Any]]):
         return row.to_pylist()[0]
 
 
-def collate(block: Block, pad: Pad = None, pad_value: Any = 0, lineage: Callable[[int, int], str] | None = None) -> Batch:
+def collate(
+    block: Block, pad: Pad = None, pad_value: Any = 0, lineage: Callable[[int, int], str] | None = None
+) -> Batch:
     """A dict of numpy arrays, one per column, first axis the row.
 
     >>> collate(Block.from_pydict({"ids": [[1, 2], [3]]}), pad="longest")["ids"].tolist()

@@ -32,15 +32,13 @@ class RepeatNode(Node[Any]):
     def next(self) -> Any:
         empty_runs = 0  # a repetition that yields nothing means the data is empty: stop, never spin
         while True:
-            if self.times is not None and self._rep >= self.times:
-                raise StopIteration
             assert self.upstream is not None
             try:
                 return self.upstream.next()
             except StopIteration:
+                empty_runs += 1
+                if (self.times is not None and self._rep + 1 >= self.times) or empty_runs > 1:
+                    raise  # the state stays that of the last repetition, at its end
                 self.upstream.close()
                 self._rep += 1
-                empty_runs += 1
-                if (self.times is not None and self._rep >= self.times) or empty_runs > 1:
-                    raise
                 self.upstream = self.build(self._rep)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from headrace.core.block import Block
+from headrace.core.errors import StateError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import permutation
@@ -66,6 +67,7 @@ class Source:
 
     def counts(self) -> list[int]:
         """Slots (records) per shard, each counted once per process."""
+
         def one(shard: Shard) -> int:
             key = (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter)
             with _COUNTS_LOCK:
@@ -87,6 +89,7 @@ class SourceNode(Node[Block]):
         self.source = source
         self.errors = ErrorLog(source.errors)
         self._order = source.order(epoch)
+        self._cum: np.ndarray | None = None
         if world.consumers > 1:
             counts = source.counts()
             self._cum = np.concatenate([[0], np.cumsum([counts[i] for i in self._order])]).astype(np.int64)
@@ -94,7 +97,6 @@ class SourceNode(Node[Block]):
             lo, hi = consumer_range(total, world.consumer, world.consumers, remainder)
             self._lo, self._length = lo, hi - lo
         else:
-            self._cum = None
             self._lo, self._length = 0, -1  # until the shards run out
         self.reset(None)
 
@@ -108,12 +110,18 @@ class SourceNode(Node[Block]):
         else:
             self._pos = int(state["pos"])
             self._o, self._at = int(state["order"]), int(state["at"])
+            if self._o < len(self._order) and int(self._order[self._o]) != int(state["shard"]):
+                raise StateError(
+                    f"the state reads shard {state['shard']} at position {self._o} of the shard order, but this "
+                    f"epoch's order has shard {int(self._order[self._o])} there; the state belongs to another epoch"
+                )
             self._start = Start(int(state["slot"]), int(state["byte"]), int(state["line"]))
         self.errors.skipped = int(state["skipped"]) if state else 0
 
     def state_dict(self) -> State:
         return {
             "pos": self._pos, "order": self._o, "at": self._at,
+            "shard": int(self._order[self._o]) if self._o < len(self._order) else -1,
             "slot": self._start.slot, "byte": self._start.byte, "line": self._start.line,
             "skipped": self.errors.skipped,
         }  # fmt: skip

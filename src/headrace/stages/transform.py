@@ -13,7 +13,6 @@ from concurrent.futures import Executor, Future
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
 from headrace.core.node import Node, State
@@ -23,6 +22,8 @@ BlockFn = Callable[[Block], Block]
 
 
 class TransformNode(Node[Block]):
+    upstream: Node[Block]
+
     def __init__(self, upstream: Node[Block], fn: BlockFn, pool: Executor | None, depth: int) -> None:
         self.upstream = upstream
         self.fn = fn
@@ -154,7 +155,8 @@ def filter_fn(
 
 
 def describe_fn(fn: Any) -> str:
-    """A stable name for a user function (module + qualified name), never its repr (no addresses)."""
-    if isinstance(fn, pa.Array):
-        return "array"
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    """A stable name for a user function: its qualified name, never its repr (no addresses).
+
+    The module is left out on purpose: the same script runs as ``__main__`` and as an imported module.
+    """
+    return str(getattr(fn, "__qualname__", type(fn).__qualname__))

@@ -1,0 +1,178 @@
+"""Exact resume for every stage, on the real corpora: restore at every step, in-process and in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import headrace as hr
+from headrace.formats.parquet import ParquetFormat
+from headrace.testing import check_resume, same
+
+Pipeline = Callable[[hr.Dataset], hr.Dataset]
+
+
+def words(row: dict[str, Any]) -> dict[str, Any]:
+    return {"words": len(row["text"].split())}
+
+
+def explode(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batched map that changes the row count: one row per id, plus one more per even id."""
+    ids = [int(i) for i in batch["id"] for _ in range(1 + (int(i) % 2 == 0))]
+    return {"id": np.asarray(ids, dtype=np.int64)}
+
+
+PIPELINES: dict[str, Pipeline] = {
+    "source": lambda ds: ds.batch(97),
+    "shuffle": lambda ds: ds.shuffle(seed=5, buffer_size=700).batch(64),
+    "map": lambda ds: ds.map(words).batch(128, drop_last=True),
+    "map-batched-rowcount": lambda ds: ds.map(explode, batched=True).batch(100),
+    "filter": lambda ds: ds.filter(lambda r: r["id"] % 3 != 1).batch(50),
+    "take-skip": lambda ds: ds.skip(321).take(2000).batch(64),
+    "repeat": lambda ds: ds.shuffle(seed=1, buffer_size=300).take(900).repeat(3).batch(128),
+    "everything": lambda ds: (
+        ds.shuffle(seed=9, buffer_size=1000).map(words).filter(lambda r: r["words"] > 3).skip(10).batch(77)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_stage_resumes_exactly_on_parquet(name: str, parquet_dir: Path) -> None:
+    ds = PIPELINES[name](hr.open(str(parquet_dir / "*.parquet"), block_rows=128))
+    report = check_resume(ds, every=3)
+    assert report.steps > 10 and report.max_state_bytes < 2048
+
+
+@pytest.mark.parametrize("name", ["shuffle", "everything", "repeat"])
+def test_every_stage_resumes_exactly_on_compressed_jsonl_with_workers(name: str, jsonl_dir: Path) -> None:
+    ds = PIPELINES[name](hr.open(str(jsonl_dir), chunk_bytes=64 << 10, block_rows=100))
+    check_resume(ds, every=4, num_workers=2, prefetch=3)
+
+
+def test_unbatched_loader_resumes_at_every_row(csv_dir: Path, corpus: pa.Table) -> None:
+    ds = hr.open(str(csv_dir / "*.csv"), block_rows=16).take(200)
+    report = check_resume(ds, every=7)
+    assert report.steps == 200
+    assert [r["id"] for r in ds] == corpus.column("id").to_pylist()[:200]
+
+
+def test_state_stays_kilobytes_with_a_10000_row_buffer(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir)).shuffle(seed=0, buffer_size=10_000).batch(256)
+    loader = hr.Loader(ds, num_workers=2, prefetch=8)
+    sizes = []
+    for _ in loader:
+        sizes.append(len(json.dumps(loader.state_dict())))
+    assert sizes and max(sizes) < 2048
+
+
+def test_resume_in_a_fresh_process_from_json(tmp_path: Path, parquet_dir: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, sys, headrace as hr\n"
+        f"ds = hr.open({str(parquet_dir)!r}).shuffle(seed=3, buffer_size=2000)"
+        ".filter(lambda r: r['id'] % 7 != 0).batch(100)\n"
+        "loader = hr.Loader(ds, num_workers=2, prefetch=4)\n"
+        "if len(sys.argv) > 1:\n"
+        "    loader.load_state_dict(json.load(open(sys.argv[1])))\n"
+        "out = []\n"
+        "for step, b in enumerate(loader):\n"
+        "    out.append(b['id'].tolist())\n"
+        "    if len(sys.argv) == 1 and step == 20:\n"
+        f"        json.dump(loader.state_dict(), open({str(tmp_path / 'state.json')!r}, 'w'))\n"
+        "print(json.dumps(out))\n"
+    )
+    full = json.loads(subprocess.run([sys.executable, str(script)], check=True, capture_output=True).stdout)
+    rest = subprocess.run([sys.executable, str(script), str(tmp_path / "state.json")], check=True, capture_output=True)
+    assert json.loads(rest.stdout) == full[21:]
+    assert len(full) > 30
+
+
+@pytest.fixture(scope="module")
+def ten_million(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ten_million")
+    for part in range(4):
+        ids = np.arange(part * 2_500_000, (part + 1) * 2_500_000, dtype=np.int64)
+        pq.write_table(pa.table({"id": ids}), folder / f"part-{part}.parquet", row_group_size=10_000)
+    return folder
+
+
+def test_restore_at_half_of_ten_million_rows_reads_about_one_batch(
+    ten_million: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = hr.open(str(ten_million), block_rows=4096).batch(4096)
+    loader = hr.Loader(ds)
+    for step, _ in enumerate(loader):
+        if step + 1 == 1221:  # 1221 * 4096 = 5,001,216 rows: half-way, in the middle of a row group
+            break
+    state = json.loads(json.dumps(loader.state_dict()))
+
+    read = []
+    original = ParquetFormat.pieces
+
+    def counting(self: ParquetFormat, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for piece in original(self, *args, **kwargs):
+            read.append(piece.batch.num_rows)
+            yield piece
+
+    monkeypatch.setattr(ParquetFormat, "pieces", counting)
+    resumed = hr.Loader(ds)
+    resumed.load_state_dict(state)
+    first = next(iter(resumed))
+    assert first["id"].tolist() == list(range(1221 * 4096, 1222 * 4096))
+    assert sum(read) <= 20_000  # one or two 10,000-row groups, not the 5,000,000-row prefix
+
+
+def test_same_seed_same_order_and_other_seed_or_epoch_other_order(parquet_dir: Path) -> None:
+    def ids(seed: int, epoch: int) -> list[int]:
+        loader = hr.Loader(hr.open(str(parquet_dir)).shuffle(seed=seed, buffer_size=500).batch(1000), num_workers=1)
+        loader.set_epoch(epoch)
+        return [i for b in loader for i in b["id"].tolist()]
+
+    base = ids(1, 0)
+    assert base == ids(1, 0)
+    assert sorted(base) == list(range(5000))
+    assert base != ids(2, 0) and sorted(ids(2, 0)) == sorted(base)
+    assert base != ids(1, 1) and sorted(ids(1, 1)) == sorted(base)
+
+
+def test_loader_epochs_advance_and_break_continues(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir)).shuffle(seed=4, buffer_size=800).batch(500)
+    loader = hr.Loader(ds, num_workers=2, prefetch=8)
+    epoch0 = list(loader)
+    epoch1 = list(loader)
+    assert loader.epoch == 2 and len(epoch0) == len(epoch1) == 10
+    assert not same(epoch0[0], epoch1[0])
+    again = hr.Loader(ds, num_workers=0, prefetch=0)
+    head = []
+    for b in again:
+        head.append(b)
+        if len(head) == 3:
+            break
+    tail = list(again)  # the loader is a cursor: iterating again continues after the last delivered batch
+    assert all(same(a, b) for a, b in zip(head + tail, epoch0, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 4])
+def test_prefetch_eight_resumes_at_random_steps(workers: int, jsonl_dir: Path) -> None:
+    ds = hr.open(str(jsonl_dir), block_rows=64).shuffle(seed=11, buffer_size=333).batch(32)
+    full = list(hr.Loader(ds))
+    for step in np.random.default_rng(workers).choice(len(full), size=3, replace=False):
+        loader = hr.Loader(ds, num_workers=workers, prefetch=8)
+        for i, _ in enumerate(loader):
+            if i == step:
+                break
+        state = json.loads(json.dumps(loader.state_dict()))
+        resumed = hr.Loader(ds, num_workers=workers, prefetch=8)
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        assert len(rest) == len(full) - step - 1
+        assert all(same(a, b) for a, b in zip(rest, full[step + 1 :], strict=True))
