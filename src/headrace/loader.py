@@ -17,6 +17,7 @@ from typing import Any
 from headrace.core import state as states
 from headrace.core.errors import StateError
 from headrace.core.node import Node, State
+from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.stages.batch import RowNode
@@ -69,6 +70,7 @@ class Loader:
         self._node_state: State | None = None  # None: the start of the epoch
         self._batches = 0  # delivered in this epoch
         self._skipped = 0
+        self._logs: list[ErrorLog] = []
 
     # -- state -------------------------------------------------------------------------------------
     def _world_description(self) -> dict[str, Any]:
@@ -109,8 +111,13 @@ class Loader:
 
     @property
     def skipped(self) -> int:
-        """Malformed records skipped so far under ``errors="skip"``/``"warn"`` (since this process started)."""
+        """Malformed records skipped so far in this epoch under ``errors="skip"``/``"warn"`` (kept across resume)."""
         return self._skipped
+
+    @property
+    def skipped_where(self) -> list[str]:
+        """Where the first skipped records were (``"file:line: reason"``), for the last iteration."""
+        return [w for log in self._logs for w in log.where]
 
     # -- iteration ---------------------------------------------------------------------------------
     def _build(self, pool: ThreadPoolExecutor | None) -> Node[Any]:
@@ -126,6 +133,7 @@ class Loader:
     def __iter__(self) -> Iterator[Any]:
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="headrace-worker") if self.num_workers else None
         node = self._build(pool)
+        self._logs = node.error_logs()
         items = self._produce(node) if self.num_workers == 0 and self.prefetch == 0 else self._prefetched(node)
         finished = False
         try:

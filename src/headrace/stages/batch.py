@@ -87,6 +87,7 @@ def _column(name: str, col: Column, block: Block, pad: Pad, pad_value: Any, line
             return flat.reshape(len(col), t.list_size, *flat.shape[1:])
         if pa.types.is_list(t) or pa.types.is_large_list(t):
             offsets = col.offsets.to_numpy()
+            offsets = offsets - offsets[0]  # a sliced array keeps absolute offsets; flatten() is relative
             flat = col.flatten().to_numpy(zero_copy_only=False)
             rows = [flat[offsets[i] : offsets[i + 1]] for i in range(len(col))]
             return _stack(name, rows, block, pad, pad_value, lineage)
