@@ -254,7 +254,7 @@ def test_in_process_usage_errors_and_version(tmp_path: Path, capsys: pytest.Capt
 
     assert main(["inspect", str(tmp_path), "--format", "nosuch"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("headrace: error: unknown format 'nosuch'")
+    assert captured.err.startswith(f"headrace: error: {tmp_path}: unknown format 'nosuch'")
     assert captured.out == ""
 
     assert main(["inspect", str(tmp_path), "--columns", " , "]) == 2

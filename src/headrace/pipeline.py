@@ -303,9 +303,6 @@ class Dataset:
         finally:
             node.close()
 
-    def error_log(self) -> ErrorLog:
-        return ErrorLog(self.source.errors)
-
 
 def _format(batch_format: str) -> BatchFormat:
     if batch_format not in ("numpy", "python", "arrow"):
@@ -352,7 +349,11 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         raise ValueError(f"text_mode must be 'line' or 'file', got {text_mode!r}")
     if block_rows < 1 or chunk_bytes < 1:
         raise ValueError("block_rows and chunk_bytes must be positive")
-    fmt = format_named(format) if format is not None else None
+    try:
+        fmt = format_named(format) if format is not None else None
+    except SourceError as e:
+        named = urls if isinstance(urls, str) else ", ".join(map(str, urls))
+        raise SourceError(f"{named}: {e}") from None
     first_fs: list[Any] = []
 
     def fs_of(url: str) -> tuple[Any, str]:

@@ -10,7 +10,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from headrace.core.errors import SourceError
 from headrace.core.policy import ErrorLog
-from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous
+from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous, with_schema
 from headrace.io.resolve import Shard
 
 
@@ -48,7 +48,8 @@ class ArrowFormat(Format):
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
         reader = self._open(fs, shard)
-        columns = list(opts.columns) if opts.columns is not None else None
+        names = reader.schema.names
+        columns = [c for c in opts.columns if c in names] if opts.columns is not None else None  # missing: nulls
         batches: Iterator[pa.RecordBatch]
         if isinstance(reader, pa.ipc.RecordBatchFileReader):
             batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
@@ -59,7 +60,8 @@ class ArrowFormat(Format):
             for batch in batches:
                 n = batch.num_rows
                 if row + n > max(start.slot, seek) and n:
-                    yield contiguous(batch.select(columns) if columns else batch, row)
+                    batch = batch.select(columns) if columns is not None else batch
+                    yield contiguous(with_schema(batch, opts.schema, shard.url), row)
                 row += n
         except (OSError, pa.ArrowException) as e:
             raise SourceError(f"{shard.url}: corrupt Arrow data near row {row} ({e}); re-write or remove it") from None

@@ -1,7 +1,8 @@
-"""CSV and TSV through Arrow's streaming CSV reader (header row, typed columns).
+"""CSV and TSV through Arrow's streaming CSV reader (header row, typed columns, quoted newlines).
 
-Rows with the wrong number of fields follow the error policy; slots are the well-formed rows, so
-counting and reading agree whatever the policy.
+Slots are the well-formed rows, so counting and reading agree whatever the error policy. A row with
+the wrong number of fields sits *between* slots: it is reported (``file:row``, the header being row
+1) when the reader reaches its place, and follows the error policy there.
 """
 
 from __future__ import annotations
@@ -9,33 +10,50 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pc
 
 from headrace.core.errors import RecordError, SourceError
 from headrace.core.policy import ErrorLog
-from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous
+from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_errors
 from headrace.io.resolve import Shard, open_stream
+
+
+class _BadRows:
+    """Arrow's invalid-row handler: remembers each bad row at its place among the good rows."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.found: list[tuple[int, RecordError]] = []  # (good rows before it, error), in file order
+
+    def __call__(self, row: Any) -> str:
+        number = int(row.number)  # records from 1 = the header (serial reading: always known)
+        self.found.append((number - 2 - len(self.found), RecordError(
+            f"{self.shard.url}:{number}: expected {row.expected_columns} fields, got {row.actual_columns} "
+            f"(row {number} counting the header as 1); fix the row or open with errors='skip'"
+        )))  # fmt: skip
+        return "skip"
+
+    def take(self, before: int) -> list[tuple[int, RecordError]]:
+        """The bad rows found so far whose place is before ``before``, forgotten here."""
+        out = [e for e in self.found if e[0] < before]
+        self.found = [e for e in self.found if e[0] >= before]
+        return out
 
 
 class CsvFormat(Format):
     name = "csv"
     delimiter = ","
 
-    def _reader(self, f: Any, shard: Shard, opts: ReadOptions, log: ErrorLog | None, columns: Any = None) -> Any:
-        def on_invalid(row: Any) -> str:
-            if log is not None:
-                log.record(RecordError(
-                    f"{shard.url}:{row.number}: expected {row.expected_columns} fields, got {row.actual_columns}; "
-                    "fix the row or open with errors='skip'"
-                ))
-            return "skip"
-
+    def _reader(self, f: Any, shard: Shard, opts: ReadOptions, bad: _BadRows, columns: Any = None) -> Any:
         try:
             return pc.open_csv(
                 f,
-                read_options=pc.ReadOptions(block_size=opts.chunk_bytes),
-                parse_options=pc.ParseOptions(delimiter=opts.delimiter or self.delimiter, invalid_row_handler=on_invalid),
+                read_options=pc.ReadOptions(block_size=opts.chunk_bytes, use_threads=False),
+                parse_options=pc.ParseOptions(
+                    delimiter=opts.delimiter or self.delimiter, newlines_in_values=True, invalid_row_handler=bad
+                ),
                 convert_options=pc.ConvertOptions(
                     include_columns=list(columns) if columns is not None else None,
                     column_types=opts.schema,
@@ -46,28 +64,41 @@ class CsvFormat(Format):
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
         with open_stream(fs, shard) as f:
-            return self._reader(f, shard, opts, log).schema
+            return self._reader(f, shard, opts, _BadRows(shard)).schema
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         with open_stream(fs, shard) as f:
-            reader = self._reader(f, shard, opts, None)
-            first = reader.schema.names[:1]
+            first = self._reader(f, shard, opts, _BadRows(shard)).schema.names[:1]
         with open_stream(fs, shard) as f:
-            return sum(b.num_rows for b in self._reader(f, shard, opts, None, columns=first))
+            return sum(b.num_rows for b in self._batches(self._reader(f, shard, opts, _BadRows(shard), first), shard))
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
         row = 0
+        bad = _BadRows(shard)
         with open_stream(fs, shard) as f:
-            reader = self._reader(f, shard, opts, log, columns=opts.columns)
-            try:
-                for batch in reader:
-                    if row + batch.num_rows > max(start.slot, seek) and batch.num_rows:
-                        yield contiguous(batch, row)
-                    row += batch.num_rows
-            except pa.ArrowInvalid as e:
-                raise SourceError(f"{shard.url}: bad CSV after row {row} ({e}); fix the file or set column types with schema=") from None
+            for batch in self._batches(self._reader(f, shard, opts, bad, columns=opts.columns), shard):
+                n = batch.num_rows
+                slots = np.arange(row, row + n, dtype=np.int64)
+                errors = bad.take(row + n)
+                yield from split_at_errors(batch, slots, (row, row + n), Start(row, -1, -1), errors, seek, log)
+                row += n
+            end = [(min(p, row), e) for p, e in bad.take(1 << 62)]  # bad rows after the last good one
+            yield from split_at_errors(
+                pa.RecordBatch.from_pylist([]), np.arange(0), (row, row), Start(), end, seek, log
+            )
+
+    def _batches(self, reader: Any, shard: Shard) -> Iterator[pa.RecordBatch]:
+        row = 0
+        try:
+            for batch in reader:
+                yield batch
+                row += batch.num_rows
+        except pa.ArrowInvalid as e:
+            raise SourceError(
+                f"{shard.url}: bad CSV after row {row} ({e}); fix the file or set column types with schema="
+            ) from None
 
 
 class TsvFormat(CsvFormat):

@@ -12,7 +12,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from headrace.core.errors import SourceError
 from headrace.core.policy import ErrorLog
-from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous
+from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous, with_schema
 from headrace.io.resolve import Shard
 
 
@@ -50,7 +50,9 @@ class ParquetFormat(Format):
             for group in range(first_group, meta.num_row_groups):
                 row = bounds[group]
                 for batch in pf.iter_batches(batch_size=65536, row_groups=[group], columns=columns, use_threads=True):
-                    yield contiguous(batch, row)
+                    yield contiguous(with_schema(batch, opts.schema, shard.url), row)
                     row += batch.num_rows
         except (OSError, pa.ArrowException) as e:
-            raise SourceError(f"{shard.url}: corrupt Parquet data near row {row} ({e}); re-write or remove it") from None
+            raise SourceError(
+                f"{shard.url}: corrupt Parquet data near row {row} ({e}); re-write or remove it"
+            ) from None

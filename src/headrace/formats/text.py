@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from headrace.core.errors import RecordError
 from headrace.core.policy import ErrorLog
-from headrace.formats.base import Format, Piece, ReadOptions, Start
+from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_errors
 from headrace.formats.chunks import chunks, split_lines
 from headrace.io.resolve import Shard, open_stream
 
@@ -32,38 +32,38 @@ class TextFormat(Format):
         name = opts.text_column
         if opts.text_mode == "file":
             with open_stream(fs, shard) as f:
-                texts = _decode([f.read()], 1, shard, log, whole_file=True)
-            yield _piece(name, texts, 0, Start(0, -1, -1))
+                raw = f.read()
+            yield from _pieces(name, [raw], 0, 1, Start(0, -1, -1), shard, seek, log)
             return
         slot, line_no = start.slot, max(start.line, 1)
         for chunk in chunks(fs, shard, opts.chunk_bytes, max(start.byte, 0)):
-            lines = [line[:-1] if line.endswith(b"\r") else line for line in split_lines(chunk.data)]
-            texts = _decode(lines, line_no, shard, log, whole_file=False)
-            yield _piece(name, texts, slot, Start(slot, chunk.byte, line_no))
+            lines = split_lines(chunk.data)
+            if slot + len(lines) > seek:  # else all before the first slot needed: skip decoding
+                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+                yield from _pieces(name, lines, slot, line_no, Start(slot, chunk.byte, line_no), shard, seek, log)
             slot += len(lines)
             line_no += len(lines)
 
 
-def _decode(raw: list[bytes], first_line: int, shard: Shard, log: ErrorLog, *, whole_file: bool) -> list[str | None]:
+def _pieces(
+    name: str, raw: list[bytes], first: int, first_line: int, start: Start, shard: Shard, seek: int, log: ErrorLog
+) -> Iterator[Piece]:
+    """Pieces of the decoded lines (or the one file) ``raw``, slots ``first..``, cut at invalid UTF-8."""
+    whole_file = start.byte < 0
+    slots = np.arange(first, first + len(raw), dtype=np.int64)
     try:
-        texts: list[str | None] = []
-        texts += b"\n".join(raw).decode("utf-8").split("\n") if not whole_file else [raw[0].decode("utf-8")]
-        return texts
+        texts = [raw[0].decode("utf-8")] if whole_file else b"\n".join(raw).decode("utf-8").split("\n")
+        errors: list[tuple[int, RecordError]] = []
     except UnicodeDecodeError:
-        pass
-    out: list[str | None] = []
-    for i, line in enumerate(raw):
-        try:
-            out.append(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            where = f"{shard.url}" if whole_file else f"{shard.url}:{first_line + i}"
-            log.record(RecordError(f"{where}: not valid UTF-8 ({e}); fix the text or open with errors='skip'"))
-            out.append(None)
-    return out
-
-
-def _piece(name: str, texts: list[str | None], first: int, start: Start) -> Piece:
-    keep = [i for i, t in enumerate(texts) if t is not None]
-    values = texts if len(keep) == len(texts) else [texts[i] for i in keep]
-    batch = pa.RecordBatch.from_arrays([pa.array(values, type=pa.string())], names=[name])
-    return Piece(batch, np.asarray(keep, dtype=np.int64) + first, start, first + len(texts))
+        texts, good, errors = [], [], []
+        for i, line in enumerate(raw):
+            try:
+                texts.append(line.decode("utf-8"))
+                good.append(i)
+            except UnicodeDecodeError as e:
+                where = shard.url if whole_file else f"{shard.url}:{first_line + i}"
+                message = f"{where}: not valid UTF-8 ({e}); fix the text or open with errors='skip'"
+                errors.append((first + i, RecordError(message)))
+        slots = slots[good]
+    batch = pa.RecordBatch.from_arrays([pa.array(texts, type=pa.string())], names=[name])
+    yield from split_at_errors(batch, slots, (first, first + len(raw)), start, errors, seek, log)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import lzma
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -58,6 +60,8 @@ def resolve(
         if not isinstance(item, str) or not item:
             raise SourceError(f"not a path: {item!r}; pass strings such as 'data/*.parquet'")
         fs, path = fs_for(item)
+        if isinstance(fs, LocalFileSystem):
+            path = os.path.normpath(os.path.abspath(path))  # one file, one shard, however it is spelled
         found += _expand(fs, path, item, known_suffix)
     seen: set[str] = set()
     unique = []
@@ -106,32 +110,51 @@ def fs_for(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[
 
 
 def open_stream(fs: Any, shard: Shard) -> BinaryIO:
-    """A binary stream of the shard's decompressed bytes."""
-    raw = fs.open(shard.url, "rb")
+    """A binary stream of the shard's decompressed bytes.
+
+    A file that cannot be opened, and compressed data that is truncated or corrupt, raise a
+    :class:`SourceError` naming the file (and the decompressed byte where reading broke).
+    """
+    try:
+        raw = fs.open(shard.url, "rb")
+    except OSError as e:
+        raise SourceError(f"{shard.url}: cannot open ({e})") from None
     if shard.compression is None:
         return raw  # type: ignore[no-any-return]
     if shard.compression == "xz":
-        import lzma
+        stream: Any = lzma.LZMAFile(raw, "rb")  # noqa: SIM115 - closed with the stream returned
+    else:
+        stream = pa.CompressedInputStream(raw, shard.compression)
+    return io.BufferedReader(_Decompressed(stream, raw, shard), 1 << 20)  # type: ignore[return-value]
 
-        return lzma.open(raw, "rb")  # type: ignore[return-value]
-    return io.BufferedReader(_ArrowStream(pa.CompressedInputStream(raw, shard.compression)), 1 << 20)  # type: ignore[arg-type]
 
+class _Decompressed(io.RawIOBase):
+    """A decompressing stream as a Python raw stream (so BufferedReader and readline work) whose
+    decoding errors name the file and the position."""
 
-class _ArrowStream(io.RawIOBase):
-    """An Arrow input stream as a Python raw stream (so BufferedReader and readline work)."""
-
-    def __init__(self, stream: pa.NativeFile) -> None:
+    def __init__(self, stream: Any, raw: Any, shard: Shard) -> None:
         self._stream = stream
+        self._raw = raw  # the compressed file, closed with the stream
+        self._shard = shard
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
+        try:
+            data = self._stream.read(len(buffer))
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise SourceError(
+                f"{self._shard.url}: cannot decompress ({self._shard.compression}) after byte {self._pos} of the "
+                f"decompressed data ({e}); the file is truncated or corrupt: re-write or remove it"
+            ) from None
         n = len(data)
         buffer[:n] = data
+        self._pos += n
         return n
 
     def close(self) -> None:
         self._stream.close()
+        self._raw.close()
         super().close()

@@ -1,0 +1,545 @@
+"""Bad input: one clear error naming the file and the position, never a hang, never a silent loss.
+
+Each case asserts the exception type and that the message names the file and (where there is one)
+the line or row. Under ``errors="skip"``/``"warn"`` the good rows come back in order and exactly the
+bad records are counted — also across ranks and across a resume.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import headrace as hr
+from corpora import write_jsonl, write_parquet
+from headrace.core.policy import SkippedRecordWarning
+from headrace.testing import check_resume
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def ids_of(ds: hr.Dataset, **loader: Any) -> tuple[list[int], int]:
+    """The ``id`` column of one epoch and how many records were skipped."""
+    loader_ = hr.Loader(ds.batch(100), **loader)
+    ids = [i for b in loader_ for i in b["id"].tolist()]
+    return ids, loader_.skipped
+
+
+def jsonl_with_bad_lines(path: Path, n: int, bad: dict[int, str], compression: str | None = None) -> Path:
+    """``n`` records ``{"id": i, ...}``, one per line, with line ``k`` (1-based) replaced by ``bad[k]``."""
+    lines = [json.dumps({"id": i, "text": f"record {i} " + "x" * (i % 40)}) for i in range(n)]
+    for line_no, text in bad.items():
+        lines[line_no - 1] = text
+    data = ("\n".join(lines) + "\n").encode()
+    if compression == "gzip":
+        data = gzip.compress(data)
+    elif compression == "bz2":
+        data = bz2.compress(data)
+    elif compression == "zstd":
+        with pa.CompressedOutputStream(str(path), "zstd") as out:
+            out.write(data)
+        return path
+    path.write_bytes(data)
+    return path
+
+
+def good_ids(n: int, bad: dict[int, str]) -> list[int]:
+    return [i for i in range(n) if i + 1 not in bad]
+
+
+# -- paths and formats -----------------------------------------------------------------------------
+def test_no_path_given() -> None:
+    with pytest.raises(hr.SourceError, match="no path given"):
+        hr.open([])
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "data.jsonl"
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        hr.open(str(path))
+
+
+def test_missing_file_in_a_list_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "a.jsonl"
+    good.write_text('{"id": 0}\n')
+    with pytest.raises(hr.SourceError, match=re.escape(str(tmp_path / "b.jsonl"))):
+        hr.open([str(good), str(tmp_path / "b.jsonl")])
+
+
+def test_empty_glob_is_named(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "shard-*.parquet")
+    with pytest.raises(hr.SourceError, match=r"matched no files") as info:
+        hr.open(pattern)
+    assert pattern in str(info.value)
+
+
+def test_directory_without_data_files(tmp_path: Path) -> None:
+    (tmp_path / "README.xyz").write_text("not data")
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / ".hidden.jsonl").write_text('{"id": 0}\n')
+    with pytest.raises(hr.SourceError, match="no data files") as info:
+        hr.open(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_unknown_suffix_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "data.xyz"
+    path.write_text('{"id": 0}\n')
+    with pytest.raises(hr.SourceError, match="unknown format") as info:
+        hr.open(str(path))
+    assert str(path) in str(info.value) and "format=" in str(info.value)
+
+
+def test_unknown_format_name_lists_the_formats(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"id": 0}\n')
+    with pytest.raises(hr.SourceError, match="'nope'") as info:
+        hr.open(str(path), format="nope")
+    assert "parquet" in str(info.value) and "jsonl" in str(info.value)
+
+
+def test_unknown_column_lists_the_real_columns(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "text": ["a", "b"]}), path)
+    with pytest.raises(hr.SchemaError, match=r"'txet'") as info:
+        hr.open(str(path), columns=["id", "txet"])
+    message = str(info.value)
+    assert str(path) in message and "['id', 'text']" in message
+
+
+def test_unknown_column_in_jsonl(tmp_path: Path) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl", 5, {})
+    with pytest.raises(hr.SchemaError, match=r"unknown column.*'nope'.*\['id', 'text'\]"):
+        hr.open(str(path), columns=["nope"])
+
+
+# -- malformed JSON lines --------------------------------------------------------------------------
+def test_malformed_json_line_raises_with_file_and_line(tmp_path: Path) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl", 50, {17: '{"id": 16, "text": "unterminated'})
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:17:")):
+        ids_of(hr.open(str(path)))
+
+
+def test_malformed_json_raises_after_the_good_rows_before_it(tmp_path: Path) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl", 500, {321: "{oops"})
+    seen: list[int] = []
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:321:")):
+        for row in hr.open(str(path), chunk_bytes=1 << 20):
+            seen.append(row["id"])
+    assert seen == list(range(320))
+
+
+def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl", 20, {4: "[1, 2, 3]", 9: "42"})
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:4:")):
+        ids_of(hr.open(str(path)))
+    ids, skipped = ids_of(hr.open(str(path), errors="skip"))
+    assert ids == good_ids(20, {4: "", 9: ""}) and skipped == 2
+
+
+BAD = {1: "{", 40: "not json", 41: '{"id": 40,}', 333: '{"id": "332"', 1000: "}"}
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 512])
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd", "bz2"])
+def test_skip_returns_the_other_rows_in_order_and_counts_exactly(
+    tmp_path: Path, chunk_bytes: int, compression: str | None
+) -> None:
+    suffix = {None: "", "gzip": ".gz", "zstd": ".zst", "bz2": ".bz2"}[compression]
+    path = jsonl_with_bad_lines(tmp_path / f"data.jsonl{suffix}", 1000, BAD, compression)
+    ds = hr.open(str(path), errors="skip", chunk_bytes=chunk_bytes, block_rows=64)
+    ids, skipped = ids_of(ds)
+    assert ids == good_ids(1000, BAD)
+    assert skipped == len(BAD)
+    assert ds.source.counts() == [1000]  # a skipped record keeps its slot
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_raise_names_a_bad_line_in_a_later_chunk(tmp_path: Path, compression: str | None) -> None:
+    suffix = ".zst" if compression else ""
+    path = jsonl_with_bad_lines(tmp_path / f"data.jsonl{suffix}", 1000, {777: "{bad"}, compression)
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:777:")):
+        ids_of(hr.open(str(path), chunk_bytes=512))
+
+
+def test_warn_policy_warns_naming_each_line(tmp_path: Path) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl.gz", 600, {5: "{x", 450: "nope"}, "gzip")
+    with pytest.warns(SkippedRecordWarning) as caught:
+        ids, skipped = ids_of(hr.open(str(path), errors="warn", chunk_bytes=1024), prefetch=0)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SkippedRecordWarning)]
+    assert len(messages) == 2
+    assert f"{path}:5:" in messages[0] and f"{path}:450:" in messages[1]
+    assert ids == good_ids(600, {5: "", 450: ""}) and skipped == 2
+
+
+def test_skip_counts_each_bad_line_once_across_ranks(tmp_path: Path) -> None:
+    bad = {8: "{", 151: "{", 152: "x", 300: "]"}
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl", 300, bad)
+    ds = hr.open(str(path), errors="skip", chunk_bytes=1024, block_rows=32)
+    all_ids: list[int] = []
+    total_skipped = 0
+    for rank in range(4):
+        ids, skipped = ids_of(ds, rank=rank, world_size=4)
+        assert ids == [i for i in range(rank * 75, rank * 75 + 75) if i + 1 not in bad]
+        all_ids += ids
+        total_skipped += skipped
+    assert all_ids == good_ids(300, bad)
+    assert total_skipped == len(bad)
+
+
+def test_skip_count_is_exact_across_a_resume(tmp_path: Path) -> None:
+    bad = {3: "{", 90: "{", 91: "{", 200: "x", 401: "]"}
+    path = jsonl_with_bad_lines(tmp_path / "data.jsonl.zst", 500, bad, "zstd")
+    ds = hr.open(str(path), errors="skip", chunk_bytes=1024, block_rows=16).batch(10)
+    check_resume(ds, every=3)
+    for step in range(0, 50, 7):
+        first = hr.Loader(ds)
+        it = iter(first)
+        for _ in range(step):
+            next(it)
+        state = json.loads(json.dumps(first.state_dict()))
+        it.close()
+        resumed = hr.Loader(ds)
+        resumed.load_state_dict(state)
+        rest = [i for b in resumed for i in b["id"].tolist()]
+        assert rest == good_ids(500, bad)[step * 10 :]
+        assert resumed.skipped == len(bad), f"after a resume at step {step}"
+
+
+def test_json_array_element_that_is_not_an_object(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"id": 0}, {"id": 1}, 7, {"id": 3}, "x", {"id": 5}]))
+    with pytest.raises(hr.RecordError, match=re.escape(str(path)) + r".*element 2"):
+        ids_of(hr.open(str(path)))
+    assert ids_of(hr.open(str(path), errors="skip")) == ([0, 1, 3, 5], 2)
+
+
+def test_malformed_json_array_is_a_source_error(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text('[{"id": 0}, {"id": 1}')
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path)))
+
+
+def test_type_conflict_inside_a_jsonl_file_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": i}) + "\n" for i in range(10)) + '{"id": "ten"}\n')
+    with pytest.raises(hr.SchemaError, match=re.escape(f"{path}:11")):
+        ids_of(hr.open(str(path)))
+
+
+# -- corrupt and empty files -----------------------------------------------------------------------
+def test_truncated_parquet_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"id": list(range(10_000))}), path, row_group_size=1000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path)))
+
+
+def test_truncated_parquet_later_in_a_glob_is_named(tmp_path: Path) -> None:
+    paths = write_parquet(pa.table({"id": list(range(3000))}), tmp_path, shards=3, row_group_size=200)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])
+    ds = hr.open(str(tmp_path / "*.parquet"))
+    with pytest.raises(hr.SourceError, match=re.escape(str(paths[1]))):
+        ids_of(ds)
+
+
+def test_parquet_with_a_corrupt_page_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    table = pa.table({"id": list(range(20_000)), "text": [f"row {i}" * 3 for i in range(20_000)]})
+    pq.write_table(table, path, row_group_size=5000, compression="snappy")
+    meta = pq.read_metadata(path)
+    col = meta.row_group(2).column(1)
+    start = col.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 20 : start + 400] = b"\xff" * 380
+    path.write_bytes(bytes(data))
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path)))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst", ".bz2", ".xz"])
+def test_truncated_compressed_jsonl_is_named(tmp_path: Path, suffix: str) -> None:
+    table = pa.table({"id": list(range(3000)), "text": [f"line {i} {i * 7919 % 10007}" for i in range(3000)]})
+    compression = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": None}[suffix]
+    if compression is None:
+        import lzma
+
+        path = tmp_path / "part-00000.jsonl.xz"
+        path.write_bytes(lzma.compress("".join(json.dumps(r) + "\n" for r in table.to_pylist()).encode()))
+    else:
+        (path,) = write_jsonl(table, tmp_path, shards=1, compression=compression)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path), chunk_bytes=4096))
+
+
+def test_not_actually_gzip_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl.gz"
+    path.write_text('{"id": 0}\n')
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path)))
+
+
+def test_corrupt_arrow_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "data.arrow"
+    table = pa.table({"id": list(range(5000))})
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table, max_chunksize=500)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(hr.SourceError, match=re.escape(str(path))):
+        ids_of(hr.open(str(path)))
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.parquet", "empty.csv", "empty.txt", "empty.arrow"])
+def test_empty_file_is_named(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(hr.SourceError, match=re.escape(str(path)) + ".*empty"):
+        hr.open(str(path))
+
+
+def test_empty_file_later_in_a_list_is_named(tmp_path: Path) -> None:
+    good = jsonl_with_bad_lines(tmp_path / "a.jsonl", 3, {})
+    empty = tmp_path / "b.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(hr.SourceError, match=re.escape(str(empty))):
+        hr.open([str(good), str(empty)])
+
+
+def test_jsonl_with_only_blank_lines_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "blank.jsonl"
+    path.write_text("\n \n\t\n")
+    with pytest.raises(hr.SourceError, match=re.escape(str(path)) + ".*no JSON records"):
+        hr.open(str(path))
+
+
+# -- incompatible schemas --------------------------------------------------------------------------
+def test_parquet_shards_with_string_and_int_text(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [0, 1], "text": ["a", "b"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [2, 3], "text": [5, 6]}), tmp_path / "b.parquet")
+    with pytest.raises(hr.SchemaError, match=re.escape(str(tmp_path / "b.parquet")) + ".*'text'"):
+        ids_of(hr.open(str(tmp_path)))
+
+
+def test_parquet_integer_widths_are_compatible(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": pa.array([0, 1], pa.int64())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([2, 3], pa.int32())}), tmp_path / "b.parquet")
+    assert ids_of(hr.open(str(tmp_path))) == ([0, 1, 2, 3], 0)
+
+
+def test_explicit_schema_chooses_the_common_type(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [0, 1], "text": ["a", "b"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": [2, 3], "text": [5, 6]}), tmp_path / "b.parquet")
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    assert [r["text"] for r in hr.open(str(tmp_path), schema=schema)] == ["a", "b", "5", "6"]
+
+
+def test_jsonl_file_with_an_extra_field(tmp_path: Path) -> None:
+    first = jsonl_with_bad_lines(tmp_path / "a.jsonl", 5, {})
+    second = tmp_path / "b.jsonl"
+    second.write_text('{"id": 5, "text": "t"}\n{"id": 6, "text": "u", "lang": "en"}\n')
+    with pytest.raises(hr.SchemaError, match=re.escape(str(second)) + r".*\['lang'\]"):
+        ids_of(hr.open([str(first), str(second)]))
+    # projecting to the shared columns reads both
+    assert ids_of(hr.open([str(first), str(second)], columns=["id"])) == ([0, 1, 2, 3, 4, 5, 6], 0)
+
+
+# -- text and CSV records --------------------------------------------------------------------------
+def test_invalid_utf8_in_text_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    lines = [f"line {i}".encode() for i in range(200)]
+    lines[122] = b"caf\xe9 au lait"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:123:") + ".*UTF-8"):
+        list(hr.open(str(path), chunk_bytes=256))
+    loader = hr.Loader(hr.open(str(path), errors="skip", chunk_bytes=256).batch(64))
+    texts = [t for b in loader for t in b["text"].tolist()]
+    assert texts == [f"line {i}" for i in range(200) if i != 122]
+    assert loader.skipped == 1
+
+
+def test_invalid_utf8_in_file_mode_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("fine")
+    (tmp_path / "b.txt").write_bytes(b"\xff\xfe broken")
+    (tmp_path / "c.txt").write_text("also fine")
+    with pytest.raises(hr.RecordError, match=re.escape(str(tmp_path / "b.txt"))):
+        list(hr.open(str(tmp_path), text_mode="file"))
+    loader = hr.Loader(hr.open(str(tmp_path), text_mode="file", errors="skip").batch(8))
+    assert [t for b in loader for t in b["text"].tolist()] == ["fine", "also fine"]
+    assert loader.skipped == 1
+
+
+def test_csv_row_with_the_wrong_number_of_fields(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    rows = [f"{i},text {i}" for i in range(100)]
+    rows[41] = "41,text 41,surplus"
+    rows[76] = "76"
+    path.write_text("id,text\n" + "\n".join(rows) + "\n")
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:43:") + ".*expected 2 fields, got 3"):
+        ids_of(hr.open(str(path)))
+    ids, skipped = ids_of(hr.open(str(path), errors="skip", chunk_bytes=256))
+    assert ids == [i for i in range(100) if i not in (41, 76)]
+    assert skipped == 2
+
+
+def test_csv_skip_count_is_exact_across_a_resume(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    rows = [f'{i},"text {i}\nsecond line"' for i in range(400)]
+    for i in (0, 57, 58, 222, 399):
+        rows[i] = f"{i},a,b"
+    path.write_text("id,text\n" + "\n".join(rows) + "\n")
+    ds = hr.open(str(path), errors="skip", chunk_bytes=512, block_rows=16).batch(10)
+    want = [i for i in range(400) if i not in (0, 57, 58, 222, 399)]
+    check_resume(ds, every=4)
+    for step in (0, 5, 6, 22, 39):
+        first = hr.Loader(ds)
+        it = iter(first)
+        for _ in range(step):
+            next(it)
+        state = json.loads(json.dumps(first.state_dict()))
+        it.close()
+        resumed = hr.Loader(ds)
+        resumed.load_state_dict(state)
+        assert [i for b in resumed for i in b["id"].tolist()] == want[step * 10 :]
+        assert resumed.skipped == 5, f"after a resume at step {step}"
+
+
+def bad_text_and_csv(tmp_path: Path, kind: str) -> tuple[hr.Dataset, list[int], int]:
+    """400 records (ids 0..399) with 6 bad ones, as text lines or CSV rows: ``(dataset, good ids, bad)``."""
+    bad = {0, 99, 100, 101, 250, 333}
+    if kind == "text":
+        lines = [f"{i}".encode() if i not in bad else b"\xff" for i in range(400)]
+        (tmp_path / "lines.txt").write_bytes(b"\n".join(lines) + b"\n")
+        ds = hr.open(str(tmp_path / "lines.txt"), errors="skip", chunk_bytes=128, block_rows=16)
+        ds = ds.map(lambda r: {"id": int(r["text"])})
+        return ds, [i for i in range(400) if i not in bad], len(bad)
+    rows = [f'{i},"text {i}\nline 2"' if i not in bad else f"{i},x,y" for i in range(400)]
+    (tmp_path / "rows.csv").write_text("id,text\n" + "\n".join(rows) + "\n")
+    ds = hr.open(str(tmp_path / "rows.csv"), errors="skip", chunk_bytes=256, block_rows=16)
+    return ds, [i for i in range(400) if i not in bad], len(bad)
+
+
+@pytest.mark.parametrize("kind", ["text", "csv"])
+def test_skip_counts_each_bad_record_once_across_ranks(tmp_path: Path, kind: str) -> None:
+    ds, want, bad = bad_text_and_csv(tmp_path, kind)
+    total = sum(ds.source.counts())
+    got: list[int] = []
+    skipped = 0
+    for rank in range(4):
+        ids, n = ids_of(ds, rank=rank, world_size=4)
+        got += ids
+        skipped += n
+    assert got == want[: total - total % 4]
+    assert skipped == bad
+
+
+@pytest.mark.parametrize("kind", ["text", "csv"])
+def test_skip_count_of_text_and_csv_is_exact_across_a_resume(tmp_path: Path, kind: str) -> None:
+    ds, want, bad = bad_text_and_csv(tmp_path, kind)
+    batches = ds.batch(10)
+    check_resume(batches, every=3)
+    for step in (0, 1, 9, 10, 24, 33):
+        state = state_after(hr.Loader(batches), step)
+        resumed = hr.Loader(batches)
+        resumed.load_state_dict(state)
+        assert [i for b in resumed for i in b["id"].tolist()] == want[step * 10 :]
+        assert resumed.skipped == bad, f"after a resume at step {step}"
+
+
+# -- states ----------------------------------------------------------------------------------------
+@pytest.fixture
+def shards(tmp_path: Path) -> list[Path]:
+    return write_parquet(pa.table({"id": list(range(600)), "text": [f"t{i}" for i in range(600)]}), tmp_path, 3, 100)
+
+
+def state_after(loader: hr.Loader, steps: int) -> dict[str, Any]:
+    it = iter(loader)
+    for _ in range(steps):
+        next(it)
+    state = json.loads(json.dumps(loader.state_dict()))
+    it.close()
+    return state
+
+
+def test_state_of_another_seed_is_refused(shards: list[Path]) -> None:
+    ds = hr.open([str(p) for p in shards])
+    state = state_after(hr.Loader(ds.shuffle(seed=1, buffer_size=50).batch(10)), 3)
+    other = hr.Loader(ds.shuffle(seed=2, buffer_size=50).batch(10))
+    with pytest.raises(hr.StateError, match=r"seed.*saved 1, now 2"):
+        other.load_state_dict(state)
+
+
+def test_state_of_another_file_set_is_refused(shards: list[Path]) -> None:
+    state = state_after(hr.Loader(hr.open([str(p) for p in shards]).batch(10)), 2)
+    other = hr.Loader(hr.open([str(p) for p in shards[:2]]).batch(10))
+    with pytest.raises(hr.StateError, match=r"shards: saved 3, now 2"):
+        other.load_state_dict(state)
+
+
+def test_state_of_another_batch_size_is_refused(shards: list[Path]) -> None:
+    ds = hr.open([str(p) for p in shards])
+    state = state_after(hr.Loader(ds.batch(10)), 2)
+    with pytest.raises(hr.StateError, match=r"size: saved 10, now 16"):
+        hr.Loader(ds.batch(16)).load_state_dict(state)
+
+
+def test_state_of_another_world_is_refused(shards: list[Path]) -> None:
+    ds = hr.open([str(p) for p in shards]).batch(10)
+    state = state_after(hr.Loader(ds, rank=1, world_size=2), 2)
+    with pytest.raises(hr.StateError, match=r"world_size: saved 2, now 4"):
+        hr.Loader(ds, rank=1, world_size=4).load_state_dict(state)
+    with pytest.raises(hr.StateError, match=r"rank: saved 1, now 0"):
+        hr.Loader(ds, rank=0, world_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("state", [{}, {"step": 3}, [], "state", {"format": "other"}])
+def test_a_state_that_is_not_headrace_is_refused(shards: list[Path], state: Any) -> None:
+    loader = hr.Loader(hr.open([str(p) for p in shards]).batch(10))
+    with pytest.raises(hr.StateError, match="not a headrace loader state"):
+        loader.load_state_dict(state)
+
+
+def test_a_state_of_another_version_is_refused(shards: list[Path]) -> None:
+    ds = hr.open([str(p) for p in shards]).batch(10)
+    state = state_after(hr.Loader(ds), 1)
+    state["version"] = 99
+    with pytest.raises(hr.StateError, match="version 99"):
+        hr.Loader(ds).load_state_dict(state)
+
+
+def test_invalid_utf8_inside_a_jsonl_string_is_a_record_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"a": "ok"}\n{"a": "\xff"}\n{"a": "fine"}\n')
+    with pytest.raises(hr.RecordError, match=rf"{path}:2: malformed JSON line"):
+        list(hr.open(str(path)))
+    loader = hr.Loader(hr.open(str(path), errors="skip").batch(10))
+    assert [b["a"].tolist() for b in loader] == [["ok", "fine"]] and loader.skipped == 1
+
+
+def test_one_file_spelled_two_ways_is_one_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"id": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    ds = hr.open(["d/a.jsonl", "d/../d/a.jsonl", str(tmp_path / "d" / "a.jsonl")])
+    assert len(ds.source.shards) == 1 and [r["id"] for r in ds] == [1]
+
+
+def test_unknown_format_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": 1}\n')
+    with pytest.raises(hr.SourceError, match=r"a\.jsonl.*unknown format 'nope'"):
+        hr.open(str(path), format="nope")
