@@ -10,6 +10,7 @@ stderr, ``headrace: error: ...``, and exit code 2, as argparse does for bad usag
 
     $ headrace inspect 'data/*.parquet' -n 3
     $ headrace inspect data/ --count --json | jq .totals
+    $ headrace prepare 'data/*.parquet' tokens/ --tokenizer tokenizer.json --workers 8
 """
 
 from __future__ import annotations
@@ -228,10 +229,91 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+# -- prepare -----------------------------------------------------------------------------------------
+
+
+def configure_prepare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="text files, directories or globs (quote globs)")
+    parser.add_argument("out", metavar="OUT", help="output folder for the .bin/.idx shards and manifest.json")
+    parser.add_argument("--tokenizer", required=True, metavar="T",
+                        help="a tokenizer.json, a folder holding one, or tiktoken:NAME")  # fmt: skip
+    parser.add_argument("--column", default="text", help="the text column (default: text)")
+    parser.add_argument("--format", help="input format when the suffix does not say (parquet, jsonl, csv, text, ...)")
+    parser.add_argument("--text-mode", choices=("line", "file"), default="line",
+                        help="text files: a document per line (default) or per file")  # fmt: skip
+    parser.add_argument("--add-eos", action=argparse.BooleanOptionalAction, default=True,
+                        help="append the tokenizer's end-of-text id to every document (default: on)")  # fmt: skip
+    parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=False,
+                        help="prepend the tokenizer's beginning-of-text id (default: off)")  # fmt: skip
+    parser.add_argument("--dtype", choices=("auto", "uint16", "int32"), default="auto",
+                        help="token dtype; auto: uint16 when the vocabulary fits, else int32")  # fmt: skip
+    parser.add_argument("--tokens-per-shard", type=_positive_count, default=None, metavar="N",
+                        help="start a new shard at the first document boundary after N tokens "
+                        "(default 268M; suffixes k, M, G)")  # fmt: skip
+    parser.add_argument("--unit-rows", type=_positive_count, default=None, metavar="N",
+                        help="rows of an indexed input (Parquet, Arrow) per unit of work (default 100k)")  # fmt: skip
+    parser.add_argument("--workers", type=_positive_count, default=None, metavar="N",
+                        help="worker processes (default: the cores); the output does not depend on it")  # fmt: skip
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local processes, or a Ray cluster through Ray Data (same output)")  # fmt: skip
+    parser.add_argument("--ray-address", help="Ray cluster to connect to (default: RAY_ADDRESS, or a local Ray)")
+    parser.add_argument("--errors", choices=("raise", "skip", "warn"), default="raise",
+                        help="malformed records and null texts: stop (default), or skip and count them")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: delete what an earlier run left in OUT (default: resume it)")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    parser.add_argument("--json", action="store_true", help="print the manifest's totals and the run as JSON")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from headrace.prepare import DEFAULT_TOKENS_PER_SHARD, DEFAULT_UNIT_ROWS, prepare
+
+    result = prepare(
+        args.inputs, args.out, args.tokenizer, column=args.column, format=args.format, text_mode=args.text_mode,
+        errors=args.errors, add_eos=args.add_eos, add_bos=args.add_bos, dtype=args.dtype,
+        tokens_per_shard=args.tokens_per_shard or DEFAULT_TOKENS_PER_SHARD,
+        unit_rows=args.unit_rows or DEFAULT_UNIT_ROWS, workers=args.workers, engine=args.engine,
+        quiet=args.quiet or args.json, overwrite=args.overwrite, ray_address=args.ray_address,
+    )  # fmt: skip
+    totals = result.manifest["totals"]
+    if args.json:
+        run = {"manifest": result.path, "units": result.units, "resumed_units": result.resumed_units,
+               "new_tokens": result.new_tokens, "seconds": round(result.seconds, 3)}  # fmt: skip
+        sys.stdout.write(json.dumps({"totals": totals, "run": run}, indent=2) + "\n")
+    elif not args.quiet:
+        rate = result.new_tokens / max(result.seconds, 1e-9)
+        resumed = f"; {result.resumed_units} of {result.units} units were done before" if result.resumed_units else ""
+        print(f"wrote {_plural(totals['shards'], 'shard')} to {args.out}: {totals['tokens']:,} tokens "
+              f"({result.manifest['dtype']}), {_plural(totals['documents'], 'document')}, {_size(totals['bytes'])} "
+              f"in {result.seconds:.1f} s ({rate:,.0f} tokens/s{resumed})")  # fmt: skip
+        if totals["skipped"]:
+            print(f"skipped {_plural(totals['skipped'], 'record')} (--errors {args.errors})")
+    return 0
+
+
+def _positive_count(text: str) -> int:
+    """``"2048"``, ``"64k"``, ``"256M"``, ``"1G"`` (powers of 1000) as an integer >= 1."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    digits = text[:-1] if scale > 1 else text
+    try:
+        n = int(digits) * scale
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (suffixes k, M, G allowed), got {text!r}")
+    return n
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Command, ...] = (
     Command("inspect", "shards, format, schema, rows, bytes and a few sample rows", configure_inspect, run_inspect),
+    Command(
+        "prepare",
+        "tokenize text into token shards (Megatron .bin/.idx) with a manifest; parallel, resumable",
+        configure_prepare,
+        run_prepare,
+    ),
 )
 
 

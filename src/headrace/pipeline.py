@@ -546,13 +546,16 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     delimiter: str | None = None,
     schema: pa.Schema | None = None,
     chunk_bytes: int = 1 << 20,
+    format_options: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Open files, globs, directories or a list of them as a :class:`Dataset`.
 
     The format comes from each file's suffix (compression suffixes ``.gz``, ``.zst``, ``.bz2``,
     ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
     ``text``, ``arrow``. ``columns`` projects (Parquet, Arrow and CSV read only those columns).
-    ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``.
+    ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
+    ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
+    ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
 
     >>> import headrace as hr, tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp(), "lines.txt")
@@ -593,6 +596,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     opts = ReadOptions(
         columns=tuple(columns) if columns is not None else None, chunk_bytes=chunk_bytes, text_mode=text_mode,
         text_column=text_column, delimiter=delimiter, schema=schema,
+        extra=tuple(sorted((format_options or {}).items())),
     )  # fmt: skip
     if schema is not None:
         full = schema

@@ -9,11 +9,16 @@ from headrace.formats.csv import CsvFormat, TsvFormat
 from headrace.formats.jsonl import JsonlFormat
 from headrace.formats.parquet import ParquetFormat
 from headrace.formats.text import TextFormat
+from headrace.formats.tokens import MegatronFormat, NanoGPTFormat, NpyFormat, bin_format
 from headrace.io.resolve import split_suffix
 
 FORMATS: dict[str, Format] = {
-    f.name: f for f in (ParquetFormat(), JsonlFormat(), CsvFormat(), TsvFormat(), TextFormat(), ArrowFormat())
-}
+    f.name: f
+    for f in (
+        ParquetFormat(), JsonlFormat(), CsvFormat(), TsvFormat(), TextFormat(), ArrowFormat(),
+        MegatronFormat(), NanoGPTFormat(), NpyFormat(),
+    )
+}  # fmt: skip
 ALIASES = {"json": "jsonl", "ndjson": "jsonl", "txt": "text", "feather": "arrow", "ipc": "arrow"}
 SUFFIXES = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -21,7 +26,9 @@ SUFFIXES = {
     ".csv": "csv", ".tsv": "tsv",
     ".txt": "text", ".text": "text", ".md": "text", ".rst": "text",
     ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
+    ".npy": "npy",
 }  # fmt: skip
+# ".bin" is Megatron when a ".idx" with the same prefix sits beside it, else nanoGPT (see format_of)
 
 
 def format_named(name: str) -> Format:
@@ -34,6 +41,8 @@ def format_named(name: str) -> Format:
 def format_of(url: str) -> Format | None:
     """The format a file's suffix names (compression suffixes looked through), or None."""
     base = split_suffix(url)[0].lower()
+    if base.endswith(".bin"):
+        return FORMATS[bin_format(url)]
     for suffix, name in SUFFIXES.items():
         if base.endswith(suffix):
             return FORMATS[name]

@@ -17,6 +17,7 @@ from headrace.core.errors import SourceError
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 GLOB_CHARS = set("*?[")
+METADATA_FILES = frozenset({"manifest.json"})  # written beside token shards by `headrace prepare`; not data
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str
         files = sorted(
             (p, i)
             for p, i in infos.items()
-            if not any(part.startswith((".", "_")) for part in p[len(path) :].split("/")) and known_suffix(p)
+            if not any(part.startswith((".", "_")) for part in p[len(path) :].split("/"))
+            and p.rsplit("/", 1)[-1] not in METADATA_FILES
+            and known_suffix(p)
         )
         if not files:
             raise SourceError(f"the directory {given!r} holds no data files headrace can read")

@@ -69,7 +69,7 @@ class Source:
         """Slots (records) per shard, each counted once per process."""
 
         def one(shard: Shard) -> int:
-            key = (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter)
+            key = (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter, self.opts.extra)
             with _COUNTS_LOCK:
                 if key in _COUNTS:
                     return _COUNTS[key]
