@@ -71,6 +71,8 @@ class Loader:
         self._batches = 0  # delivered in this epoch
         self._skipped = 0
         self._logs: list[ErrorLog] = []
+        self._weights: dict[str, float] | None = None  # a re-weighting of the mixture, by name
+        self._start, self._start_batches = 0, 0  # where the global order started this run (elastic resume)
 
     # -- state -------------------------------------------------------------------------------------
     def _world_description(self) -> dict[str, Any]:
@@ -87,23 +89,82 @@ class Loader:
             epoch=self._epoch,
             batches=self._batches,
             started=self._node_state is not None,
+            weights=self._weights,
+            elastic={"start": self._start, "start_batches": self._start_batches},
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where ``state`` was taken; a state of another pipeline or world is refused."""
+        """Continue exactly where ``state`` was taken; a state of another pipeline is refused.
+
+        A state from another world (rank count, workers, remainder) is accepted by elastic pipelines
+        (global order, see :meth:`Dataset.elastic`): the global order continues right after the
+        samples all ranks consumed. Other pipelines refuse it and say why.
+        """
+        if isinstance(state, dict) and state.get("world") != self._world_description():
+            self._load_elastic(state)
+            return
         states.check(state, pipeline=self.dataset.describe(), world=self._world_description())
         try:
             self._epoch = int(state["epoch"])
             self._batches = int(state["batches"])
             self._node_state = dict(state["node"]) if state["started"] else None
+            self._weights = dict(state["weights"]) if state.get("weights") else None
+            self._start = int(state["elastic"]["start"])
+            self._start_batches = int(state["elastic"]["start_batches"])
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"malformed loader state (missing or bad field {e}); pass Loader.state_dict()") from None
+
+    def _load_elastic(self, state: dict[str, Any]) -> None:
+        def any_batch_size(pipeline: list[Any]) -> list[Any]:  # a new world may batch the same global batch
+            return [{**s, "size": None} if s.get("stage") == "batch" else s for s in pipeline]
+
+        saved_pipeline = list(state.get("pipeline", [])) if isinstance(state.get("pipeline"), list) else []
+        states.check({**state, "pipeline": any_batch_size(saved_pipeline)},
+                     pipeline=any_batch_size(self.dataset.describe()), world=None)  # fmt: skip
+        saved, now = state.get("world", {}), self._world_description()
+        reason = self.dataset.elastic()
+        if reason is not None:
+            changed = "; ".join(states.differences(saved, now, "world"))
+            raise StateError(
+                f"the state was saved on another world ({changed}); this pipeline cannot resume on another "
+                f"world because {reason}. Resume on the same world, or start afresh"
+            )
+        try:
+            consumers = int(saved["world_size"]) * int(saved["num_workers"])
+            batches, elastic = int(state["batches"]), state["elastic"]
+            size = int(saved_pipeline[-1]["size"])
+            consumed = (batches - int(elastic["start_batches"])) * size * consumers
+            self._epoch, self._batches = int(state["epoch"]), batches
+            self._start, self._start_batches = int(elastic["start"]) + consumed, batches
+            self._weights = dict(state["weights"]) if state.get("weights") else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"malformed loader state (missing or bad field {e}); pass Loader.state_dict()") from None
+        self._node_state = None  # a fresh start at the global position, on this world
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration (shard order and shuffles change)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch, self._node_state, self._batches = epoch, None, 0
+        self._start, self._start_batches = 0, 0
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Re-weight the mixture by source name from the next ``iter(loader)`` on; every source keeps its position.
+
+        Applying at an iteration boundary keeps resume exact (batches already prefetched were made
+        with the old weights). The new weights are part of the state, so a checkpoint resumes with them.
+        """
+        root = self.dataset.root
+        names = getattr(root, "names", None)
+        if names is None:
+            raise ValueError("set_weights(): this pipeline has no mix() at its root")
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"set_weights(): unknown source(s) {unknown}; the sources are {list(names)}")
+        values = [float(weights.get(n, 0.0)) for n in names]
+        if any(not v >= 0 for v in values) or sum(values) <= 0:
+            raise ValueError(f"set_weights(): weights must be >= 0 and sum to a positive number, got {weights}")
+        self._weights = {n: v / sum(values) for n, v in zip(names, values, strict=True)}
 
     @property
     def epoch(self) -> int:
@@ -122,12 +183,18 @@ class Loader:
     # -- iteration ---------------------------------------------------------------------------------
     def _build(self, pool: ThreadPoolExecutor | None) -> Node[Any]:
         ctx = Context(world=self.world, epoch=self._epoch, remainder=self.remainder,  # type: ignore[arg-type]
-                      pool=pool, depth=max(1, self.num_workers))  # fmt: skip
+                      pool=pool, depth=max(1, self.num_workers), start=self._start)  # fmt: skip
         node = self.dataset.build(ctx)
         if not self.dataset.batched:
             node = RowNode(node)
         if self._node_state is not None:
             node.load_state_dict(self._node_state)
+        if self._weights is not None:
+            mixer: Any = node
+            while mixer is not None and not hasattr(mixer, "set_weights"):
+                mixer = getattr(mixer, "upstream", None)
+            if mixer is not None:
+                mixer.set_weights(self._weights)
         return node
 
     def __iter__(self) -> Iterator[Any]:
@@ -148,6 +215,7 @@ class Loader:
                 pool.shutdown(wait=True, cancel_futures=True)
         if finished:
             self._epoch, self._node_state, self._batches = self._epoch + 1, None, 0
+            self._start, self._start_batches = 0, 0
 
     def _produce(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
         while True:

@@ -25,12 +25,14 @@ from headrace.formats.base import ReadOptions, project
 from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
 from headrace.stages.batch import BatchNode, Pad
 from headrace.stages.bestfit import BestFitNode
+from headrace.stages.global_source import GlobalSourceNode
 from headrace.stages.limit import LimitNode
 from headrace.stages.pack import WindowNode
 from headrace.stages.partition import REMAINDERS, Remainder
 from headrace.stages.repeat import RepeatNode
 from headrace.stages.shuffle import ShuffleNode
 from headrace.stages.source import Source, SourceNode
+from headrace.stages.token_windows import TokenWindowNode, TokenWindows
 from headrace.stages.tokenize import tokenize_fn
 from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
 from headrace.tokenizer import Tokenizer, TokenizerError, load_tokenizer
@@ -45,6 +47,7 @@ class Context:
     remainder: Remainder = "drop"
     pool: Executor | None = None
     depth: int = 1
+    start: int = 0  # where a global-order source starts this epoch (an elastic resume)
 
 
 class Stage:
@@ -61,11 +64,91 @@ class Stage:
 class SourceStage(Stage):
     source: Source
 
+    @property
+    def shard_count(self) -> int:
+        return len(self.source.shards)
+
+    def lineage(self, shard: int, row: int) -> str:
+        shards = self.source.shards
+        return f"{shards[shard].url} (record {row})" if 0 <= shard < len(shards) else "a row made by a batched map"
+
     def describe(self) -> dict[str, Any]:
         return self.source.describe()
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        if self.source.ordering == "global":
+            return GlobalSourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
         return SourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder)
+
+
+@dataclass(frozen=True)
+class TokenWindowStage(Stage):
+    """The root of ``open(token shards).shuffle(buffer_size=None).window(...)``: windows by index."""
+
+    spec: TokenWindows
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.spec.shards.urls)
+
+    @property
+    def block_rows(self) -> int:
+        return self.spec.block_rows
+
+    def lineage(self, shard: int, row: int) -> str:
+        urls = self.spec.shards.urls
+        return f"{urls[shard]} (window {row})" if 0 <= shard < len(urls) else "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return self.spec.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return TokenWindowNode(self.spec, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
+
+
+@dataclass(frozen=True)
+class MixStage(Stage):
+    """The root of a mixture: named child pipelines interleaved by weight (see :func:`mix`)."""
+
+    names: tuple[str, ...]
+    children: tuple[Dataset, ...]
+    weights: tuple[float, ...]
+    seed: int
+    stop: str
+    budgets: tuple[int | None, ...]
+    block_rows: int
+
+    @property
+    def shard_count(self) -> int:
+        return sum(child.shard_count for child in self.children)
+
+    def offsets(self) -> list[int]:
+        out, at = [], 0
+        for child in self.children:
+            out.append(at)
+            at += child.shard_count
+        return out
+
+    def lineage(self, shard: int, row: int) -> str:
+        for name, child, offset in zip(self.names, self.children, self.offsets(), strict=True):
+            if offset <= shard < offset + child.shard_count:
+                return f"{name}: {child.lineage(shard - offset, row)}"
+        return "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "mix", "names": list(self.names), "weights": list(self.weights), "seed": self.seed,
+                "stop": self.stop, "budgets": list(self.budgets),
+                "children": [child.describe() for child in self.children]}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.mix import MixNode
+
+        def builder(child: Dataset) -> Callable[[int], Node[Any]]:
+            return lambda epoch: child.build(replace(ctx, epoch=epoch))
+
+        return MixNode([builder(c) for c in self.children], names=self.names, weights=self.weights, seed=self.seed,
+                       epoch=ctx.epoch, stage=depth, stop=self.stop, shard_offsets=self.offsets(),
+                       budgets=self.budgets, block_rows=self.block_rows)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -281,10 +364,28 @@ class Dataset:
         return chain[::-1]
 
     @property
-    def source(self) -> Source:
+    def root(self) -> SourceStage | MixStage | TokenWindowStage:
         stage = self.stages[0]
-        assert isinstance(stage, SourceStage)
-        return stage.source
+        assert isinstance(stage, SourceStage | MixStage | TokenWindowStage)
+        return stage
+
+    @property
+    def source(self) -> Source:
+        """The file source at the root (a mixture has none: see ``root``)."""
+        root = self.root
+        if not isinstance(root, SourceStage):
+            raise ValueError("this dataset is a mixture of several sources; see Dataset.root.children")
+        return root.source
+
+    @property
+    def block_rows(self) -> int:
+        root = self.root
+        return root.source.block_rows if isinstance(root, SourceStage) else root.block_rows
+
+    @property
+    def shard_count(self) -> int:
+        """How many shard ids the rows' lineage can name (all files of all mixed sources)."""
+        return self.root.shard_count
 
     @property
     def schema(self) -> pa.Schema:
@@ -295,14 +396,35 @@ class Dataset:
         """The JSON description used for the state fingerprint (no data, no credentials)."""
         return [s.describe() for s in self.stages]
 
+    def elastic(self) -> str | None:
+        """None if a checkpoint of this pipeline can resume on another world; else the reason why not."""
+        root = self.root
+        if isinstance(root, TokenWindowStage):
+            pass
+        elif not isinstance(root, SourceStage) or root.source.ordering != "global":
+            return "its source is not in global order (use shuffle(buffer_size=None) on an indexed source)"
+        for stage in self.stages[1:]:
+            if isinstance(stage, MapStage) and stage.kind == "map" and not stage.batched:
+                continue
+            if isinstance(stage, TokenizeStage | BatchStage):
+                continue
+            return f"its {stage.describe()['stage']} stage can change how many rows each rank consumes"
+        if not self.batched:
+            return "it has no batch() stage"
+        return None
+
+    @property
+    def batch_size(self) -> int:
+        stage = self.stages[-1]
+        return stage.size if isinstance(stage, BatchStage) else 1
+
     @property
     def batched(self) -> bool:
         return any(isinstance(s, BatchStage) for s in self.stages)
 
     def lineage(self, shard: int, row: int) -> str:
-        """``"file (record r)"`` for a row's lineage."""
-        shards = self.source.shards
-        return f"{shards[shard].url} (record {row})" if 0 <= shard < len(shards) else "a row made by a batched map"
+        """``"file (record r)"`` for a row's lineage (``"name: file (record r)"`` in a mixture)."""
+        return self.root.lineage(shard, row)
 
     def _then(self, stage: Stage) -> Dataset:
         if self.batched and not isinstance(stage, RepeatStage):
@@ -310,22 +432,36 @@ class Dataset:
         return Dataset(stage, self)
 
     # -- stages ------------------------------------------------------------------------------------
-    def shuffle(self, seed: int = DEFAULT_SEED, buffer_size: int = 10_000) -> Dataset:
-        """Shuffle the shard order per epoch and rows within windows of ``buffer_size`` rows."""
-        if buffer_size is None or buffer_size < 1:
-            raise ValueError(
-                "shuffle(buffer_size=...) needs a positive window size; the buffer-free global shuffle for "
-                "indexed sources is not available yet"
-            )
+    def shuffle(
+        self, seed: int = DEFAULT_SEED, buffer_size: int | None = 10_000, *, window: int = 16, chunk_rows: int = 1024
+    ) -> Dataset:
+        """Shuffle rows: a window shuffle of ``buffer_size`` rows, or with ``buffer_size=None`` the global order.
+
+        With a buffer, the shard order is permuted per epoch and rows are shuffled within windows of
+        ``buffer_size`` rows (any source). ``buffer_size=None`` (indexed sources: Parquet, Arrow, token
+        shards; right after ``open``) gives a quasi-global shuffle with bounded memory — chunks of
+        ``chunk_rows`` rows permuted over the whole epoch, rows mixed within ``window`` chunks — whose
+        sample ``i`` is computed without reading the others, and whose checkpoints resume on another
+        number of ranks (elastic).
+        """
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        root = self.stages[0]
-        assert isinstance(root, SourceStage)
-        src = root.source if root.source.shuffle_seed is not None else replace(root.source, shuffle_seed=seed)
-        rebuilt = Dataset(SourceStage(src))
-        for st in self.stages[1:]:
-            rebuilt = Dataset(st, rebuilt)
-        return rebuilt._then(ShuffleStage(seed, buffer_size, self.source.block_rows))
+        if buffer_size is None:
+            root = self.root
+            if len(self.stages) != 1 or not isinstance(root, SourceStage):
+                raise ValueError("shuffle(buffer_size=None) orders the source itself: call it right after open()")
+            src = replace(root.source, ordering="global", shuffle_seed=seed, window=_positive(window, "window"),
+                          chunk_rows=_positive(chunk_rows, "chunk_rows"))  # fmt: skip
+            return Dataset(SourceStage(src))
+        if buffer_size < 1:
+            raise ValueError(f"shuffle(buffer_size=...) must be a positive number of rows or None, got {buffer_size}")
+        root = self.root
+        if isinstance(root, SourceStage) and root.source.shuffle_seed is None:  # also permute the shard order
+            rebuilt = Dataset(SourceStage(replace(root.source, shuffle_seed=seed)))
+            for st in self.stages[1:]:
+                rebuilt = Dataset(st, rebuilt)
+            return rebuilt._then(ShuffleStage(seed, buffer_size, self.block_rows))
+        return self._then(ShuffleStage(seed, buffer_size, self.block_rows))
 
     def map(
         self,
@@ -351,11 +487,11 @@ class Dataset:
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(0, _count(n, "take"), self.source.block_rows))
+        return self._then(LimitStage(0, _count(n, "take"), self.block_rows))
 
     def skip(self, n: int) -> Dataset:
         """All but the first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(_count(n, "skip"), -1, self.source.block_rows))
+        return self._then(LimitStage(_count(n, "skip"), -1, self.block_rows))
 
     def repeat(self, times: int | None = None) -> Dataset:
         """Run the pipeline again for the following epochs (``None``: forever)."""
@@ -436,6 +572,9 @@ class Dataset:
         """
         _positive(seq_len, "seq_len")
         stride = _positive(stride if stride is not None else seq_len, "stride")
+        indexed = self._token_windows(seq_len, stride, shift, documents)
+        if indexed is not None:
+            return indexed
         if shift is None and batch_size is None:
             raise ValueError("window(shift=None) draws one shift per batch: pass batch_size= (and batch(batch_size))")
         if shift is not None and shift < 0:
@@ -444,6 +583,24 @@ class Dataset:
             raise ValueError("window(shift=None) needs seq_len >= 2 (a proper divisor to draw)")
         return self._then(WindowStage("window", seq_len, stride, shift, documents, "drop", 0, batch_size or 0, seed,
                                       column))  # fmt: skip
+
+    def _token_windows(self, seq_len: int, stride: int, shift: int | None, documents: bool) -> Dataset | None:
+        """Indexed windows when ``self`` is token shards in global order (``shuffle(buffer_size=None)``)."""
+        root = self.root
+        if len(self.stages) != 1 or not isinstance(root, SourceStage) or root.source.ordering != "global":
+            return None
+        src = root.source
+        if not all(s.format in ("megatron", "nanogpt", "npy") for s in src.shards):
+            return None
+        if shift is None or documents:
+            raise ValueError("windows over token shards in global order take a fixed shift and no documents=")
+        from headrace.formats.tokens import TokenShards
+
+        extra = dict(src.opts.extra)
+        shards = TokenShards([s.url for s in src.shards], tokens_per_row=int(extra.get("tokens_per_row", 2048)))
+        spec = TokenWindows(shards, seq_len, stride, shift, src.shuffle_seed or 0, src.chunk_rows, src.window,
+                            max(1, src.block_rows // 8))  # fmt: skip
+        return Dataset(TokenWindowStage(spec))
 
     def chat(self, tokenizer: Any, *, template: str | None = None, column: str = "messages") -> Dataset:
         """Render message lists with a Jinja chat template, tokenize, and label only assistant turns.
@@ -519,6 +676,69 @@ def _format(batch_format: str) -> BatchFormat:
     if batch_format not in ("numpy", "python", "arrow"):
         raise ValueError(f"batch_format must be 'numpy', 'python' or 'arrow', got {batch_format!r}")
     return batch_format  # type: ignore[return-value]
+
+
+STOPS = ("first_exhausted", "all_exhausted", "never")
+
+
+def mix(
+    datasets: Mapping[str, Dataset],
+    weights: Mapping[str, float] | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    stop: str = "first_exhausted",
+    budgets: Mapping[str, int] | None = None,
+    block_rows: int = 4096,
+) -> Dataset:
+    """Interleave named datasets by weight, deterministically, resumably.
+
+    ``weights`` (default: equal) are normalized; every prefix of the output holds each source within
+    one row of its share. ``stop``: ``"first_exhausted"`` ends when any source ends;
+    ``"all_exhausted"`` restarts exhausted sources (next epoch of that source) until every source has
+    ended once; ``"never"`` cycles forever. ``budgets`` caps a source at a number of rows per epoch of
+    the mixture. Weights can be changed mid-run by name with :meth:`Loader.set_weights` (from the
+    mixer's next block of ``block_rows`` rows: pass ``block_rows=batch_size`` for a switch exactly at
+    a batch boundary).
+
+    >>> import headrace as hr, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.jsonl").write_text("".join(f'{{"x": "a{i}"}}\\n' for i in range(6)))
+    >>> _ = (d / "b.jsonl").write_text("".join(f'{{"x": "b{i}"}}\\n' for i in range(6)))
+    >>> rows = hr.mix({"a": hr.open(str(d / "a.jsonl")), "b": hr.open(str(d / "b.jsonl"))}, {"a": 2, "b": 1})
+    >>> sorted(r["x"][0] for r in rows.take(6))
+    ['a', 'a', 'a', 'a', 'b', 'b']
+    """
+    if not datasets:
+        raise ValueError("mix() needs at least one named dataset")
+    names = tuple(datasets)
+    for name, ds in datasets.items():
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"mix(): {name!r} is a {type(ds).__name__}, not a headrace Dataset")
+        if ds.batched:
+            raise ValueError(f"mix(): {name!r} is batched; mix rows, then batch() the mixture")
+    w = dict.fromkeys(names, 1.0) if weights is None else dict(weights)
+    unknown = sorted(set(w) - set(names))
+    if unknown:
+        raise ValueError(f"mix(): weights name unknown source(s) {unknown}; the sources are {list(names)}")
+    values = [float(w.get(n, 0.0)) for n in names]
+    if any(not v >= 0 for v in values) or sum(values) <= 0:
+        given = dict(zip(names, values, strict=True))
+        raise ValueError(f"mix(): weights must be >= 0 and sum to a positive number, got {given}")
+    if stop not in STOPS:
+        raise ValueError(f"mix(stop=...) must be one of {STOPS}, got {stop!r}")
+    if seed < 0:
+        raise ValueError(f"mix(seed=...) must be >= 0, got {seed}")
+    caps = dict(budgets or {})
+    bad = {k: v for k, v in caps.items() if not isinstance(v, int) or v < 0}
+    if bad:
+        raise ValueError(f"mix(budgets=...) must be whole numbers of rows >= 0, got {bad}")
+    unknown = sorted(set(caps) - set(names))
+    if unknown:
+        raise ValueError(f"mix(): budgets name unknown source(s) {unknown}; the sources are {list(names)}")
+    total = sum(values)
+    stage = MixStage(names, tuple(datasets[n] for n in names), tuple(v / total for v in values), seed, stop,
+                     tuple(caps.get(n) for n in names), _positive(block_rows, "block_rows"))  # fmt: skip
+    return Dataset(stage)
 
 
 def _positive(n: int, what: str) -> int:
@@ -611,4 +831,4 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     return Dataset(SourceStage(source))
 
 
-__all__ = ["REMAINDERS", "Context", "Dataset", "open"]
+__all__ = ["REMAINDERS", "STOPS", "Context", "Dataset", "mix", "open"]

@@ -38,8 +38,8 @@ def wrap(
     }
 
 
-def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[str, Any]) -> None:
-    """Refuse ``state`` unless it was taken from the same pipeline description and world."""
+def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[str, Any] | None) -> None:
+    """Refuse ``state`` unless it was taken from the same pipeline description and world (``None``: any world)."""
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
         raise StateError(
             "this is not a headrace loader state (missing 'format': 'headrace.state'); "
@@ -50,15 +50,23 @@ def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[s
             f"state format version {state.get('version')} is not supported by this headrace "
             f"(it reads version {STATE_VERSION}); resume with the headrace version that wrote it"
         )
-    if state.get("fingerprint") == fingerprint([list(pipeline), dict(world)]):
+    if world is not None and state.get("fingerprint") == fingerprint([list(pipeline), dict(world)]):
         return
     diffs = _diff(list(state.get("pipeline", [])), list(pipeline), "pipeline")
-    diffs += _diff(dict(state.get("world", {})), dict(world), "world")
+    if world is not None:
+        diffs += _diff(dict(state.get("world", {})), dict(world), "world")
+    elif not diffs:
+        return
     detail = "; ".join(diffs[:8]) or "fingerprints differ"
     raise StateError(
         f"state was saved from a different pipeline or world: {detail}. "
         "Resume with the same pipeline, seed and world, or start the run afresh"
     )
+
+
+def differences(saved: Any, current: Any, path: str) -> list[str]:
+    """``"path.key: saved X, now Y"`` for every leaf that differs between two JSON values."""
+    return _diff(saved, current, path)
 
 
 def _diff(saved: Any, current: Any, path: str) -> list[str]:

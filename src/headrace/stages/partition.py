@@ -13,7 +13,7 @@ repeating the order from its start.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Remainder = Literal["drop", "pad"]
 REMAINDERS = ("drop", "pad")
@@ -29,3 +29,20 @@ def consumer_range(total: int, consumer: int, consumers: int, remainder: Remaind
         return 0, 0
     per = total // consumers if remainder == "drop" else -(-total // consumers)
     return consumer * per, (consumer + 1) * per
+
+
+def strided_length(total: int, start: int, consumers: int, remainder: Remainder) -> int:
+    """How many samples each consumer takes from positions ``start..total`` dealt out in turn (equal for all)."""
+    left = max(total - start, 0)
+    return left // consumers if remainder == "drop" else -(-left // consumers)
+
+
+def strided_positions(start: int, consumer: int, consumers: int, first: int, n: int, total: int) -> Any:
+    """Global positions of a consumer's samples ``first..first+n``: ``start + consumer + k*consumers``.
+
+    Positions past the end (``remainder="pad"``) wrap to the start of the order.
+    """
+    import numpy as np
+
+    k = np.arange(first, first + n, dtype=np.int64)
+    return (start + consumer + k * consumers) % max(total, 1)

@@ -45,6 +45,9 @@ class Source:
     block_rows: int = 1024
     shuffle_seed: int | None = None
     fs: Any = field(default=None, compare=False, repr=False)
+    ordering: str = "files"  # "files": shards in (shuffled) order, contiguous ranges; "global": stages/order.py
+    chunk_rows: int = 1024
+    window: int = 16
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,8 @@ class Source:
             "block_rows": self.block_rows,
             "shuffle_seed": self.shuffle_seed,
             "errors": self.errors,
+            "ordering": self.ordering,
+            **({"chunk_rows": self.chunk_rows, "window": self.window} if self.ordering == "global" else {}),
         }
 
     def order(self, epoch: int) -> np.ndarray:

@@ -1,0 +1,374 @@
+"""``mix``: named sources interleaved by weight, on a deterministic schedule kept as positions and credits.
+
+The schedule. Each source holds an integer *credit* (in units of ``1/UNIT`` of a row). For every
+output row, every drawable source's credit grows by its weight, one source is picked and its credit
+drops by one row. The pick follows Tijdeman's rule for the chairman assignment problem: among the
+sources at least ``1/(2n-2)`` of a row behind, the one whose deficit reaches ``1 - 1/(2n-2)`` rows
+first (ties: the larger credit, then a priority order drawn from ``rng(seed, epoch, stage, 0)``).
+Every prefix of the output then holds each of ``n`` sources within ``1 - 1/(2n-2)`` rows (< 1) of
+weight × length (smooth weighted round-robin can fall more than a row behind with many sources), so
+every batch is stratified: within one row of weight × size for two sources (within two in general),
+and exact where every weight × size is a whole number (for sizes dividing ``UNIT``). Credits are
+integers: exact in JSON, and no floating-point noise decides a tie. Rows keep their source's own
+order and are not shuffled within a block (that would undo the batch composition for batches
+smaller than a block): shuffle the sources themselves. The seed only orders exact ties.
+
+Re-weighting (:meth:`MixNode.set_weights`, which ``Loader.set_weights`` calls) keeps every position
+and credit; it applies from the next block this node makes, so with ``block_rows`` equal to the
+batch size it applies from the next batch. The carried credits (under a row each on a steady
+schedule) settle first, so from there every prefix is within about two rows of the new weights; and
+across any number of re-weights, each source's total stays within its credit (about a row) of the sum
+of its weights over the rows so far.
+
+Positions, not rows: each source is read through a :class:`~headrace.core.cursor.Cursor`; the state is
+per source its cursor, epoch, flags, rows taken and credit, plus the current weights. A source that
+runs out restarts with its own next epoch (``builders[i](epoch + 1)``) where ``stop`` says so.
+``budgets`` cap the rows taken from a source per epoch of the mixture; a source at its cap counts as
+exhausted and leaves the drawing for the rest of the mixture's epoch (all modes; with ``"never"``,
+for good), the others then share its weight. When a source leaves, all credits restart from zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from headrace.core.block import Block, concat
+from headrace.core.cursor import Cursor
+from headrace.core.errors import SchemaError, SourceError, StateError
+from headrace.core.node import Node, State
+from headrace.core.policy import ErrorLog
+from headrace.core.rng import rng
+
+STOPS = ("first_exhausted", "all_exhausted", "never")
+# One row of credit: divisible by 1..16, 2**16 and 10**6, so weights like 0.7, 1/3 or 1/2048 are exact.
+UNIT = 2**16 * 3**4 * 5**6 * 7**2 * 11 * 13
+
+
+def normalized(weights: Sequence[float], what: str) -> list[float]:
+    """Weights divided by their sum; refused unless finite, >= 0 and summing to a positive number."""
+    values = [float(w) for w in weights]
+    if any(not (math.isfinite(v) and v >= 0) for v in values) or not sum(values) > 0:
+        raise ValueError(f"{what}: weights must be finite, >= 0 and sum to a positive number, got {values}")
+    total = sum(values)
+    return [v / total for v in values]
+
+
+def units(weights: Sequence[float], active: Sequence[int]) -> list[int]:
+    """Integer shares of ``UNIT`` for the ``active`` sources (largest remainder), 0 for the others."""
+    total = sum(weights[i] for i in active)
+    exact = {i: weights[i] / total * UNIT for i in active}
+    out = [0] * len(weights)
+    for i in active:
+        out[i] = math.floor(exact[i])
+    short = UNIT - sum(out)
+    for i in sorted(active, key=lambda i: (out[i] - exact[i], i))[:short]:
+        out[i] += 1
+    return out
+
+
+def choose(active: Sequence[int], owed: Sequence[int], share: Sequence[int], priority: Sequence[int]) -> int:
+    """Tijdeman's pick among ``active`` (credit already raised for this row): the earliest deadline."""
+    m = len(active)
+    if m == 1:
+        return active[0]
+    q = 2 * m - 2  # sigma = 1/q: a candidate is at least sigma of a row behind
+    best, slack = -1, 0
+    for i in active:
+        c = owed[i]
+        if c * q < UNIT:
+            continue
+        a = UNIT * (q - 1) - q * c  # q·UNIT × rows until its deficit reaches 1 - sigma, times its share
+        if best < 0:
+            best, slack = i, a
+            continue
+        lhs, rhs = a * share[best], slack * share[i]
+        if lhs < rhs or (lhs == rhs and (c, -priority[i]) > (owed[best], -priority[best])):
+            best, slack = i, a
+    if best < 0:  # only after a re-weight left credits off the invariant: the furthest behind
+        best = max(active, key=lambda i: (owed[i], -priority[i]))
+    return best
+
+
+@dataclass
+class Plan:
+    """The schedule of one block: ``picks[p]`` is the source of output row ``p``."""
+
+    picks: list[int]
+    credits: list[int]
+    rows: list[int]
+    out: list[bool]
+    end: int | None = None  # the schedule itself ended here (a cap under "first_exhausted", or nothing drawable)
+    ender: int = -1  # the source whose cap ended it (-1: nothing drawable)
+    leaves: list[tuple[int, int]] = field(default_factory=list)  # (position, source) reaching its cap
+
+
+class MixNode(Node[Block]):
+    """Rows of several child pipelines, interleaved by weight (see the module docstring)."""
+
+    def __init__(
+        self,
+        builders: Sequence[Callable[[int], Node[Block]]],
+        *,
+        names: Sequence[str],
+        weights: Sequence[float],
+        seed: int,
+        epoch: int,
+        stage: int,
+        stop: str,
+        shard_offsets: Sequence[int],
+        budgets: Sequence[int | None],
+        block_rows: int,
+    ) -> None:
+        n = len(builders)
+        if n == 0 or not len(names) == len(weights) == len(shard_offsets) == len(budgets) == n:
+            raise ValueError("MixNode needs one name, weight, shard offset and budget per source")
+        if stop not in STOPS:
+            raise ValueError(f"mix(stop=...) must be one of {STOPS}, got {stop!r}")
+        if seed < 0:
+            raise ValueError(f"mix(seed=...) must be >= 0, got {seed}")
+        if any(b is not None and b < 0 for b in budgets):
+            raise ValueError(f"mix(budgets=...) must be >= 0 rows, got {dict(zip(names, budgets, strict=True))}")
+        self.builders = list(builders)
+        self.names = tuple(names)
+        self.initial = normalized(weights, "mix()")
+        self.seed, self.epoch, self.stage, self.stop = seed, epoch, stage, stop
+        self.offsets = list(shard_offsets)
+        self.budgets = list(budgets)
+        self.block_rows = block_rows
+        order = rng(seed, epoch, stage, 0).permutation(n)
+        self.priority = [0] * n  # who wins an exact tie: a seeded order, fixed per epoch
+        for rank, i in enumerate(order):
+            self.priority[int(i)] = rank
+        self._children = [build(epoch) for build in self.builders]
+        self._cursors = [Cursor(child) for child in self._children]
+        self._epochs = [epoch] * n
+        self.reset(None)
+
+    # -- state -------------------------------------------------------------------------------------
+    def reset(self, state: State | None) -> None:
+        n = len(self.names)
+        try:
+            saved: list[State | None] = [None] * n if state is None else [state["sources"][k] for k in self.names]
+            epochs = [self.epoch if s is None else int(s["epoch"]) for s in saved]
+            cursors = [None if s is None else s["cursor"] for s in saved]
+            self._exhausted = [False if s is None else bool(s["exhausted"]) for s in saved]
+            self._out = [False if s is None else bool(s["out"]) for s in saved]
+            self._rows = [0 if s is None else int(s["rows"]) for s in saved]
+            self._credits = [0 if s is None else int(s["credit"]) for s in saved]
+            self._weights = [self.initial[i] if s is None else float(s["weight"]) for i, s in enumerate(saved)]
+            self._blocks = 0 if state is None else int(state["blocks"])
+            self._done = False if state is None else bool(state["done"])
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"mix state lacks or garbles {e} for sources {list(self.names)}"
+            raise StateError(f"{what}; pass the state this pipeline saved") from None
+        for i in range(n):
+            self._open(i, epochs[i])
+            self._cursors[i].reset(cursors[i])
+
+    def state_dict(self) -> State:
+        sources = {
+            name: {"cursor": self._cursors[i].state_dict(), "epoch": self._epochs[i], "exhausted": self._exhausted[i],
+                   "out": self._out[i], "rows": self._rows[i], "credit": self._credits[i], "weight": self._weights[i]}
+            for i, name in enumerate(self.names)
+        }  # fmt: skip
+        return {"sources": sources, "blocks": self._blocks, "done": self._done}
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """New weights by source name (missing names: 0), normalized; positions and credits are kept."""
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown:
+            raise ValueError(f"set_weights(): unknown source(s) {unknown}; the sources are {list(self.names)}")
+        self._weights = normalized([weights.get(n, 0.0) for n in self.names], "set_weights()")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self._weights, strict=True))
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
+
+    def error_logs(self) -> list[ErrorLog]:
+        return [log for child in self._children for log in child.error_logs()]
+
+    def _open(self, i: int, epoch: int) -> None:
+        """Child ``i`` built for ``epoch`` (kept if it already is), behind a fresh cursor."""
+        if self._epochs[i] == epoch:
+            return
+        self._children[i].close()
+        child = self.builders[i](epoch)
+        self._children[i], self._cursors[i], self._epochs[i] = child, Cursor(child), epoch
+
+    # -- iteration ---------------------------------------------------------------------------------
+    def next(self) -> Block:
+        if self._done:
+            raise StopIteration
+        before = self.state_dict()
+        plan = self._plan(self.block_rows)
+        parts, ends = self._take(plan.picks)
+        end, ender = self._stop_at(plan, ends)
+        if end is not None and end < len(plan.picks):  # rows taken past the end: rewind, take only those before it
+            self.reset(before)
+            plan = self._plan(end)
+            parts, ends = self._take(plan.picks)
+        self._credits, self._rows, self._out = plan.credits, plan.rows, plan.out
+        for _, i in plan.leaves:
+            self._exhausted[i] = True
+        for i, at in enumerate(ends):
+            self._exhausted[i] = self._exhausted[i] or bool(at)
+        if end is not None:
+            self._done = True
+            if ender >= 0:
+                self._exhausted[ender] = True
+        if not plan.picks:
+            raise StopIteration
+        self._blocks += 1
+        return self._interleave(plan.picks, parts)
+
+    def _plan(self, limit: int) -> Plan:
+        """The next ``limit`` picks from the current credits (pure: the node's state is not touched)."""
+        plan = Plan([], list(self._credits), list(self._rows), list(self._out))
+        owed, picks, caps = plan.credits, plan.picks, self.budgets
+        share: list[int] | None = None
+        active: list[int] = []
+        watch: list[int] | None = None  # credits where a cycle may close (then the schedule repeats)
+        mark = 0
+        while len(picks) < limit:
+            if share is None:
+                active = [i for i, w in enumerate(self._weights) if w > 0 and not plan.out[i]]
+                if not active:
+                    plan.end = len(picks)
+                    return plan
+                share = units(self._weights, active)
+                watch, mark = list(owed), len(picks)
+            for i in active:
+                owed[i] += share[i]
+            j = choose(active, owed, share, self.priority)
+            cap = caps[j]
+            if cap is not None and plan.rows[j] >= cap:
+                if self.stop == "first_exhausted":
+                    plan.end, plan.ender = len(picks), j
+                    return plan
+                plan.out[j] = True  # at its cap: out of the drawing; the others restart from even credits
+                plan.leaves.append((len(picks), j))
+                owed[:] = [0] * len(owed)
+                share = None
+                continue
+            owed[j] -= UNIT
+            plan.rows[j] += 1
+            picks.append(j)
+            if watch is not None and owed[j] == watch[j] and owed == watch:
+                self._repeat(plan, mark, limit)
+                watch = None
+        return plan
+
+    def _repeat(self, plan: Plan, mark: int, limit: int) -> None:
+        """The credits are back where they were at ``mark``: repeat that cycle as often as it fits.
+
+        Weights with small denominators (0.7/0.3 repeats every 10 rows) then cost one cycle of
+        scheduling per block; whole cycles only, and never past a source's cap.
+        """
+        cycle = plan.picks[mark:]
+        whole = (limit - len(plan.picks)) // len(cycle)
+        per = np.bincount(np.asarray(cycle, dtype=np.int64), minlength=len(self.names)).tolist()
+        for i, k in enumerate(per):
+            cap = self.budgets[i]
+            if k and cap is not None:
+                whole = min(whole, (cap - plan.rows[i]) // k)
+        if whole > 0:
+            plan.picks.extend(cycle * whole)
+            plan.rows[:] = [r + k * whole for r, k in zip(plan.rows, per, strict=True)]
+
+    def _take(self, picks: list[int]) -> tuple[list[list[Block]], list[list[int]]]:
+        """Rows for ``picks`` from each source, restarting sources that run out where ``stop`` allows.
+
+        Returns the blocks per source and, per source, the indices (among its picks) where an epoch
+        of it ran out. Under ``"first_exhausted"`` a source that runs out is not restarted.
+        """
+        counts = np.bincount(np.asarray(picks, dtype=np.int64), minlength=len(self.names))
+        parts: list[list[Block]] = [[] for _ in self.names]
+        ends: list[list[int]] = [[] for _ in self.names]
+        for i, need in enumerate(counts.tolist()):
+            got, fresh = 0, False
+            while got < need:
+                block = self._cursors[i].take(need - got)
+                if block is not None:
+                    parts[i].append(block)
+                    got += block.num_rows
+                    fresh = False
+                    if got >= need:
+                        break
+                if fresh:
+                    raise SourceError(
+                        f"mix(): source {self.names[i]!r} has no rows in its epoch {self._epochs[i]} (on this rank "
+                        f"and worker), so it cannot be cycled under stop={self.stop!r}; give it rows, weight 0, "
+                        "or use stop='first_exhausted'"
+                    )
+                ends[i].append(got)
+                if self.stop == "first_exhausted":
+                    break
+                self._open(i, self._epochs[i] + 1)
+                self._cursors[i].reset(None)
+                fresh = True
+        return parts, ends
+
+    def _stop_at(self, plan: Plan, ends: list[list[int]]) -> tuple[int | None, int]:
+        """The output position where the mixture ends in this block (None: it goes on), and the source ending it."""
+        positions: dict[int, list[int]] = {}
+        for p, i in enumerate(plan.picks):
+            positions.setdefault(i, []).append(p)
+        ran_out = {i: positions[i][e[0]] for i, e in enumerate(ends) if e}  # first run-out in this block
+        events = [(plan.end, plan.ender)] if plan.end is not None else []
+        if self.stop == "first_exhausted":
+            events += [(p, i) for i, p in ran_out.items()]
+        elif self.stop == "all_exhausted":
+            when: dict[int, int] = {i: -1 for i, done in enumerate(self._exhausted) if done}
+            for p, i in plan.leaves:
+                when.setdefault(i, p)
+            for i, p in ran_out.items():
+                when[i] = min(when.get(i, p), p)
+            weighted = [i for i, w in enumerate(self._weights) if w > 0]
+            if all(i in when for i in weighted):
+                last = max(weighted, key=lambda i: (when[i], -i))
+                events.append((max(when[last], 0), last))
+        if not events:
+            return None, -1
+        return min(events)
+
+    def _interleave(self, picks: list[int], parts: list[list[Block]]) -> Block:
+        """One block in schedule order; each row's shard id moved into the mixture's shard-id space."""
+        sources = [i for i, blocks in enumerate(parts) if blocks]
+        blocks = {i: self._relabel(i, concat(parts[i])) for i in sources}
+        first = sources[0]
+        names = list(blocks[first].columns)
+        for i in sources[1:]:
+            if set(blocks[i].columns) != set(names):
+                a, b = self.names[first], self.names[i]
+                only_a = sorted(set(names) - set(blocks[i].columns))
+                only_b = sorted(set(blocks[i].columns) - set(names))
+                raise SchemaError(
+                    f"mix(): sources {a!r} and {b!r} have different columns: {a!r} has {only_a} that {b!r} lacks, "
+                    f"{b!r} has {only_b} that {a!r} lacks; map() or select them to the same columns before mixing"
+                )
+            if list(blocks[i].columns) != names:
+                cols = blocks[i].columns
+                blocks[i] = Block({k: cols[k] for k in names}, blocks[i].shard, blocks[i].row)
+        which = np.asarray(picks, dtype=np.int64)
+        index = np.empty(len(picks), dtype=np.int64)
+        base = 0
+        for i in sources:
+            where = np.flatnonzero(which == i)
+            index[where] = base + np.arange(len(where), dtype=np.int64)
+            base += len(where)
+        return concat([blocks[i] for i in sources]).take(index)
+
+    def _relabel(self, i: int, block: Block) -> Block:
+        offset = self.offsets[i]
+        if not offset:
+            return block
+        shard = np.where(block.shard >= 0, block.shard + offset, block.shard).astype(np.int32)
+        return Block(block.columns, shard, block.row)
