@@ -304,6 +304,71 @@ def _positive_count(text: str) -> int:
     return n
 
 
+# -- bench ------------------------------------------------------------------------------------------
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files, globs or directories")
+    parser.add_argument("--format", help="the format, when file suffixes do not say")
+    parser.add_argument("--columns", help="read only these columns (comma-separated)")
+    parser.add_argument(
+        "--shuffle",
+        choices=("none", "buffer", "global"),
+        default="none",
+        help="none; a window shuffle of --buffer-size rows; or the global order (indexed sources)",
+    )
+    parser.add_argument("--buffer-size", type=_positive_count, default=10_000)
+    parser.add_argument("--seed", type=_non_negative, default=0)
+    parser.add_argument("--batch-size", type=_positive_count, default=256)
+    parser.add_argument("--batches", type=_positive_count, default=200, help="stop after this many batches")
+    parser.add_argument("--workers", type=_non_negative, default=0, help="loader worker threads")
+    parser.add_argument("--prefetch", type=_non_negative, default=2)
+    parser.add_argument(
+        "--quality",
+        metavar="ID,GROUP",
+        help="measure the order: the column with the original index and a column to group by",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")  # fmt: skip
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from headrace import bench
+
+    ds = hr.open(args.paths, format=args.format, columns=_columns(args.columns))
+    if args.shuffle == "buffer":
+        ds = ds.shuffle(seed=args.seed, buffer_size=args.buffer_size)
+    elif args.shuffle == "global":
+        ds = ds.shuffle(seed=args.seed, buffer_size=None)
+    quality = None
+    if args.quality:
+        names = [n.strip() for n in args.quality.split(",")]
+        if len(names) != 2 or not all(names):
+            raise ValueError(f"--quality takes ID,GROUP (two column names), got {args.quality!r}")
+        quality = (names[0], names[1])
+    report = bench.run(ds.batch(args.batch_size), batches=args.batches, num_workers=args.workers,
+                       prefetch=args.prefetch, quality=quality)  # fmt: skip
+    report["pipeline"] = ds.describe()
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"headrace bench: {_common_root(args.paths)}", show_header=False)
+    table.add_row("batches", f"{report['batches']} x {args.batch_size} rows ({args.workers} workers)")
+    table.add_row("rows/s", f"{report['rows_per_s']:,.0f}" if report["rows_per_s"] else "-")
+    if report["tokens_per_s"]:
+        table.add_row("tokens/s", f"{report['tokens_per_s']:,.0f}")
+    table.add_row("first batch", f"{report['first_batch_s']:.3f} s" if report["first_batch_s"] else "-")
+    table.add_row("peak memory", _size(report["peak_rss_bytes"]))
+    q = report["quality"]
+    if q:
+        table.add_row("batch mix distance", f"{q['batch_mix_distance']:.3f} (uniform shuffle: {q['noise_floor']:.3f})")
+        table.add_row("rank correlation", f"{q['rank_correlation']:+.3f} (1: not shuffled, 0: well shuffled)")
+    Console().print(table)
+    return 0
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -313,6 +378,12 @@ COMMANDS: tuple[Command, ...] = (
         "tokenize text into token shards (Megatron .bin/.idx) with a manifest; parallel, resumable",
         configure_prepare,
         run_prepare,
+    ),
+    Command(
+        "bench",
+        "throughput, time to first batch, peak memory and shuffle quality of a pipeline",
+        configure_bench,
+        run_bench,
     ),
 )
 
