@@ -26,6 +26,7 @@ from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
 from headrace.stages.batch import BatchNode, Pad
 from headrace.stages.bestfit import BestFitNode
 from headrace.stages.global_source import GlobalSourceNode
+from headrace.stages.hf import HFNode, HFSource
 from headrace.stages.limit import LimitNode
 from headrace.stages.pack import WindowNode
 from headrace.stages.partition import REMAINDERS, Remainder
@@ -104,6 +105,30 @@ class TokenWindowStage(Stage):
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         return TokenWindowNode(self.spec, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
+
+
+@dataclass(frozen=True)
+class HFStage(Stage):
+    """The root of :func:`from_hf`: a Hugging Face ``IterableDataset``."""
+
+    source: HFSource
+
+    @property
+    def shard_count(self) -> int:
+        return 1
+
+    @property
+    def block_rows(self) -> int:
+        return self.source.block_rows
+
+    def lineage(self, shard: int, row: int) -> str:
+        return f"the Hugging Face dataset (row {row})" if shard == 0 else "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return self.source.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return HFNode(self.source, ctx.world, ctx.epoch)
 
 
 @dataclass(frozen=True)
@@ -364,9 +389,9 @@ class Dataset:
         return chain[::-1]
 
     @property
-    def root(self) -> SourceStage | MixStage | TokenWindowStage:
+    def root(self) -> SourceStage | MixStage | TokenWindowStage | HFStage:
         stage = self.stages[0]
-        assert isinstance(stage, SourceStage | MixStage | TokenWindowStage)
+        assert isinstance(stage, SourceStage | MixStage | TokenWindowStage | HFStage)
         return stage
 
     @property
@@ -678,6 +703,18 @@ def _format(batch_format: str) -> BatchFormat:
     return batch_format  # type: ignore[return-value]
 
 
+def from_hf(dataset: Any, *, block_rows: int = 1024) -> Dataset:
+    """A ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``) as a headrace :class:`Dataset`.
+
+    Add headrace stages, mixing and the :class:`Loader` on top; checkpoints carry HF's own position
+    (``IterableDataset.state_dict``). Shuffle with headrace: HF does not restore its shuffle buffer.
+    """
+    if not hasattr(dataset, "state_dict") or not hasattr(dataset, "iter"):
+        raise TypeError(f"from_hf() takes a datasets.IterableDataset, got {type(dataset).__name__} "
+                        "(load_dataset(..., streaming=True), or Dataset.to_iterable_dataset())")  # fmt: skip
+    return Dataset(HFStage(HFSource(dataset, _positive(block_rows, "block_rows"))))
+
+
 STOPS = ("first_exhausted", "all_exhausted", "never")
 
 
@@ -831,4 +868,4 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     return Dataset(SourceStage(source))
 
 
-__all__ = ["REMAINDERS", "STOPS", "Context", "Dataset", "mix", "open"]
+__all__ = ["REMAINDERS", "STOPS", "Context", "Dataset", "from_hf", "mix", "open"]
