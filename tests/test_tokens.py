@@ -13,8 +13,10 @@ import pyarrow as pa
 import pytest
 
 import headrace as hr
-from headrace.formats import format_of, tokens
+from headrace.formats import format_of
 from headrace.formats.tokens import MegatronWriter, TokenShards, token_dtype
+from headrace.formats.tokens import files as token_files
+from headrace.formats.tokens import readers as token_readers
 from headrace.pipeline import Dataset, SourceStage
 from headrace.testing import check_resume
 
@@ -114,9 +116,9 @@ def test_megatron_resumes_exactly_across_pieces_and_ranks(
     tmp_path: Path, docs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_megatron(tmp_path, docs[:900], shards=3)
-    monkeypatch.setattr(tokens, "PIECE_ROWS", 37)  # many pieces per shard: seeks land inside them
-    monkeypatch.setattr(tokens, "PIECE_TOKENS", 2000)
-    tokens._OPEN.clear()
+    monkeypatch.setattr(token_files, "PIECE_ROWS", 37)  # many pieces per shard: seeks land inside them
+    monkeypatch.setattr(token_files, "PIECE_TOKENS", 2000)
+    token_readers._OPEN.clear()
     try:
         ds = hr.open(str(tmp_path / "*.bin"), block_rows=50)
         assert ids_of(ds) == [d.tolist() for d in docs[:900]]
@@ -124,7 +126,7 @@ def test_megatron_resumes_exactly_across_pieces_and_ranks(
         check_resume(ds.shuffle(seed=5, buffer_size=100).batch(16, pad="longest"), every=7,
                      world=hr.World(rank=1, world_size=3))  # fmt: skip
     finally:
-        tokens._OPEN.clear()
+        token_readers._OPEN.clear()
 
 
 # -- nanoGPT and .npy ----------------------------------------------------------------------------------------
