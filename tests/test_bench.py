@@ -24,7 +24,7 @@ def test_bench_reports_throughput_and_quality(parquet_dir: Path) -> None:
     assert none["rows_per_s"] > 0 and 0 < none["first_batch_s"] < none["seconds"]  # type: ignore[operator]
     assert none["peak_rss_bytes"] > 10 << 20  # type: ignore[operator]
     assert none["quality"]["rank_correlation"] == pytest.approx(1.0)  # type: ignore[index]
-    best = bench(str(parquet_dir), "--shuffle", "global", "--batches", "50", "--batch-size", "100",
+    best = bench(str(parquet_dir), "--shuffle", "global", "--window", "32", "--batches", "50", "--batch-size", "100",
                  "--quality", "id,doc")  # fmt: skip
     q = best["quality"]
     assert abs(q["rank_correlation"]) < 0.1  # type: ignore[index]

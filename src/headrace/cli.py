@@ -318,6 +318,7 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="none; a window shuffle of --buffer-size rows; or the global order (indexed sources)",
     )
     parser.add_argument("--buffer-size", type=_positive_count, default=10_000)
+    parser.add_argument("--window", type=_positive_count, default=16, help="row groups mixed by the global order")
     parser.add_argument("--seed", type=_non_negative, default=0)
     parser.add_argument("--batch-size", type=_positive_count, default=256)
     parser.add_argument("--batches", type=_positive_count, default=200, help="stop after this many batches")
@@ -338,7 +339,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.shuffle == "buffer":
         ds = ds.shuffle(seed=args.seed, buffer_size=args.buffer_size)
     elif args.shuffle == "global":
-        ds = ds.shuffle(seed=args.seed, buffer_size=None)
+        ds = ds.shuffle(seed=args.seed, buffer_size=None, window=args.window)
     quality = None
     if args.quality:
         names = [n.strip() for n in args.quality.split(",")]

@@ -458,14 +458,20 @@ class Dataset:
 
     # -- stages ------------------------------------------------------------------------------------
     def shuffle(
-        self, seed: int = DEFAULT_SEED, buffer_size: int | None = 10_000, *, window: int = 16, chunk_rows: int = 1024
+        self,
+        seed: int = DEFAULT_SEED,
+        buffer_size: int | None = 10_000,
+        *,
+        window: int = 16,
+        chunk_rows: int | None = None,
     ) -> Dataset:
         """Shuffle rows: a window shuffle of ``buffer_size`` rows, or with ``buffer_size=None`` the global order.
 
         With a buffer, the shard order is permuted per epoch and rows are shuffled within windows of
         ``buffer_size`` rows (any source). ``buffer_size=None`` (indexed sources: Parquet, Arrow, token
-        shards; right after ``open``) gives a quasi-global shuffle with bounded memory — chunks of
-        ``chunk_rows`` rows permuted over the whole epoch, rows mixed within ``window`` chunks — whose
+        shards; right after ``open``) gives a quasi-global shuffle with bounded memory — chunks (the
+        files' row groups, or ``chunk_rows`` rows) permuted over the whole epoch, rows mixed within
+        ``window`` chunks — whose
         sample ``i`` is computed without reading the others, and whose checkpoints resume on another
         number of ranks (elastic).
         """
@@ -475,8 +481,9 @@ class Dataset:
             root = self.root
             if len(self.stages) != 1 or not isinstance(root, SourceStage):
                 raise ValueError("shuffle(buffer_size=None) orders the source itself: call it right after open()")
+            rows = None if chunk_rows is None else _positive(chunk_rows, "chunk_rows")
             src = replace(root.source, ordering="global", shuffle_seed=seed, window=_positive(window, "window"),
-                          chunk_rows=_positive(chunk_rows, "chunk_rows"))  # fmt: skip
+                          chunk_rows=rows)  # fmt: skip
             return Dataset(SourceStage(src))
         if buffer_size < 1:
             raise ValueError(f"shuffle(buffer_size=...) must be a positive number of rows or None, got {buffer_size}")
@@ -623,7 +630,7 @@ class Dataset:
 
         extra = dict(src.opts.extra)
         shards = TokenShards([s.url for s in src.shards], tokens_per_row=int(extra.get("tokens_per_row", 2048)))
-        spec = TokenWindows(shards, seq_len, stride, shift, src.shuffle_seed or 0, src.chunk_rows, src.window,
+        spec = TokenWindows(shards, seq_len, stride, shift, src.shuffle_seed or 0, src.chunk_rows or 64, src.window,
                             max(1, src.block_rows // 8))  # fmt: skip
         return Dataset(TokenWindowStage(spec))
 

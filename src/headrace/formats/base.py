@@ -74,6 +74,13 @@ class Format(ABC):
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         """Number of slots in the shard."""
 
+    def chunks(self, fs: Any, shard: Shard, opts: ReadOptions) -> list[int] | None:
+        """Rows of the shard's natural read units (Parquet row groups, Arrow record batches), if any.
+
+        The global order uses them as its chunks, so every unit decoded is used whole.
+        """
+        return None
+
     @abstractmethod
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog

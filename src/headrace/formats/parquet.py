@@ -35,6 +35,10 @@ class ParquetFormat(Format):
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         return int(self._open(fs, shard).metadata.num_rows)
 
+    def chunks(self, fs: Any, shard: Shard, opts: ReadOptions) -> list[int] | None:
+        meta = self._open(fs, shard).metadata
+        return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:

@@ -25,6 +25,8 @@ from headrace.stages.order import GlobalOrder
 from headrace.stages.partition import Remainder, strided_length, strided_positions
 from headrace.stages.source import Source
 
+DEFAULT_CHUNK_ROWS = 1024  # chunks of formats without natural read units
+
 
 class PieceCache:
     """The last ``capacity`` pieces read, by shard; ``rows(shard, row)`` reads a piece on a miss."""
@@ -60,8 +62,9 @@ class GlobalSourceNode(Node[Block]):
                               "whose row counts come from metadata; pass buffer_size= for other formats")  # fmt: skip
         self.source = source
         self.errors = ErrorLog(source.errors)
-        self.order = GlobalOrder(source.counts(), seed=source.shuffle_seed, epoch=epoch,
-                                 chunk_rows=source.chunk_rows, window=source.window)  # fmt: skip
+        natural = source.chunks() if source.chunk_rows is None else None
+        self.order = GlobalOrder(source.counts(), seed=source.shuffle_seed, epoch=epoch, window=source.window,
+                                 chunk_rows=source.chunk_rows or DEFAULT_CHUNK_ROWS, chunks=natural)  # fmt: skip
         self.consumer, self.consumers = world.consumer, world.consumers
         self.start = min(start, self.order.total)
         self.length = strided_length(self.order.total, self.start, self.consumers, remainder)

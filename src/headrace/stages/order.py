@@ -25,13 +25,30 @@ STAGE = 0  # rng stage id of the source's order (index 0: chunk permutation; 1 +
 
 
 class GlobalOrder:
-    def __init__(self, counts: Sequence[int], *, seed: int | None, epoch: int, chunk_rows: int, window: int) -> None:
+    """``counts[s]`` rows per shard, cut into ``chunk_rows`` chunks — or into ``chunks[s]`` (row counts of
+    each shard's natural read units, e.g. Parquet row groups) where given."""
+
+    def __init__(
+        self,
+        counts: Sequence[int],
+        *,
+        seed: int | None,
+        epoch: int,
+        chunk_rows: int,
+        window: int,
+        chunks: Sequence[Sequence[int] | None] | None = None,
+    ) -> None:
         shard_of, start_of, size_of = [], [], []
         for shard, n in enumerate(counts):
-            for start in range(0, int(n), chunk_rows):
-                shard_of.append(shard)
-                start_of.append(start)
-                size_of.append(min(chunk_rows, int(n) - start))
+            natural = chunks[shard] if chunks is not None else None
+            sizes = list(natural) if natural else [min(chunk_rows, int(n) - s) for s in range(0, int(n), chunk_rows)]
+            start = 0
+            for size in sizes:
+                if size > 0:
+                    shard_of.append(shard)
+                    start_of.append(start)
+                    size_of.append(int(size))
+                start += int(size)
         n_chunks = len(size_of)
         perm = np.arange(n_chunks) if seed is None else permutation(n_chunks, seed, epoch, STAGE, 0)
         self.shard_of = np.asarray(shard_of, dtype=np.int64)[perm]

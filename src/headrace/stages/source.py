@@ -46,7 +46,7 @@ class Source:
     shuffle_seed: int | None = None
     fs: Any = field(default=None, compare=False, repr=False)
     ordering: str = "files"  # "files": shards in (shuffled) order, contiguous ranges; "global": stages/order.py
-    chunk_rows: int = 1024
+    chunk_rows: int | None = None  # None: the files' own read units (row groups), else chunks of this many rows
     window: int = 16
 
     def describe(self) -> dict[str, Any]:
@@ -85,6 +85,11 @@ class Source:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(one, self.shards))
+
+    def chunks(self) -> list[list[int] | None]:
+        """Each shard's natural read units (row counts), where its format has them."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda s: format_named(s.format).chunks(self.fs, s, self.opts), self.shards))
 
 
 class SourceNode(Node[Block]):
