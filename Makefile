@@ -8,7 +8,9 @@ TORCH := torch==2.13.0
 
 .PHONY: setup test lint typecheck pytest demo bench clean
 
-setup: $(STAMP)
+AZURITE := node_modules/.bin/azurite-blob
+
+setup: $(STAMP) $(AZURITE)
 
 # torch first, pinned: it is the CPU build already on these machines; unpinned, pip pulls GBs of CUDA.
 $(STAMP): pyproject.toml
@@ -16,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+# Azurite, the Azure Blob emulator the remote tests start (version pinned in package-lock.json: 3.35 is the
+# last for Node 20). Installed once, when missing; without npm the Azure tests skip (and fail in CI).
+$(AZURITE):
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: tests/test_remote.py will skip Azure (install Node.js 20 and npm)"; fi
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
@@ -32,9 +40,14 @@ test: lint typecheck pytest
 demo: setup
 	$(PY) examples/resume_demo.py
 
+# MosaicML streaming is installed without its dependencies: its pins would downgrade numpy and
+# transformers and pull a CUDA torch. These are the packages it imports at run time.
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q --no-deps mosaicml-streaming==0.13.0 zstd python-snappy Brotli catalogue
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_tokens.py
+	$(PY) benchmarks/bench_order.py
 
 clean:
 	rm -rf $(VENV) .demo .bench build src/*.egg-info

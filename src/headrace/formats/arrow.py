@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -18,11 +19,21 @@ class ArrowFormat(Format):
     name = "arrow"
     indexed = True
 
-    def _open(self, fs: Any, shard: Shard) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
+    @contextmanager
+    def _open(self, fs: Any, shard: Shard) -> Iterator[pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader]:
+        """The reader, with the file closed after use (a remote file holds a connection and a prefetch task)."""
+        local = isinstance(fs, LocalFileSystem)
         try:
-            source = pa.memory_map(shard.url) if isinstance(fs, LocalFileSystem) else fs.open(shard.url, "rb")
+            source = pa.memory_map(shard.url) if local else fs.open(shard.url, "rb")
         except OSError as e:
             raise SourceError(f"{shard.url}: cannot open ({e})") from None
+        try:
+            yield self._reader(source, shard)
+        finally:
+            if not local:  # a memory map stays: the batches read from it point into it
+                source.close()
+
+    def _reader(self, source: Any, shard: Shard) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
         try:
             return pa.ipc.open_file(source)
         except pa.ArrowInvalid:
@@ -36,18 +47,22 @@ class ArrowFormat(Format):
             ) from None
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
-        return self._open(fs, shard).schema
+        with self._open(fs, shard) as reader:
+            return reader.schema
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
-        reader = self._open(fs, shard)
-        if isinstance(reader, pa.ipc.RecordBatchFileReader):
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-        return sum(b.num_rows for b in reader)
+        with self._open(fs, shard) as reader:
+            if isinstance(reader, pa.ipc.RecordBatchFileReader):
+                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            return sum(b.num_rows for b in reader)
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
-        reader = self._open(fs, shard)
+        with self._open(fs, shard) as reader:
+            yield from self._pieces(reader, shard, opts, start, seek)
+
+    def _pieces(self, reader: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int) -> Iterator[Piece]:
         names = reader.schema.names
         columns = [c for c in opts.columns if c in names] if opts.columns is not None else None  # missing: nulls
         batches: Iterator[pa.RecordBatch]

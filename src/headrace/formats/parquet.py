@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -20,29 +21,46 @@ class ParquetFormat(Format):
     name = "parquet"
     indexed = True
 
-    def _open(self, fs: Any, shard: Shard) -> pq.ParquetFile:
+    @contextmanager
+    def _open(self, fs: Any, shard: Shard) -> Iterator[pq.ParquetFile]:
+        """The Parquet file, closed after use (a remote file holds a connection)."""
+        local = isinstance(fs, LocalFileSystem)
         try:
-            source = shard.url if isinstance(fs, LocalFileSystem) else fs.open(shard.url, "rb")
-            return pq.ParquetFile(source, memory_map=isinstance(fs, LocalFileSystem))
-        except (OSError, pa.ArrowException) as e:
-            raise SourceError(
-                f"{shard.url}: not a readable Parquet file (truncated or corrupt? {e}); re-write or remove it"
-            ) from None
+            source: Any = shard.url if local else fs.open(shard.url, "rb")
+        except OSError as e:
+            raise SourceError(f"{shard.url}: cannot open ({e})") from None
+        try:
+            try:
+                pf = pq.ParquetFile(source, memory_map=local)
+            except (OSError, pa.ArrowException) as e:
+                raise SourceError(
+                    f"{shard.url}: not a readable Parquet file (truncated or corrupt? {e}); re-write or remove it"
+                ) from None
+            yield pf
+        finally:
+            if not local:
+                source.close()
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
-        return self._open(fs, shard).schema_arrow
+        with self._open(fs, shard) as pf:
+            return pf.schema_arrow
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
-        return int(self._open(fs, shard).metadata.num_rows)
+        with self._open(fs, shard) as pf:
+            return int(pf.metadata.num_rows)
 
     def chunks(self, fs: Any, shard: Shard, opts: ReadOptions) -> list[int] | None:
-        meta = self._open(fs, shard).metadata
-        return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+        with self._open(fs, shard) as pf:
+            meta = pf.metadata
+            return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
-        pf = self._open(fs, shard)
+        with self._open(fs, shard) as pf:
+            yield from self._pieces(pf, shard, opts, start, seek)
+
+    def _pieces(self, pf: pq.ParquetFile, shard: Shard, opts: ReadOptions, start: Start, seek: int) -> Iterator[Piece]:
         meta = pf.metadata
         bounds = [0]
         for i in range(meta.num_row_groups):

@@ -63,7 +63,14 @@ def resolve(
         fs, path = fs_for(item)
         if isinstance(fs, LocalFileSystem):
             path = os.path.normpath(os.path.abspath(path))  # one file, one shard, however it is spelled
-        found += _expand(fs, path, item, known_suffix)
+        try:
+            found += _expand(fs, path, item, known_suffix)
+        except PermissionError as e:
+            raise SourceError(f"{item}: access denied ({e}); check the credentials in storage_options") from None
+        except FileNotFoundError as e:
+            raise SourceError(f"no such file or directory: {item!r} ({e})") from None
+        except OSError as e:
+            raise SourceError(f"{item}: cannot list or open ({type(e).__name__}: {e})") from None
     seen: set[str] = set()
     unique = []
     for url, size in found:
@@ -79,11 +86,11 @@ def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str
         files = sorted((p, i) for p, i in infos.items() if i.get("type") != "directory")
         if not files:
             raise SourceError(f"the glob {given!r} matched no files; check the pattern and the working directory")
-        return [(_unstrip(fs, p), int(i.get("size") or 0)) for p, i in files]
+        return [(_unstrip(fs, p, given), _size(fs, p, i)) for p, i in files]
     if not fs.exists(path):
         raise SourceError(f"no such file or directory: {given!r}")
     info = fs.info(path)
-    if info.get("type") == "directory":
+    if info.get("type") == "directory" or (path.endswith("/") and _is_http(fs) and fs.isdir(path)):
         infos = fs.find(path, detail=True)
         files = sorted(
             (p, i)
@@ -94,14 +101,35 @@ def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str
         )
         if not files:
             raise SourceError(f"the directory {given!r} holds no data files headrace can read")
-        return [(_unstrip(fs, p), int(i.get("size") or 0)) for p, i in files]
-    return [(_unstrip(fs, path), int(info.get("size") or 0))]
+        return [(_unstrip(fs, p, given), _size(fs, p, i)) for p, i in files]
+    return [(_unstrip(fs, path, given), _size(fs, path, info))]
 
 
-def _unstrip(fs: Any, path: str) -> str:
+def _size(fs: Any, path: str, info: Mapping[str, Any]) -> int:
+    """The file's size; listings of HTTP servers (links in a page) have none, so ask the file (HEAD)."""
+    size = info.get("size")
+    if size is None:
+        size = fs.size(path)
+    return int(size or 0)
+
+
+def _is_http(fs: Any) -> bool:
+    """An HTTP "directory" is a page of links: ``info`` calls it a file, so ``dir/`` is listed on request."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("http", "https")
+
+
+def _unstrip(fs: Any, path: str, given: str) -> str:
+    """The URL of ``path``, in the scheme the user wrote when the filesystem has several (``az://``, not
+    adlfs' first name ``abfs://``), so that shard names and errors read as the user's URLs."""
     if isinstance(fs, LocalFileSystem):
         return path
-    return fs.unstrip_protocol(path)
+    url: str = fs.unstrip_protocol(path)
+    scheme = given.split("://", 1)[0] if "://" in given else ""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if scheme in protocols and "://" in url and not url.startswith(f"{scheme}://"):
+        url = f"{scheme}://{url.split('://', 1)[1]}"
+    return url
 
 
 def fs_for(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
