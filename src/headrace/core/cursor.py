@@ -7,6 +7,8 @@ rows of that block were consumed; restoring re-reads that one block and drops th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from headrace.core.block import Block, concat
 from headrace.core.node import Node, State
 
@@ -102,6 +104,14 @@ class RowWindow:
     @property
     def done(self) -> bool:
         return self.rows is not None and self.emitted >= self.total
+
+    def ready(self, fill: Callable[[], None]) -> bool:
+        """Move past a window that was emitted and ``fill()`` the next when needed; False at the end."""
+        if self.done:
+            self.advance()
+        if self.rows is None:
+            fill()
+        return self.rows is not None and self.total > 0
 
     def advance(self) -> None:
         """Move to the next window (after the current one was emitted)."""

@@ -77,12 +77,8 @@ class BestFitNode(Node[Block]):
 
     def next(self) -> Block:
         w = self.window
-        if w.done:
-            w.advance()
-        if w.rows is None:
-            self._fill()
-            if w.rows is None or not self._bins:
-                raise StopIteration
+        if not w.ready(self._fill):
+            raise StopIteration
         ids, labels, starts, clipped, rows = self._docs
         n = self.seq_len
         k = min(len(self._bins) - w.emitted, 256)

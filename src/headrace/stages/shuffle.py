@@ -40,12 +40,9 @@ class ShuffleNode(Node[Block]):
 
     def next(self) -> Block:
         w = self.window
-        if w.done:
-            w.advance()
-        if w.rows is None:
-            self._fill()
-            if w.rows is None:
-                raise StopIteration
+        if not w.ready(self._fill):
+            raise StopIteration
+        assert w.rows is not None
         idx = self._perm[w.emitted : w.emitted + self.block_rows]
         w.emitted += len(idx)
         return w.rows.take(idx)
