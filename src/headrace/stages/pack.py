@@ -91,7 +91,7 @@ class WindowNode(Node[Block]):
 
     def _columns(self, tokens: np.ndarray, starts: np.ndarray, shift: int) -> dict[str, np.ndarray | pa.Array]:
         n = self.seq_len
-        ids = tokens[:, :n].astype(np.int32 if tokens.max(initial=0) < 2**31 else np.int64)
+        ids = tokens[:, :n].astype(np.int32 if tokens.dtype.itemsize <= 4 else np.int64)  # a copy out of the buffer
         out: dict[str, np.ndarray | pa.Array] = {"input_ids": ids}
         if shift:
             out["labels"] = tokens[:, shift : shift + n].astype(ids.dtype)

@@ -50,7 +50,7 @@ class TokenStream:
         self.column = column
 
     def reset(self, state: State | None) -> None:
-        self.buf = np.empty(0, dtype=np.int64)
+        self.buf = np.empty(0, dtype=np.int32)  # int32 unless some ids need 64 bits: fewer bytes to move
         self.doc_starts = np.empty(0, dtype=np.int64)
         self.shard = np.empty(0, dtype=np.int32)
         self.row = np.empty(0, dtype=np.int64)
@@ -93,7 +93,9 @@ class TokenStream:
         starts = base + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         keep = lengths > 0
         self.entries.append((before, base))
-        self.buf = np.concatenate([self.buf, ids.astype(np.int64, copy=False)]) if base else ids.astype(np.int64)
+        wide = ids.dtype.itemsize > 4 or ids.dtype == np.uint32
+        dtype = np.int64 if wide or self.buf.dtype == np.int64 else np.int32
+        self.buf = np.concatenate([self.buf, ids]).astype(dtype, copy=False) if base else ids.astype(dtype)
         self.doc_starts = np.concatenate([self.doc_starts, starts[keep]])
         self.shard = np.concatenate([self.shard, block.shard[keep]])
         self.row = np.concatenate([self.row, block.row[keep]])
@@ -115,7 +117,14 @@ class TokenStream:
         self.pos -= cut
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """``[len(starts), length]`` tokens from buffer positions ``pos + starts``."""
+        """``[len(starts), length]`` tokens from buffer positions ``pos + starts`` (a view when evenly spaced).
+
+        The buffer is never written in place, so the view stays valid; callers copy what they keep.
+        """
+        if len(starts) > 1 and bool((np.diff(starts) == starts[1] - starts[0]).all()) and starts[1] > starts[0]:
+            base = self.buf[self.pos + int(starts[0]) :]
+            step = int(starts[1] - starts[0]) * base.itemsize
+            return np.lib.stride_tricks.as_strided(base, (len(starts), length), (step, base.itemsize), writeable=False)
         idx = self.pos + starts[:, None] + np.arange(length)[None, :]
         return self.buf[idx]
 
