@@ -458,14 +458,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    info = machine()
-    print("headrace issue-2 benchmark: headrace vs Hugging Face datasets streaming (same run, same data)")
+def report_header(title: str, info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the title, the machine and its load; the start of the JSON results every script prints."""
+    print(title)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"load average before: {os.getloadavg()[0]:.2f} (other processes on this machine skew timings)", flush=True)
-    results: dict[str, Any] = {"machine": info, "load_before": round(os.getloadavg()[0], 2)}
-    results["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return {"machine": info, "load_before": round(os.getloadavg()[0], 2), "args": args_json}
+
+
+def report_json(results: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print the results as one JSON line (and write it to ``--json``); the exit code."""
+    line = json.dumps(results)
+    print(line)
+    if args.json is not None:
+        args.json.write_text(line + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    title = "headrace issue-2 benchmark: headrace vs Hugging Face datasets streaming (same run, same data)"
+    results = report_header(title, machine(), args)
     t_start = time.perf_counter()
     tp: dict[str, Throughput] = {}
     if "throughput" not in args.skip:
@@ -503,11 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(tp, rs, args)
-    line = json.dumps(results)
-    print(line)
-    if args.json is not None:
-        args.json.write_text(line + "\n")
-    return 0
+    return report_json(results, args)
 
 
 if __name__ == "__main__":

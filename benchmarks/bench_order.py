@@ -689,12 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
-    print("headrace issue-4 benchmark: global order, resume and shuffle quality vs HF datasets and MosaicML streaming")
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"load average before: {os.getloadavg()[0]:.2f} (other processes on this machine skew timings)", flush=True)
-    results: dict[str, Any] = {"machine": info, "load_before": round(os.getloadavg()[0], 2)}
-    results["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    title = "headrace issue-4 benchmark: global order, resume and shuffle quality vs HF datasets and MosaicML streaming"
+    results = bench_core.report_header(title, machine(), args)
     t_start = time.perf_counter()
 
     keys = ["headrace", "headrace_elastic", "hf", "hf_shuffle", "mosaic"]
@@ -741,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         if args.plot is not None:
-            plot(res, args.plot, args.rows, args.positions, info)
+            plot(res, args.plot, args.rows, args.positions, results["machine"])
             print(f"  plot: {args.plot}")
     qual = None
     if "quality" not in args.skip:
@@ -751,11 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(res, qual, args)
-    line = json.dumps(results)
-    print(line)
-    if args.json is not None:
-        args.json.write_text(line + "\n")
-    return 0
+    return bench_core.report_json(results, args)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,9 @@ tokenizer are generated into ``.bench/`` once and reused. Prints a table, then o
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -58,6 +56,10 @@ import headrace as hr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of ../shared/corpora
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_core  # noqa: E402 - the issue-2 benchmark: its HF setup, page-cache warming and machine info
+from bench_core import hf, warm_page_cache  # noqa: E402
 
 SEQ_LEN = 2048
 PACK_BATCH = 8  # part 1: batches of 8 sequences of 2048
@@ -240,36 +242,6 @@ def build_bin(root: Path, files: list[Path], tok_path: Path, min_tokens: int) ->
     return path, path.stat().st_size // 2
 
 
-def warm_page_cache(files: list[Path]) -> None:
-    """Read every file once, so that no contender pays the first (cold) read."""
-    for path in files:
-        with path.open("rb") as f:
-            while f.read(1 << 24):
-                pass
-
-
-# -- Hugging Face datasets ----------------------------------------------------------------------------
-_HF_CACHE = tempfile.mkdtemp(prefix="headrace-bench-hf-")
-atexit.register(shutil.rmtree, _HF_CACHE, ignore_errors=True)  # last: after datasets' own exit hooks
-HF_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HOME": _HF_CACHE,
-    "HF_DATASETS_CACHE": os.path.join(_HF_CACHE, "datasets"),
-}
-
-
-def hf() -> Any:
-    """``datasets``, offline, with a temporary cache and no 5 s sleep when a stream closes."""
-    os.environ.update(HF_ENV)
-    import datasets
-
-    datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    return datasets
-
-
 def group_texts(examples: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
     """The classic ``group_texts`` of ``run_clm.py``: concatenate the batch, cut it into ``SEQ_LEN``, drop the rest."""
     concatenated = {k: list(chain(*examples[k])) for k in examples}
@@ -324,7 +296,7 @@ def pack_variants(files: list[Path], tok_path: Path, workers: list[int]) -> list
                 split="train",
                 streaming=True,
                 columns=["text"],
-                cache_dir=_HF_CACHE,
+                cache_dir=bench_core._HF_CACHE,
             )
             ds = ds.map(fn, batched=True, remove_columns=["text"]).map(group_texts, batched=True)
             return count(ds.iter(batch_size=PACK_BATCH), first)
@@ -468,36 +440,9 @@ class Prepare:
 
 # -- report -------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    ram_gb = 0.0
-    try:
-        model = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            model,
-        )
-        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal:"))
-        ram_gb = int(mem.split()[1]) / 1024**2
-    except (OSError, StopIteration):
-        pass
     import transformers
 
-    return {
-        "cpu": model,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gb": round(ram_gb, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-        "tokenizers": tokenizers.__version__,
-        "transformers": transformers.__version__,
-        "datasets": hf().__version__,
-        "headrace": hr.__version__,
-    }
+    return {**bench_core.machine(), "tokenizers": tokenizers.__version__, "transformers": transformers.__version__}
 
 
 def print_summary(
@@ -578,12 +523,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
-    print("headrace issue-3 benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT")
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"load average before: {os.getloadavg()[0]:.2f} (other processes on this machine skew timings)", flush=True)
-    results: dict[str, Any] = {"machine": info, "load_before": round(os.getloadavg()[0], 2)}
-    results["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    title = "headrace issue-3 benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT"
+    results = bench_core.report_header(title, machine(), args)
     t_start = time.perf_counter()
     files = build_parquet(args.data_dir, args.rows)
     tok_path = build_tokenizer(args.data_dir)
@@ -664,11 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(packed, windows, prep_info if "prepare" not in args.skip else None, args)
-    line = json.dumps(results)
-    print(line)
-    if args.json is not None:
-        args.json.write_text(line + "\n")
-    return 0
+    return bench_core.report_json(results, args)
 
 
 if __name__ == "__main__":
