@@ -9,7 +9,8 @@ from headrace.core.errors import HeadraceError, RecordError, SchemaError, Source
 from headrace.core.rng import rng
 from headrace.core.world import World
 from headrace.loader import Loader
-from headrace.pipeline import Dataset, from_hf, mix, open  # noqa: A004 - hr.open is the public entry point
+from headrace.pipeline import Dataset
+from headrace.sources import from_hf, mix, open  # noqa: A004 - hr.open is the public entry point
 
 __version__ = "0.1.0"
 

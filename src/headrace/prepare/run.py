@@ -11,7 +11,6 @@ from typing import Any
 import headrace
 from headrace.core.policy import check_policy
 from headrace.formats.tokens import WRITE_CODES
-from headrace.pipeline import open as open_dataset
 from headrace.prepare.engines import default_workers, run_local, run_ray
 from headrace.prepare.job import (
     DEFAULT_TOKENS_PER_SHARD,
@@ -26,6 +25,7 @@ from headrace.prepare.job import (
 )
 from headrace.prepare.progress import Progress
 from headrace.prepare.store import MANIFEST, OutDir
+from headrace.sources import open as open_dataset
 
 ENGINES = ("local", "ray")
 

@@ -13,7 +13,9 @@ repeating the order from its start.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
+
+import numpy as np
 
 Remainder = Literal["drop", "pad"]
 REMAINDERS = ("drop", "pad")
@@ -37,12 +39,10 @@ def strided_length(total: int, start: int, consumers: int, remainder: Remainder)
     return left // consumers if remainder == "drop" else -(-left // consumers)
 
 
-def strided_positions(start: int, consumer: int, consumers: int, first: int, n: int, total: int) -> Any:
+def strided_positions(start: int, consumer: int, consumers: int, first: int, n: int, total: int) -> np.ndarray:
     """Global positions of a consumer's samples ``first..first+n``: ``start + consumer + k*consumers``.
 
     Positions past the end (``remainder="pad"``) wrap to the start of the order.
     """
-    import numpy as np
-
     k = np.arange(first, first + n, dtype=np.int64)
     return (start + consumer + k * consumers) % max(total, 1)

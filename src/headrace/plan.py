@@ -1,0 +1,356 @@
+"""The pipeline plan: one frozen description class per stage, and how each builds its node.
+
+A :class:`~headrace.pipeline.Dataset` is a chain of these stages; ``Stage.build`` turns one into an
+iterator node over its parent's (see :mod:`headrace.core.node`). Root stages (files, token windows,
+an HF dataset, a mixture) also say how many shards their rows' lineage can name and how to print it.
+This module and :mod:`headrace.pipeline` are the only ones that know every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from headrace.core.node import Node
+from headrace.core.state import fingerprint
+from headrace.core.world import World
+from headrace.stages.batch import BatchNode, Pad
+from headrace.stages.bestfit import BestFitNode
+from headrace.stages.global_source import GlobalSourceNode
+from headrace.stages.hf import HFNode, HFSource
+from headrace.stages.limit import LimitNode
+from headrace.stages.pack import WindowNode
+from headrace.stages.partition import Remainder
+from headrace.stages.repeat import RepeatNode
+from headrace.stages.shuffle import ShuffleNode
+from headrace.stages.source import Source, SourceNode
+from headrace.stages.token_windows import TokenWindowNode, TokenWindows
+from headrace.stages.tokenize import tokenize_fn
+from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
+from headrace.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from headrace.pipeline import Dataset
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a build needs beyond the description: the world, the epoch, and the execution resources."""
+
+    world: World = field(default_factory=World)
+    epoch: int = 0
+    remainder: Remainder = "drop"
+    pool: Executor | None = None
+    depth: int = 1
+    start: int = 0  # where a global-order source starts this epoch (an elastic resume)
+
+
+class Stage:
+    """One step of a pipeline description; ``build`` makes its node over the parent's."""
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SourceStage(Stage):
+    source: Source
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.source.shards)
+
+    def lineage(self, shard: int, row: int) -> str:
+        shards = self.source.shards
+        return f"{shards[shard].url} (record {row})" if 0 <= shard < len(shards) else "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return self.source.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        if self.source.ordering == "global":
+            return GlobalSourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
+        return SourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder)
+
+
+@dataclass(frozen=True)
+class TokenWindowStage(Stage):
+    """The root of ``open(token shards).shuffle(buffer_size=None).window(...)``: windows by index."""
+
+    spec: TokenWindows
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.spec.shards.urls)
+
+    @property
+    def block_rows(self) -> int:
+        return self.spec.block_rows
+
+    def lineage(self, shard: int, row: int) -> str:
+        urls = self.spec.shards.urls
+        return f"{urls[shard]} (window {row})" if 0 <= shard < len(urls) else "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return self.spec.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return TokenWindowNode(self.spec, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
+
+
+@dataclass(frozen=True)
+class HFStage(Stage):
+    """The root of :func:`from_hf`: a Hugging Face ``IterableDataset``."""
+
+    source: HFSource
+
+    @property
+    def shard_count(self) -> int:
+        return 1
+
+    @property
+    def block_rows(self) -> int:
+        return self.source.block_rows
+
+    def lineage(self, shard: int, row: int) -> str:
+        return f"the Hugging Face dataset (row {row})" if shard == 0 else "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return self.source.describe()
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return HFNode(self.source, ctx.world, ctx.epoch)
+
+
+@dataclass(frozen=True)
+class MixStage(Stage):
+    """The root of a mixture: named child pipelines interleaved by weight (see :func:`mix`)."""
+
+    names: tuple[str, ...]
+    children: tuple[Dataset, ...]
+    weights: tuple[float, ...]
+    seed: int
+    stop: str
+    budgets: tuple[int | None, ...]
+    block_rows: int
+
+    @property
+    def shard_count(self) -> int:
+        return sum(child.shard_count for child in self.children)
+
+    def offsets(self) -> list[int]:
+        out, at = [], 0
+        for child in self.children:
+            out.append(at)
+            at += child.shard_count
+        return out
+
+    def lineage(self, shard: int, row: int) -> str:
+        for name, child, offset in zip(self.names, self.children, self.offsets(), strict=True):
+            if offset <= shard < offset + child.shard_count:
+                return f"{name}: {child.lineage(shard - offset, row)}"
+        return "a row made by a batched map"
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "mix", "names": list(self.names), "weights": list(self.weights), "seed": self.seed,
+                "stop": self.stop, "budgets": list(self.budgets),
+                "children": [child.describe() for child in self.children]}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.mix import MixNode
+
+        def builder(child: Dataset) -> Callable[[int], Node[Any]]:
+            return lambda epoch: child.build(replace(ctx, epoch=epoch))
+
+        return MixNode([builder(c) for c in self.children], names=self.names, weights=self.weights, seed=self.seed,
+                       epoch=ctx.epoch, stage=depth, stop=self.stop, shard_offsets=self.offsets(),
+                       budgets=self.budgets, block_rows=self.block_rows)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ShardStage(Stage):
+    num_shards: int
+    index: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "shard", "num_shards": self.num_shards, "index": self.index}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        w = ctx.world
+        world = World(rank=w.consumer * self.num_shards + self.index, world_size=w.consumers * self.num_shards)
+        return parent.build(replace(ctx, world=world))
+
+
+@dataclass(frozen=True)
+class ShuffleStage(Stage):
+    seed: int
+    buffer_size: int
+    block_rows: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "shuffle", "seed": self.seed, "buffer_size": self.buffer_size}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return ShuffleNode(parent.build(ctx), seed=self.seed, epoch=ctx.epoch, stage=depth,
+                           buffer_size=self.buffer_size, block_rows=self.block_rows)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MapStage(Stage):
+    fn: Callable[[Any], Any]
+    kind: str  # "map" | "filter"
+    batched: bool
+    batch_format: BatchFormat
+    remove_columns: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "fn": describe_fn(self.fn), "batched": self.batched,
+                "remove_columns": list(self.remove_columns)}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        lineage = parent.lineage
+        if self.kind == "map":
+            fn = map_fn(self.fn, batched=self.batched, batch_format=self.batch_format,
+                        remove_columns=self.remove_columns, lineage=lineage)  # fmt: skip
+        else:
+            fn = filter_fn(self.fn, batched=self.batched, batch_format=self.batch_format, lineage=lineage)
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class LimitStage(Stage):
+    skip: int
+    take: int
+    block_rows: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "limit", "skip": self.skip, "take": self.take}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return LimitNode(parent.build(ctx), skip=self.skip, take=self.take, block_rows=self.block_rows)
+
+
+@dataclass(frozen=True)
+class RepeatStage(Stage):
+    times: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "repeat", "times": self.times}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return RepeatNode(lambda rep: parent.build(replace(ctx, epoch=ctx.epoch + rep)), times=self.times)
+
+
+@dataclass(frozen=True)
+class TokenizeStage(Stage):
+    tokenizer: Tokenizer
+    column: str
+    output: str
+    bos: int | None
+    eos: int | None
+    remove_column: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "tokenize", "tokenizer": self.tokenizer.describe(), "column": self.column,
+                "output": self.output, "bos": self.bos, "eos": self.eos}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        fn = tokenize_fn(self.tokenizer, column=self.column, output=self.output, bos=self.bos, eos=self.eos,
+                         remove_column=self.remove_column, lineage=parent.lineage)  # fmt: skip
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class WindowStage(Stage):
+    kind: str  # "pack" | "window"
+    seq_len: int
+    stride: int
+    shift: int | None
+    documents: bool
+    remainder: str
+    pad_id: int
+    batch_size: int
+    seed: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "seq_len": self.seq_len, "stride": self.stride, "shift": self.shift,
+                "documents": self.documents, "remainder": self.remainder, "pad_id": self.pad_id,
+                "batch_size": self.batch_size, "seed": self.seed, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return WindowNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, stride=self.stride,
+                          shift=self.shift, documents=self.documents, remainder=self.remainder, pad_id=self.pad_id,
+                          batch_size=self.batch_size, seed=self.seed, epoch=ctx.epoch, stage=depth)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BestFitStage(Stage):
+    seq_len: int
+    pad_id: int
+    buffer: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "pack", "mode": "bestfit", "seq_len": self.seq_len, "pad_id": self.pad_id,
+                "buffer": self.buffer, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return BestFitNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, pad_id=self.pad_id,
+                           buffer=self.buffer)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChatStage(Stage):
+    tokenizer: Tokenizer
+    template: str | None
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
+                "template": fingerprint(self.template or self.tokenizer.chat_template)}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.chat import chat_fn
+
+        fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage)
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
+
+
+@dataclass(frozen=True)
+class MaskStage(Stage):
+    tokenizer: Tokenizer
+    probability: float
+    seed: int
+    column: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "mask", "tokenizer": self.tokenizer.describe(), "probability": self.probability,
+                "seed": self.seed, "column": self.column}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        from headrace.stages.mlm import MaskNode
+
+        return MaskNode(parent.build(ctx), tokenizer=self.tokenizer, probability=self.probability, seed=self.seed,
+                        epoch=ctx.epoch, stage=depth, column=self.column)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BatchStage(Stage):
+    size: int
+    drop_last: bool
+    pad: Pad
+    pad_value: Any
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "batch", "size": self.size, "drop_last": self.drop_last, "pad": self.pad,
+                "pad_value": self.pad_value}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return BatchNode(parent.build(ctx), size=self.size, drop_last=self.drop_last, pad=self.pad,
+                         pad_value=self.pad_value, lineage=parent.lineage)  # fmt: skip

@@ -1,0 +1,176 @@
+"""Where pipelines start: files (:func:`open`), a mixture (:func:`mix`), a Hugging Face dataset (:func:`from_hf`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pyarrow as pa
+
+from headrace.core.errors import SchemaError, SourceError
+from headrace.core.policy import ErrorLog, check_policy
+from headrace.core.rng import DEFAULT_SEED
+from headrace.formats import format_named, format_of
+from headrace.formats.base import ReadOptions, project
+from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
+from headrace.pipeline import Dataset, positive
+from headrace.plan import HFStage, MixStage, SourceStage
+from headrace.stages.hf import HFSource
+from headrace.stages.source import Source
+
+
+def from_hf(dataset: Any, *, block_rows: int = 1024) -> Dataset:
+    """A ``datasets.IterableDataset`` (``load_dataset(..., streaming=True)``) as a headrace :class:`Dataset`.
+
+    Add headrace stages, mixing and the :class:`Loader` on top; checkpoints carry HF's own position
+    (``IterableDataset.state_dict``). Shuffle with headrace: HF does not restore its shuffle buffer.
+    """
+    if not hasattr(dataset, "state_dict") or not hasattr(dataset, "iter"):
+        raise TypeError(f"from_hf() takes a datasets.IterableDataset, got {type(dataset).__name__} "
+                        "(load_dataset(..., streaming=True), or Dataset.to_iterable_dataset())")  # fmt: skip
+    return Dataset(HFStage(HFSource(dataset, positive(block_rows, "block_rows"))))
+
+
+STOPS = ("first_exhausted", "all_exhausted", "never")
+
+
+def mix(
+    datasets: Mapping[str, Dataset],
+    weights: Mapping[str, float] | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    stop: str = "first_exhausted",
+    budgets: Mapping[str, int] | None = None,
+    block_rows: int = 4096,
+) -> Dataset:
+    """Interleave named datasets by weight, deterministically, resumably.
+
+    ``weights`` (default: equal) are normalized; every prefix of the output holds each source within
+    one row of its share. ``stop``: ``"first_exhausted"`` ends when any source ends;
+    ``"all_exhausted"`` restarts exhausted sources (next epoch of that source) until every source has
+    ended once; ``"never"`` cycles forever. ``budgets`` caps a source at a number of rows per epoch of
+    the mixture. Weights can be changed mid-run by name with :meth:`Loader.set_weights` (from the
+    mixer's next block of ``block_rows`` rows: pass ``block_rows=batch_size`` for a switch exactly at
+    a batch boundary).
+
+    >>> import headrace as hr, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.jsonl").write_text("".join(f'{{"x": "a{i}"}}\\n' for i in range(6)))
+    >>> _ = (d / "b.jsonl").write_text("".join(f'{{"x": "b{i}"}}\\n' for i in range(6)))
+    >>> rows = hr.mix({"a": hr.open(str(d / "a.jsonl")), "b": hr.open(str(d / "b.jsonl"))}, {"a": 2, "b": 1})
+    >>> sorted(r["x"][0] for r in rows.take(6))
+    ['a', 'a', 'a', 'a', 'b', 'b']
+    """
+    if not datasets:
+        raise ValueError("mix() needs at least one named dataset")
+    names = tuple(datasets)
+    for name, ds in datasets.items():
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"mix(): {name!r} is a {type(ds).__name__}, not a headrace Dataset")
+        if ds.batched:
+            raise ValueError(f"mix(): {name!r} is batched; mix rows, then batch() the mixture")
+    w = dict.fromkeys(names, 1.0) if weights is None else dict(weights)
+    unknown = sorted(set(w) - set(names))
+    if unknown:
+        raise ValueError(f"mix(): weights name unknown source(s) {unknown}; the sources are {list(names)}")
+    values = [float(w.get(n, 0.0)) for n in names]
+    if any(not v >= 0 for v in values) or sum(values) <= 0:
+        given = dict(zip(names, values, strict=True))
+        raise ValueError(f"mix(): weights must be >= 0 and sum to a positive number, got {given}")
+    if stop not in STOPS:
+        raise ValueError(f"mix(stop=...) must be one of {STOPS}, got {stop!r}")
+    if seed < 0:
+        raise ValueError(f"mix(seed=...) must be >= 0, got {seed}")
+    caps = dict(budgets or {})
+    bad = {k: v for k, v in caps.items() if not isinstance(v, int) or v < 0}
+    if bad:
+        raise ValueError(f"mix(budgets=...) must be whole numbers of rows >= 0, got {bad}")
+    unknown = sorted(set(caps) - set(names))
+    if unknown:
+        raise ValueError(f"mix(): budgets name unknown source(s) {unknown}; the sources are {list(names)}")
+    total = sum(values)
+    stage = MixStage(names, tuple(datasets[n] for n in names), tuple(v / total for v in values), seed, stop,
+                     tuple(caps.get(n) for n in names), positive(block_rows, "block_rows"))  # fmt: skip
+    return Dataset(stage)
+
+
+def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqualified inside headrace
+    urls: str | Sequence[str],
+    *,
+    format: str | None = None,  # noqa: A002
+    columns: Sequence[str] | None = None,
+    errors: str = "raise",
+    storage_options: Mapping[str, Any] | None = None,
+    block_rows: int = 4096,
+    text_mode: str = "line",
+    text_column: str = "text",
+    delimiter: str | None = None,
+    schema: pa.Schema | None = None,
+    chunk_bytes: int = 1 << 20,
+    format_options: Mapping[str, Any] | None = None,
+) -> Dataset:
+    """Open files, globs, directories or a list of them as a :class:`Dataset`.
+
+    The format comes from each file's suffix (compression suffixes ``.gz``, ``.zst``, ``.bz2``,
+    ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
+    ``text``, ``arrow``. ``columns`` projects (Parquet, Arrow and CSV read only those columns).
+    ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
+    ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
+    ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
+
+    >>> import headrace as hr, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "lines.txt")
+    >>> _ = path.write_text("to be\\nor not\\n")
+    >>> path = str(path)
+    >>> [r["text"] for r in hr.open(path)]
+    ['to be', 'or not']
+    """
+    policy = check_policy(errors)
+    if text_mode not in ("line", "file"):
+        raise ValueError(f"text_mode must be 'line' or 'file', got {text_mode!r}")
+    if block_rows < 1 or chunk_bytes < 1:
+        raise ValueError("block_rows and chunk_bytes must be positive")
+    try:
+        fmt = format_named(format) if format is not None else None
+    except SourceError as e:
+        named = urls if isinstance(urls, str) else ", ".join(map(str, urls))
+        raise SourceError(f"{named}: {e}") from None
+    first_fs: list[Any] = []
+
+    def fs_of(url: str) -> tuple[Any, str]:
+        fs, path = fs_for(url, storage_options)
+        if not first_fs:
+            first_fs.append(fs)
+        return fs, path
+
+    found = resolve(urls, fs_of, lambda p: fmt is not None or format_of(p) is not None)
+    shards = []
+    for url, size in found:
+        f = fmt or format_of(url)
+        if f is None:
+            raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
+                              "csv, tsv, text, arrow)")  # fmt: skip
+        if size == 0:
+            raise SourceError(f"{url}: the file is empty (0 bytes); remove it or narrow the glob")
+        shards.append(Shard(url, size, f.name, split_suffix(url)[1]))
+    fs = first_fs[0]
+    opts = ReadOptions(
+        columns=tuple(columns) if columns is not None else None, chunk_bytes=chunk_bytes, text_mode=text_mode,
+        text_column=text_column, delimiter=delimiter, schema=schema,
+        extra=tuple(sorted((format_options or {}).items())),
+    )  # fmt: skip
+    if schema is not None:
+        full = schema
+    else:
+        first = shards[0]
+        full = format_named(first.format).schema(fs, first, replace(opts, columns=None), ErrorLog("skip"))
+    try:
+        projected = project(full, opts.columns, shards[0].url)
+    except SchemaError:
+        raise
+    source = Source(tuple(shards), opts, projected, policy, block_rows, None, fs)
+    return Dataset(SourceStage(source))
+
+
+__all__ = ["STOPS", "from_hf", "mix", "open"]
