@@ -46,9 +46,12 @@ from urllib.parse import urlsplit
 
 from servers import TrackingServer
 
-FAULTS = ("reset", "truncate", "stall", "slow", "500", "503", "429")
+FAULTS = ("reset", "truncate", "stall", "slow", "500", "503", "429")  # what networks do in passing
+PERMANENT = ("403", "404")  # answers no retry can change
+KINDS = FAULTS + PERMANENT
 BODY_FAULTS = frozenset({"reset", "truncate", "stall"})
-STATUS_FAULTS = {"500": "InternalError", "503": "SlowDown", "429": "TooManyRequests"}
+STATUS_FAULTS = {"500": "InternalError", "503": "SlowDown", "429": "TooManyRequests", "403": "AccessDenied",
+                 "404": "NoSuchKey"}  # fmt: skip
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
     "trailer", "trailers", "transfer-encoding", "upgrade", "expect",
@@ -91,9 +94,9 @@ class FaultProxy:
         rewrite_host: bool = False,
         upstream_timeout: float = 60.0,
     ) -> None:
-        unknown = sorted(set(kinds) - set(FAULTS))
+        unknown = sorted(set(kinds) - set(KINDS))
         if unknown or not kinds:
-            raise ValueError(f"unknown fault kinds {unknown}; choose from {FAULTS}")
+            raise ValueError(f"unknown fault kinds {unknown}; choose from {KINDS}")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         parts = urlsplit(upstream)
@@ -105,6 +108,7 @@ class FaultProxy:
         self.stall_s, self.retry_after, self.rewrite_host = stall_s, retry_after, rewrite_host
         self.upstream_timeout = upstream_timeout
         self.requests = 0  # every request received
+        self.paths: Counter[str] = Counter()  # requests by "METHOD /path" (query and Range left out)
         self.counts: Counter[str] = Counter()  # faults injected, by kind
         self.log: list[Injected] = []
         self._seen: Counter[str] = Counter()
@@ -142,14 +146,20 @@ class FaultProxy:
     def inject(self, kind: str, times: int = 1, match: str | None = None, method: str | None = "GET") -> None:
         """Give the next ``times`` requests whose path contains ``match`` (any, if None) and whose method is
         ``method`` (any, if None) the fault ``kind``, whatever ``rate`` and ``methods`` say."""
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault kind {kind!r}; choose from {FAULTS}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; choose from {KINDS}")
         with self._lock:
             self._forced.append([kind, times, match, method and method.upper()])
+
+    def clear_injected(self) -> None:
+        """Forget the faults :meth:`inject` has not made yet."""
+        with self._lock:
+            self._forced.clear()
 
     def reset_counts(self) -> None:
         with self._lock:
             self.requests = 0
+            self.paths.clear()
             self.counts.clear()
             self.log.clear()
             self._seen.clear()
@@ -160,6 +170,7 @@ class FaultProxy:
         with self._lock:
             n = self.requests
             self.requests += 1
+            self.paths[f"{method} {target.split('?', 1)[0]}"] += 1
             seen = self._seen[key]
             self._seen[key] += 1
             forced = None

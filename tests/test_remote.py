@@ -24,12 +24,6 @@ from headrace.io.resolve import fs_for, resolve
 from headrace.testing import check_resume
 from servers import Store
 
-try:
-    from aiohttp import ClientError, ClientResponseError
-    from azure.core.exceptions import HttpResponseError
-except ImportError:  # without the `remote` extra the server fixtures skip (fail in CI) before these matter
-    ClientError = ClientResponseError = HttpResponseError = OSError  # type: ignore[assignment,misc]
-
 pytestmark = pytest.mark.timeout(120)
 
 STORES = ["s3", "azure", "gcs", "http"]
@@ -279,18 +273,9 @@ def test_the_fault_schedule_is_a_function_of_the_seed_and_the_requests(
     assert schedule(seed=8) != first
 
 
-# What one fault on one data read does today, store by store: the SDKs of S3 and Azure retry some faults
-# themselves; fsspec's HTTP filesystem retries none, and Azure's storage policy does not retry a 429. These
-# are the targets of the retrying reader (DESIGN.md guarantee 6, issue 5): it makes every case pass, and
-# the strict xfail marks then fail until they are removed.
-FAILS_TODAY: dict[tuple[str, str], type[BaseException]] = {
-    ("http", "reset"): ClientError,  # ClientPayloadError: "not enough data to satisfy content length"
-    ("http", "truncate"): ClientError,
-    ("http", "500"): ClientResponseError,
-    ("http", "503"): ClientResponseError,
-    ("http", "429"): ClientResponseError,
-    ("azure", "429"): HttpResponseError,
-}
+# One fault of each kind in the first GET of one object's bytes: the retrying reader (src/headrace/io/retry.py)
+# reads on from the byte where it broke. (Before it, fsspec's HTTP filesystem failed on every kind here and
+# Azure's storage policy on a 429.)
 SLOW_SDK_BACKOFF = {("azure", "500"), ("azure", "503")}  # azure-core recovers, after about 20 s of backoff
 
 
@@ -307,10 +292,6 @@ def test_one_fault_in_a_data_read_loses_and_repeats_nothing(
 ) -> None:
     if (name, kind) in SLOW_SDK_BACKOFF:
         pytest.skip("the SDK's own backoff takes about 20 s here")
-    if (name, kind) in FAILS_TODAY:
-        error = FAILS_TODAY[name, kind]
-        reason = f"issue 5, no retrying reader yet: the {kind} fault reaches the reader as {error.__name__}"
-        request.applymarker(pytest.mark.xfail(raises=error, strict=True, reason=reason))
     store = upload(request.getfixturevalue(f"{name}_store"))
     proxy, proxied = fault_proxy(store, stall_s=0.2)
     proxy.inject(kind, match="part-00002")  # the first GET of that object's bytes

@@ -8,6 +8,7 @@
 from headrace.core.errors import HeadraceError, RecordError, SchemaError, SourceError, StateError
 from headrace.core.rng import rng
 from headrace.core.world import World
+from headrace.io.retry import Retry
 from headrace.loader import Loader
 from headrace.pipeline import Dataset
 from headrace.sources import from_hf, mix, open  # noqa: A004 - hr.open is the public entry point
@@ -19,6 +20,7 @@ __all__ = [
     "HeadraceError",
     "Loader",
     "RecordError",
+    "Retry",
     "SchemaError",
     "SourceError",
     "StateError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,10 @@ from headrace.core.policy import ErrorLog, check_policy
 from headrace.core.rng import DEFAULT_SEED
 from headrace.formats import format_named, format_of
 from headrace.formats.base import ReadOptions, project
+from headrace.io.cache import DiskCache
+from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
+from headrace.io.retry import Retry
 from headrace.pipeline import Dataset, positive
 from headrace.plan import HFStage, MixStage, SourceStage
 from headrace.stages.hf import HFSource
@@ -109,6 +113,10 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     schema: pa.Schema | None = None,
     chunk_bytes: int = 1 << 20,
     format_options: Mapping[str, Any] | None = None,
+    retry: Retry | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | None = None,
+    cache_ahead: int = 2,
 ) -> Dataset:
     """Open files, globs, directories or a list of them as a :class:`Dataset`.
 
@@ -118,6 +126,13 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
     ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
     ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
+
+    Remote URLs (``s3://``, ``gs://``, ``az://``/``abfs://``, ``http(s)://``, ``hf://``; credentials and
+    endpoints in ``storage_options``) are read by ranged requests retried on transient errors as
+    ``retry`` says (default :class:`Retry`: 10 tries, exponential backoff with jitter), resuming at the
+    first byte not yet delivered. ``cache_dir`` keeps whole shards on local disk (at most
+    ``cache_limit`` bytes, least recently used evicted; shared safely by processes), downloading the
+    next ``cache_ahead`` shards in the background.
 
     >>> import headrace as hr, tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp(), "lines.txt")
@@ -137,11 +152,18 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         named = urls if isinstance(urls, str) else ", ".join(map(str, urls))
         raise SourceError(f"{named}: {e}") from None
     first_fs: list[Any] = []
+    if cache_ahead < 0:
+        raise ValueError(f"cache_ahead must be >= 0, got {cache_ahead}")
+    cache = DiskCache(cache_dir, cache_limit) if cache_dir is not None else None
+    if cache is None and cache_limit is not None:
+        raise ValueError("cache_limit needs cache_dir: pass the directory the cache lives in")
 
     def fs_of(url: str) -> tuple[Any, str]:
-        fs, path = fs_for(url, storage_options)
+        fs, path = fs_for(url, storage_options, retry, cache, cache_ahead)
         if not first_fs:
             first_fs.append(fs)
+            if isinstance(fs, RemoteFS):
+                fs.invalidate_cache()  # list afresh: fsspec keeps listings per filesystem instance
         return fs, path
 
     found = resolve(urls, fs_of, lambda p: fmt is not None or format_of(p) is not None)

@@ -1,10 +1,20 @@
-"""Exceptions raised by headrace. Every message names the file/URL and position and says what to do."""
+"""Exceptions raised by headrace. Every message names the file/URL and position and says what to do.
+
+Messages are passed through :func:`~headrace.core.redact.redact`: no credential reaches an error.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from headrace.core.redact import redact
 
 
 class HeadraceError(Exception):
     """Base class of every error headrace raises on purpose."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class SourceError(HeadraceError):

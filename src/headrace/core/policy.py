@@ -1,7 +1,10 @@
-"""The error policy for malformed records: ``raise`` (default), ``skip`` or ``warn``.
+"""The error policy for malformed records and unreadable shards: ``raise`` (default), ``skip`` or ``warn``.
 
 ``skip`` and ``warn`` drop the bad record, count it, and remember where it was; ``warn`` also emits a
-``warnings.warn`` naming the file and line. Counts are kept per node and summed by the loader.
+``warnings.warn`` naming the file and line. A shard that cannot be read at all (corrupt, gone, forbidden,
+or a network failure that outlasted the retries) is quarantined: the rest of it is skipped, counted as
+one, and the source's state lists it, so a resume skips it too. Counts are kept per node and summed by
+the loader.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
-from headrace.core.errors import RecordError
+from headrace.core.errors import HeadraceError
 
 Policy = Literal["raise", "skip", "warn"]
 POLICIES: tuple[str, ...] = ("raise", "skip", "warn")
@@ -35,12 +38,13 @@ class ErrorLog:
     skipped: int = 0
     where: list[str] = field(default_factory=list)
 
-    def record(self, error: RecordError) -> None:
-        """Raise ``error`` under ``raise``; otherwise count it (and warn under ``warn``)."""
+    def record(self, error: HeadraceError, quarantine: bool = False) -> None:
+        """Raise ``error`` under ``raise``; otherwise count it (and warn under ``warn``). ``quarantine``: the
+        error is a whole shard's, whose remaining records are skipped (counted as one)."""
         if self.policy == "raise":
             raise error
         self.skipped += 1
         if len(self.where) < MAX_REMEMBERED:
-            self.where.append(str(error))
+            self.where.append(f"quarantined shard: {error}" if quarantine else str(error))
         if self.policy == "warn":
             warnings.warn(f"skipped: {error}", SkippedRecordWarning, stacklevel=3)

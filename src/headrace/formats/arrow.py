@@ -7,12 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 
 from headrace.core.errors import SourceError
 from headrace.core.policy import ErrorLog
 from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous, with_schema
-from headrace.io.resolve import Shard
+from headrace.io.resolve import Shard, local_path, open_file
 
 
 class ArrowFormat(Format):
@@ -21,16 +20,23 @@ class ArrowFormat(Format):
 
     @contextmanager
     def _open(self, fs: Any, shard: Shard) -> Iterator[pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader]:
-        """The reader, with the file closed after use (a remote file holds a connection and a prefetch task)."""
-        local = isinstance(fs, LocalFileSystem)
-        try:
-            source = pa.memory_map(shard.url) if local else fs.open(shard.url, "rb")
-        except OSError as e:
-            raise SourceError(f"{shard.url}: cannot open ({e})") from None
+        """The reader, with a remote file closed after use (it holds a connection). A local file or a copy in
+        the disk cache is memory-mapped, and the map stays open: the batches read from it point into it."""
+        path = local_path(fs, shard)
+        source: Any = None
+        if path is not None:
+            try:
+                source = pa.memory_map(path)
+            except FileNotFoundError:
+                if path == shard.url:
+                    raise SourceError(f"{shard.url}: no such file (removed after the dataset was opened?)") from None
+                path = None  # the cached copy was evicted meanwhile: read remotely
+        if source is None:
+            source = open_file(fs, shard)
         try:
             yield self._reader(source, shard)
         finally:
-            if not local:  # a memory map stays: the batches read from it point into it
+            if path is None:
                 source.close()
 
     def _reader(self, source: Any, shard: Shard) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:

@@ -9,12 +9,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from headrace.core.errors import SourceError
 from headrace.core.policy import ErrorLog
 from headrace.formats.base import Format, Piece, ReadOptions, Start, contiguous, with_schema
-from headrace.io.resolve import Shard
+from headrace.io.resolve import Shard, local_path, open_file
 
 
 class ParquetFormat(Format):
@@ -23,22 +22,25 @@ class ParquetFormat(Format):
 
     @contextmanager
     def _open(self, fs: Any, shard: Shard) -> Iterator[pq.ParquetFile]:
-        """The Parquet file, closed after use (a remote file holds a connection)."""
-        local = isinstance(fs, LocalFileSystem)
-        try:
-            source: Any = shard.url if local else fs.open(shard.url, "rb")
-        except OSError as e:
-            raise SourceError(f"{shard.url}: cannot open ({e})") from None
+        """The Parquet file, closed after use (a remote file holds a connection). A local file or a copy in
+        the disk cache is memory-mapped; a remote one is read by ranges: only the projected column chunks."""
+        path = local_path(fs, shard)
+        source: Any = path if path is not None else open_file(fs, shard)
         try:
             try:
-                pf = pq.ParquetFile(source, memory_map=local)
+                pf = pq.ParquetFile(source, memory_map=path is not None, pre_buffer=path is None)
+            except FileNotFoundError:
+                if path is None or path == shard.url:
+                    raise SourceError(f"{shard.url}: no such file (removed after the dataset was opened?)") from None
+                source, path = open_file(fs, shard), None  # the cached copy was evicted meanwhile: read remotely
+                pf = pq.ParquetFile(source, pre_buffer=True)
             except (OSError, pa.ArrowException) as e:
                 raise SourceError(
                     f"{shard.url}: not a readable Parquet file (truncated or corrupt? {e}); re-write or remove it"
                 ) from None
             yield pf
         finally:
-            if not local:
+            if path is None:
                 source.close()
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:

@@ -14,6 +14,10 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from headrace.core.errors import SourceError
+from headrace.core.redact import redact, register
+from headrace.io.cache import DiskCache
+from headrace.io.remote import RemoteFS
+from headrace.io.retry import Retry
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 GLOB_CHARS = set("*?[")
@@ -31,7 +35,10 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.url.rsplit("/", 1)[-1].split("?", 1)[0]
+
+    def __repr__(self) -> str:
+        return f"Shard({redact(self.url)!r}, size={self.size}, format={self.format!r})"
 
 
 def split_suffix(url: str) -> tuple[str, str | None]:
@@ -132,12 +139,46 @@ def _unstrip(fs: Any, path: str, given: str) -> str:
     return url
 
 
-def fs_for(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """The fsspec filesystem and path for ``url``."""
+def fs_for(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    retry: Retry | None = None,
+    cache: DiskCache | None = None,
+    ahead: int = 2,
+) -> tuple[Any, str]:
+    """The filesystem and path for ``url``: local files as fsspec's, anything remote as a :class:`RemoteFS`
+    (retried reads, ``cache`` on disk). The secrets in ``storage_options`` are registered for redaction."""
+    register(storage_options)
     try:
-        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except (ImportError, ValueError) as e:
         raise SourceError(f"cannot open {url!r}: {e}") from e
+    if isinstance(fs, LocalFileSystem):
+        return fs, path
+    return RemoteFS(fs, retry, cache, ahead), path
+
+
+def open_file(fs: Any, shard: Shard, sequential: bool = False) -> BinaryIO:
+    """The shard's raw bytes: a remote object by retried ranged reads (``sequential``: read ahead in
+    large blocks), or from the disk cache; a local file as it is."""
+    try:
+        if isinstance(fs, RemoteFS):
+            return fs.open_remote(shard.url, shard.size, sequential)
+        return fs.open(shard.url, "rb")  # type: ignore[no-any-return]
+    except SourceError:
+        raise
+    except OSError as e:
+        raise SourceError(f"{shard.url}: cannot open ({e})") from None
+
+
+def local_path(fs: Any, shard: Shard) -> str | None:
+    """A local path holding the shard's bytes (to memory-map): the file itself, or its copy in the disk
+    cache (downloaded now if need be); None when it must be read remotely."""
+    if isinstance(fs, LocalFileSystem):
+        return shard.url
+    if isinstance(fs, RemoteFS):
+        return fs.cached(shard.url)
+    return None
 
 
 def open_stream(fs: Any, shard: Shard) -> BinaryIO:
@@ -146,10 +187,7 @@ def open_stream(fs: Any, shard: Shard) -> BinaryIO:
     A file that cannot be opened, and compressed data that is truncated or corrupt, raise a
     :class:`SourceError` naming the file (and the decompressed byte where reading broke).
     """
-    try:
-        raw = fs.open(shard.url, "rb")
-    except OSError as e:
-        raise SourceError(f"{shard.url}: cannot open ({e})") from None
+    raw = open_file(fs, shard, sequential=True)
     if shard.compression is None:
         return raw  # type: ignore[no-any-return]
     if shard.compression == "xz":

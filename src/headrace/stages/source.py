@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from headrace.core.block import Block
-from headrace.core.errors import StateError
+from headrace.core.errors import SourceError, StateError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import permutation
@@ -27,6 +27,7 @@ from headrace.core.state import fingerprint
 from headrace.core.world import World
 from headrace.formats import format_named
 from headrace.formats.base import Piece, ReadOptions, Start, conform
+from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard
 from headrace.stages.partition import Remainder, consumer_range
 
@@ -127,14 +128,24 @@ class SourceNode(Node[Block]):
                 )
             self._start = Start(int(state["slot"]), int(state["byte"]), int(state["line"]))
         self.errors.skipped = int(state["skipped"]) if state else 0
+        self._quarantined: set[int] = {int(i) for i in state.get("quarantined", [])} if state else set()
 
     def state_dict(self) -> State:
         return {
             "pos": self._pos, "order": self._o, "at": self._at,
             "shard": int(self._order[self._o]) if self._o < len(self._order) else -1,
             "slot": self._start.slot, "byte": self._start.byte, "line": self._start.line,
-            "skipped": self.errors.skipped,
+            "skipped": self.errors.skipped, "quarantined": sorted(self._quarantined),
         }  # fmt: skip
+
+    def _leave_shard(self, left: int) -> None:
+        """Skip the rest of a quarantined shard. A consumer with a range counts the rows it skips, so that
+        its range ends where it would have."""
+        if self._cum is not None:
+            rest = int(self._cum[self._o + 1] - self._cum[self._o]) - self._at
+            self._pos += max(0, min(rest, left))
+        self._o, self._at, self._start = self._o + 1, 0, Start()
+        self._pieces = self._piece = None
 
     def _locate(self, position: int) -> tuple[int, int]:
         if self._cum is None or self._cum[-1] == 0:
@@ -153,12 +164,25 @@ class SourceNode(Node[Block]):
                 if self._cum is None:
                     raise StopIteration
                 self._o = 0  # "pad": the overhang repeats the order from its start
-            shard = src.shards[int(self._order[self._o])]
+            index = int(self._order[self._o])
+            shard = src.shards[index]
+            if index in self._quarantined:
+                self._leave_shard(left)
+                continue
             if self._pieces is None:
+                if isinstance(src.fs, RemoteFS):  # the next shards download into the disk cache meanwhile
+                    ahead = self._order[self._o + 1 : self._o + 1 + src.fs.ahead]
+                    src.fs.prefetch([src.shards[int(i)].url for i in ahead])
                 fmt = format_named(shard.format)
                 self._pieces = fmt.pieces(src.fs, shard, src.opts, self._start, self._at, self.errors)
             if self._piece is None or self._at >= self._piece.end:
-                piece = next(self._pieces, None)
+                try:
+                    piece = next(self._pieces, None)
+                except SourceError as e:  # the shard cannot be read (corrupt, gone, forbidden, network down)
+                    self.errors.record(e, quarantine=True)  # raises under errors="raise"
+                    self._quarantined.add(index)
+                    self._leave_shard(left)
+                    continue
                 if piece is None:
                     self._o, self._at, self._start = self._o + 1, 0, Start()
                     self._pieces = self._piece = None

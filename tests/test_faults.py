@@ -1,0 +1,343 @@
+"""Remote reads through what networks do: retried where they broke, so every sample arrives exactly once
+across worker threads and rank processes; permanent errors (404, 403, corrupt data) raise once, naming the
+URL and the byte, with no retry loop; a transient error that outlasts the policy gives up clearly.
+
+Faults come from our proxy (tests/faultproxy.py) in front of real servers (SeaweedFS's S3 with enforced
+keys, a plain HTTP server), as a seeded schedule over the requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import headrace as hr
+from faultproxy import FaultProxy
+from headrace.core.errors import SourceError
+from headrace.io.retry import GaveUp, Retry, RetryStats, transient
+from headrace.testing import check_resume
+from servers import Store
+
+pytestmark = pytest.mark.timeout(180)
+ROWS, FILES = 6000, 24
+FAST = hr.Retry(attempts=10, backoff=0.01, max_wait=0.05)
+
+
+@pytest.fixture(scope="session")
+def many(tmp_path_factory: pytest.TempPathFactory, corpus: pa.Table) -> Path:
+    """24 Parquet files of 250 rows in row groups of 50 (ids 0..5999, corpus text): many small requests."""
+    folder = tmp_path_factory.mktemp("many")
+    texts = corpus.column("text").to_pylist()
+    per = ROWS // FILES
+    for f in range(FILES):
+        ids = list(range(f * per, (f + 1) * per))
+        table = pa.table({"id": ids, "text": [texts[i % len(texts)] for i in ids]})
+        pq.write_table(table, folder / f"part-{f:05d}.parquet", row_group_size=50)
+    return folder
+
+
+def _upload(store: Store, many: Path) -> Store:
+    store.put(many, "many")
+    return store
+
+
+@pytest.fixture(scope="session")
+def s3_many(s3_store: Store, many: Path) -> Store:
+    return _upload(s3_store, many)
+
+
+@pytest.fixture(scope="session")
+def http_many(http_store: Store, many: Path) -> Store:
+    return _upload(http_store, many)
+
+
+def ids_of(ds: hr.Dataset, **loader: Any) -> list[int]:
+    return [i for batch in hr.Loader(ds, **loader) for i in batch["id"].tolist()]
+
+
+def dataset(store: Store, **options: Any) -> hr.Dataset:
+    return hr.open(store.url("many/*.parquet"), columns=["id"], storage_options=store.storage_options, **options)
+
+
+# -- which errors are worth another try ------------------------------------------------------------------
+
+
+def test_transient_errors_are_told_apart_from_permanent_ones() -> None:
+    import aiohttp
+    from azure.core.exceptions import HttpResponseError, ServiceResponseError
+    from botocore.exceptions import ClientError
+    from gcsfs.retry import HttpError
+
+    def client_error(code: str, status: int) -> ClientError:
+        response = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return ClientError(response, "GetObject")  # type: ignore[arg-type]
+
+    def response_error(status: int) -> aiohttp.ClientResponseError:
+        return aiohttp.ClientResponseError(None, (), status=status)  # type: ignore[arg-type]
+
+    def s3fs_wrapped(cause: Exception) -> OSError:  # s3fs re-raises botocore's errors as OSError(EIO) from them
+        try:
+            raise OSError(errno.EIO, "translated") from cause
+        except OSError as e:
+            return e
+
+    def azure(status: int) -> HttpResponseError:
+        error = HttpResponseError(message="m")
+        error.status_code = status
+        return error
+
+    cut = aiohttp.ClientPayloadError("Response payload is not completed")
+    cut.__cause__ = aiohttp.http_exceptions.ContentLengthError("not enough data")  # its "code" is 400: ignored
+    retried = [
+        ConnectionResetError(), TimeoutError(), BrokenPipeError(), cut, aiohttp.ServerDisconnectedError(),
+        response_error(500), response_error(503), response_error(429), response_error(408),
+        s3fs_wrapped(client_error("SlowDown", 503)), s3fs_wrapped(client_error("InternalError", 500)),
+        azure(429), azure(503), ServiceResponseError("connection aborted"), HttpError({"code": 503, "message": "m"}),
+        OSError(errno.ECONNRESET, "reset"),
+    ]  # fmt: skip
+    final = [
+        FileNotFoundError("x"), PermissionError("x"), response_error(404), response_error(403), response_error(400),
+        s3fs_wrapped(client_error("AccessDenied", 403)), azure(404), HttpError({"code": 404, "message": "m"}),
+        SourceError("corrupt"), ValueError("bad"), OSError(errno.EIO, "disk"),
+    ]  # fmt: skip
+    assert [transient(e) for e in retried] == [True] * len(retried)
+    assert [transient(e) for e in final] == [False] * len(final)
+
+
+def test_retry_tries_until_success_and_gives_up_after_the_attempts_or_the_deadline() -> None:
+    failures = iter([ConnectionResetError(), TimeoutError(), None])
+    tries = []
+
+    def flaky() -> str:
+        tries.append(1)
+        error = next(failures)
+        if error is not None:
+            raise error
+        return "ok"
+
+    counted = RetryStats()
+    assert Retry(attempts=3, backoff=0.0).call(flaky, lambda: "u", counted) == "ok"
+    assert len(tries) == 3 and counted.retries == 2
+    assert counted.errors == Counter({"ConnectionResetError": 1, "TimeoutError": 1})
+
+    calls = []
+
+    def down() -> None:
+        calls.append(1)
+        raise ConnectionResetError("reset by peer")
+
+    with pytest.raises(GaveUp, match=r"^s3://b/x \(bytes 0-9\): gave up after 4 tries .*ConnectionResetError"):
+        Retry(attempts=4, backoff=0.0).call(down, lambda: "s3://b/x (bytes 0-9)")
+    assert len(calls) == 4
+    calls.clear()
+    with pytest.raises(GaveUp, match="gave up after 1 tries"):  # the first wait would pass the deadline
+        Retry(attempts=50, backoff=10.0, max_wait=10.0, deadline=0.001, seed=0).call(down, lambda: "u")
+    assert len(calls) == 1
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("s3://b/x")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        Retry(attempts=5, backoff=0.0).call(missing, lambda: "u")
+    assert len(calls) == 1
+    assert [Retry(backoff=0.1, max_wait=1.0).ceiling(k) for k in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        Retry(attempts=0)
+
+
+# -- every sample exactly once ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+@pytest.mark.parametrize("name", ["s3", "http"])
+def test_every_sample_exactly_once_through_faults_across_ranks_and_workers(
+    name: str, rate: float, request: pytest.FixtureRequest, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    store = request.getfixturevalue(f"{name}_many")
+    proxy, proxied = fault_proxy(store, rate=rate, seed=11, stall_s=0.05)
+    ds = dataset(proxied, retry=FAST).batch(32)
+    world, each = 3, ROWS // 3
+    for workers in (0, 2, 4):  # each pass asks again, and a request seen again gets a fresh draw
+        per_rank = [ids_of(ds, rank=r, world_size=world, num_workers=workers) for r in range(world)]
+        assert per_rank == [list(range(r * each, (r + 1) * each)) for r in range(world)], workers
+    assert proxy.requests > 300  # footers and row groups, ranged: enough for the rate to bite
+    assert sum(proxy.counts.values()) >= 1, f"no fault was drawn in {proxy.requests} requests"
+
+
+RANK_JOB = """
+import json, sys
+import headrace as hr
+options = json.loads(sys.argv[2])
+ds = hr.open(sys.argv[1], columns=["id"], storage_options=options,
+             retry=hr.Retry(backoff=0.01, max_wait=0.05)).shuffle(seed=5, buffer_size=300).batch(50)
+loader = hr.Loader(ds, num_workers=2)
+print(json.dumps({"rank": loader.world.rank, "ids": [i for b in loader for i in b["id"].tolist()]}))
+"""
+
+
+def test_rank_processes_read_every_sample_exactly_once_through_five_percent_faults(
+    s3_many: Store, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    proxy, proxied = fault_proxy(s3_many, rate=0.05, seed=4, stall_s=0.05)
+    world = 2
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_JOB, proxied.url("many/*.parquet"), json.dumps(proxied.storage_options)],
+            env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    outputs = [run.communicate(timeout=150) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    got = [json.loads(out) for out, _ in outputs]
+    assert [g["rank"] for g in got] == [0, 1]
+    a, b = got[0]["ids"], got[1]["ids"]
+    assert len(a) == len(b) == ROWS // world
+    assert sorted(a + b) == list(range(ROWS))
+    assert sum(proxy.counts.values()) >= 3
+
+
+def test_a_remote_pipeline_resumes_exactly_through_faults(
+    s3_many: Store, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    proxy, proxied = fault_proxy(s3_many, rate=0.05, seed=2, stall_s=0.02)
+    ds = hr.open(proxied.url("many/*.parquet"), storage_options=proxied.storage_options, retry=FAST)
+    report = check_resume(ds.shuffle(seed=9, buffer_size=400).batch(100), every=6, num_workers=2)
+    assert report.steps == ROWS // 100
+    assert sum(proxy.counts.values()) >= 3
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_sequential_formats_read_by_blocks_survive_faults_in_every_block(
+    fmt: str, tmp_path: Path, corpus: pa.Table, http_store: Store, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    """A file of over 2 MB read in 1 MB blocks (one ranged GET each, the next one read ahead) with resets and
+    a cut body in its first GETs: each block is asked again from its first byte not yet delivered."""
+    import headrace.io.remote as remote
+
+    table = pa.table({"id": np.arange(12000), "text": [corpus.column("text")[i % 100].as_py() for i in range(12000)]})
+    path = tmp_path / f"big.{fmt}"
+    if fmt == "jsonl":
+        table.to_pandas().to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    url = http_store.put(path, f"seq/big.{fmt}")
+    proxy, proxied = fault_proxy(http_store)
+    block, remote.BLOCK = remote.BLOCK, 1 << 20
+    try:
+        got = hr.open(url.replace(http_store.endpoint, proxied.endpoint), columns=["id"], retry=FAST)
+        proxy.reset_counts()  # faults in the reading, not in the listing (whose GET is not read through)
+        proxy.inject("reset", times=2, match=f"big.{fmt}")
+        proxy.inject("truncate", times=1, match=f"big.{fmt}")
+        ids = [i for b in got.batch(1000) for i in b["id"].tolist()]
+    finally:
+        remote.BLOCK = block
+    assert path.stat().st_size > 2 << 20
+    assert ids == list(range(12000))
+    assert proxy.counts == {"reset": 2, "truncate": 1}
+    ranges = [f.range for f in proxy.log]
+    assert all(r is not None and r.startswith("bytes=") for r in ranges)
+
+
+# -- permanent errors: once, clearly ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["404", "403"])
+@pytest.mark.parametrize("name", ["s3", "http"])
+def test_a_404_or_403_on_a_data_read_is_one_clear_error_without_retries(
+    name: str, kind: str, request: pytest.FixtureRequest, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    store = request.getfixturevalue(f"{name}_many")
+    proxy, proxied = fault_proxy(store)
+    ds = dataset(proxied, retry=FAST)  # opened: the listing and the first footer are read without faults
+    proxy.reset_counts()
+    proxy.inject(kind, times=100, match="part-00003")
+    want = "the object is gone" if kind == "404" else "access denied"
+    with pytest.raises(SourceError, match=rf"part-00003.parquet: (?:.*){want}") as e:
+        ids_of(ds.batch(64))
+    assert proxied.url("many/part-00003.parquet") in str(e.value)
+    assert proxy.counts == {kind: 1}  # not retried
+
+
+def test_a_corrupt_remote_file_is_one_clear_error_without_retries(
+    s3_many: Store,
+    tmp_path: Path,
+    fault_proxy: Callable[..., tuple[FaultProxy, Store]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = tmp_path / "bad.parquet"
+    good = (pq.read_table(s3_many.filesystem().open(f"{s3_many.bucket}/many/part-00000.parquet")),)
+    pq.write_table(good[0], bad)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # a torn page: the footer still reads
+    bad.write_bytes(bytes(data))
+    s3_many.put(bad, "corrupt/bad.parquet")
+    proxy, proxied = fault_proxy(s3_many)
+    ds = hr.open(proxied.url("corrupt/bad.parquet"), storage_options=proxied.storage_options, retry=FAST)
+    with pytest.raises(SourceError, match=r"corrupt/bad.parquet: corrupt Parquet data near row \d+"):
+        ids_of(ds.batch(64))
+    assert not proxy.counts and proxy.requests > 0
+    assert not [r.getMessage() for r in caplog.records if r.name == "headrace.io"]  # every retry logs: none
+
+
+def test_a_fault_that_does_not_pass_gives_up_after_the_attempts_naming_url_and_bytes(
+    http_many: Store, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    proxy, proxied = fault_proxy(http_many)
+    ds = dataset(proxied, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
+    proxy.reset_counts()
+    proxy.inject("503", times=1000, match="part-00001")
+    url = proxied.url("many/part-00001.parquet")
+    with pytest.raises(GaveUp, match=rf"^{url} \(bytes \d+-\d+ of \d+\): gave up after 3 tries"):
+        ids_of(ds.batch(64))
+    assert proxy.counts == {"503": 3}
+
+
+# -- skip: a shard that cannot be read is quarantined, and the state remembers it ------------------------
+
+
+def test_skip_quarantines_an_unreadable_shard_and_resume_keeps_it_skipped(
+    s3_many: Store, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    proxy, proxied = fault_proxy(s3_many)
+    ds = dataset(proxied, retry=FAST, errors="skip").batch(50)
+    proxy.inject("403", times=1000, match="part-00003")
+    loader = hr.Loader(ds)
+    got, states = [], []
+    for batch in loader:
+        got.append(batch["id"].tolist())
+        states.append(loader.state_dict())
+    per = ROWS // FILES
+    assert [i for b in got for i in b] == [i for i in range(ROWS) if not 3 * per <= i < 4 * per]
+    assert loader.skipped == 1
+    assert len(loader.skipped_where) == 1
+    assert loader.skipped_where[0].startswith(f"quarantined shard: {proxied.url('many/part-00003.parquet')}: ")
+    after = next(k for k, s in enumerate(states) if '"quarantined": [3]' in json.dumps(s))
+    assert '"quarantined": []' in json.dumps(states[after - 1])
+    proxy.clear_injected()  # the fault is over: the shard reads again ...
+    again = hr.Loader(ds)
+    again.load_state_dict(states[after])
+    rest = [b["id"].tolist() for b in again]
+    assert rest == got[after + 1 :]  # ... but a resume after the quarantine keeps skipping it
+    assert again.skipped == 1
+    fresh = [i for b in hr.Loader(ds) for i in b["id"].tolist()]
+    assert fresh == list(range(ROWS))  # a new epoch from the start reads it
