@@ -47,3 +47,32 @@ def test_headrace_stages_and_ranks_on_top(parquet_dir: Path, tmp_path: Path) -> 
 def test_not_an_iterable_dataset_is_refused() -> None:
     with pytest.raises(TypeError, match=r"datasets\.IterableDataset"):
         hr.from_hf([1, 2, 3])
+
+
+HUB_JOB = """
+import headrace as hr
+from headrace.io.resolve import fs_for
+fs, path = fs_for("hf://datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet")
+print(type(fs).__name__, type(fs.fs).__name__, path)
+try:
+    hr.open("hf://datasets/stanfordnlp/imdb/plain_text/*.parquet")
+except hr.SourceError as e:
+    print("error:", e)
+"""
+
+
+def test_hf_urls_go_through_the_hub_filesystem_and_fail_clearly_offline() -> None:
+    """``hf://`` is huggingface_hub's ``HfFileSystem`` behind our retrying wrapper. The Hub itself is out of
+    reach in tests (no internet), so this checks the wiring and the offline error: one clear message
+    naming the URL, no retry loop (offline stays offline)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", HUB_JOB], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == "RemoteFS HfFileSystem datasets/stanfordnlp/imdb/plain_text/train-00000-of-00001.parquet"
+    assert lines[1].startswith("error: hf://datasets/stanfordnlp/imdb/plain_text/*.parquet: cannot list or open ")
+    assert "offline mode is enabled" in lines[1]
+    assert "try 2 of" not in run.stderr  # not retried

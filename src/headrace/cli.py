@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import headrace as hr
+from headrace.core.redact import redact
 from headrace.formats import format_named
 
 EXIT_ERROR = 2  # the code argparse uses for bad usage; a user's mistake either way
@@ -61,10 +62,42 @@ def configure_inspect(parser: argparse.ArgumentParser) -> None:
         "--count", action="store_true", help="count the rows of sequential formats (jsonl, csv, text): reads every file"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    add_remote_options(parser)
+
+
+def add_remote_options(parser: argparse.ArgumentParser) -> None:
+    """``-o KEY=VALUE`` storage options and the disk cache, for the commands that read datasets."""
+    parser.add_argument("-o", "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec storage option for remote URLs, repeatable; a dotted key nests "
+                             "(-o client_kwargs.endpoint_url=http://127.0.0.1:8333); values are JSON when they "
+                             "parse (true, 3), text otherwise")  # fmt: skip
+    parser.add_argument("--cache-dir", help="keep remote shards in this local directory")
+    parser.add_argument("--cache-limit", type=_positive_count, default=None, metavar="BYTES",
+                        help="at most this many bytes in --cache-dir (least recently used evicted)")  # fmt: skip
+
+
+def remote_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``hr.open`` keyword arguments from :func:`add_remote_options`' flags."""
+    options: dict[str, Any] = {}
+    for item in args.storage_option:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"-o {item!r}: expected KEY=VALUE, e.g. -o anon=true")
+        try:
+            value: Any = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return {"storage_options": options or None, "cache_dir": args.cache_dir, "cache_limit": args.cache_limit}
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    ds = hr.open(args.paths, format=args.format, columns=_columns(args.columns), text_mode=args.text_mode)
+    ds = hr.open(args.paths, format=args.format, columns=_columns(args.columns), text_mode=args.text_mode,
+                 **remote_options(args))  # fmt: skip
     report = inspect_dataset(ds, rows=args.rows, count=args.count)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
@@ -91,7 +124,7 @@ def inspect_dataset(ds: hr.Dataset, rows: int = 5, count: bool = False) -> dict[
         counts = list(pool.map(rows_of, range(len(src.shards))))
     shards = [
         {
-            "path": s.url,
+            "path": redact(s.url),
             "format": s.format,
             "compression": s.compression,
             "bytes": s.size,
@@ -330,12 +363,13 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         help="measure the order: the column with the original index and a column to group by",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")  # fmt: skip
+    add_remote_options(parser)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from headrace import bench
 
-    ds = hr.open(args.paths, format=args.format, columns=_columns(args.columns))
+    ds = hr.open(args.paths, format=args.format, columns=_columns(args.columns), **remote_options(args))
     if args.shuffle == "buffer":
         ds = ds.shuffle(seed=args.seed, buffer_size=args.buffer_size)
     elif args.shuffle == "global":
@@ -415,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except (hr.HeadraceError, ValueError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = redact(" ".join(str(e).split())) or type(e).__name__
         print(f"headrace: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -55,6 +55,10 @@ def register(options: Mapping[str, Any] | None) -> None:
                 walk(v, secret)
         elif secret and isinstance(value, str) and len(value) >= MIN_SECRET:
             found.append(value)
+            for part in value.split(";"):  # connection strings: AccountKey=...;SharedAccessSignature=...
+                name, sep, inner = part.partition("=")
+                if sep and _secret_name(name) and len(inner) >= MIN_SECRET:
+                    found.append(inner)
 
     walk(options, False)
     with _lock:

@@ -40,7 +40,7 @@ def format_named(name: str) -> Format:
 
 def format_of(url: str) -> Format | None:
     """The format a file's suffix names (compression suffixes looked through), or None."""
-    base = split_suffix(url)[0].lower()
+    base = split_suffix(url)[0].lower()  # an HTTP URL's query left out
     if base.endswith(".bin"):
         return FORMATS[bin_format(url)]
     for suffix, name in SUFFIXES.items():

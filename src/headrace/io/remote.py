@@ -20,6 +20,7 @@ downloaded (the next ``ahead`` of them in the background) and read from local di
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from collections.abc import Sequence
@@ -58,9 +59,17 @@ class RemoteFS:
         attr = getattr(self.fs, name)
         if name in RETRIED and callable(attr):
             return lambda *args, **kwargs: self.retry.call(
-                lambda: attr(*args, **kwargs), lambda: f"{redact(str(args[0]) if args else '')} ({name})", self.stats
+                lambda: attr(*args, **kwargs), lambda: f"{self._url(args[0] if args else '')} ({name})", self.stats
             )
         return attr
+
+    def _url(self, path: Any) -> str:
+        """``path`` as a URL with its scheme, redacted, for messages."""
+        url = str(path)
+        if "://" not in url:
+            with contextlib.suppress(Exception):  # a message without the scheme is still better than none
+                url = self.fs.unstrip_protocol(url)
+        return redact(url)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"fs": self.fs, "retry": self.retry, "cache": self.cache, "ahead": self.ahead}

@@ -35,14 +35,23 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return self.url.rsplit("/", 1)[-1].split("?", 1)[0]
+        return url_path(self.url).rsplit("/", 1)[-1]
 
     def __repr__(self) -> str:
         return f"Shard({redact(self.url)!r}, size={self.size}, format={self.format!r})"
 
 
+def url_path(url: str) -> str:
+    """``url`` without the query and fragment of an HTTP(S) URL (``?X-Amz-Signature=...``, ``?sig=...``):
+    the part that names the file, its suffix and any glob."""
+    if url.lower().startswith(("http://", "https://")):
+        return url.split("#", 1)[0].split("?", 1)[0]
+    return url
+
+
 def split_suffix(url: str) -> tuple[str, str | None]:
     """``("x.jsonl", "zstd")`` for ``"x.jsonl.zst"``: the name without its compression suffix."""
+    url = url_path(url)
     lower = url.lower()
     for suffix, codec in COMPRESSIONS.items():
         if lower.endswith(suffix):
@@ -76,7 +85,9 @@ def resolve(
             raise SourceError(f"{item}: access denied ({e}); check the credentials in storage_options") from None
         except FileNotFoundError as e:
             raise SourceError(f"no such file or directory: {item!r} ({e})") from None
-        except OSError as e:
+        except SourceError:
+            raise
+        except Exception as e:  # OSError, and what HTTP clients raise of their own (httpx, aiohttp)
             raise SourceError(f"{item}: cannot list or open ({type(e).__name__}: {e})") from None
     seen: set[str] = set()
     unique = []
@@ -88,15 +99,16 @@ def resolve(
 
 
 def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str, int]]:
-    if any(c in path for c in GLOB_CHARS):
+    if any(c in (url_path(path) if _is_http(fs) else path) for c in GLOB_CHARS):
         infos = fs.glob(path, detail=True)
         files = sorted((p, i) for p, i in infos.items() if i.get("type") != "directory")
         if not files:
             raise SourceError(f"the glob {given!r} matched no files; check the pattern and the working directory")
         return [(_unstrip(fs, p, given), _size(fs, p, i)) for p, i in files]
-    if not fs.exists(path):
-        raise SourceError(f"no such file or directory: {given!r}")
-    info = fs.info(path)
+    try:  # info, not exists: fsspec's exists() answers False on any error, a network fault included
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise SourceError(f"no such file or directory: {given!r}") from None
     if info.get("type") == "directory" or (path.endswith("/") and _is_http(fs) and fs.isdir(path)):
         infos = fs.find(path, detail=True)
         files = sorted(

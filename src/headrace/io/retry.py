@@ -19,6 +19,7 @@ import errno
 import http.client
 import logging
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from headrace.core.errors import SourceError
+from headrace.core.redact import redact
 
 log = logging.getLogger("headrace.io")
 T = TypeVar("T")
@@ -44,6 +46,10 @@ TRANSIENT_NAMES = frozenset({
     "ServiceRequestError", "ServiceResponseError", "IncompleteReadError", "ReadTimeoutError",
     "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError", "ResponseStreamingError",
     "ProtocolError", "ChunkedEncodingError", "FSTimeoutError", "TransportError",
+})  # fmt: skip
+PERMANENT_NAMES = frozenset({
+    "OfflineModeIsEnabled", "NoCredentialsError", "ClientAuthenticationError", "InvalidURL",
+    "RepositoryNotFoundError", "GatedRepoError", "EntryNotFoundError",
 })  # fmt: skip
 THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                             "TooManyRequests", "ServerBusy", "InternalError", "ServiceUnavailable"})  # fmt: skip
@@ -85,6 +91,11 @@ def transient(error: BaseException) -> bool:
     (missing, forbidden), not bad data, not a programming error."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    for e in _chain(error):  # an unknown host, or a client told to stay offline, stays so
+        if isinstance(e, socket.gaierror) and e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
+            return False
+        if any(cls.__name__ in PERMANENT_NAMES for cls in type(e).__mro__):
+            return False
     for e in _chain(error):  # a cut connection first: its causes may carry a parser's "400" (aiohttp)
         if isinstance(e, (ConnectionError, TimeoutError, http.client.HTTPException, Truncated)):
             return True
@@ -208,7 +219,7 @@ class Retry:
                         f"network or the server keeps failing: check it, or allow more with "
                         f"hr.open(..., retry=hr.Retry(attempts=, deadline=))"
                     ) from None
-                log.warning("%s: %s: %s; try %d of %d in %.2f s", describe(), type(e).__name__, e, k + 1,
+                log.warning("%s: %s: %s; try %d of %d in %.2f s", describe(), type(e).__name__, redact(str(e)), k + 1,
                             self.attempts, wait)  # fmt: skip
                 if stats is not None:
                     stats.add(e, wait)
