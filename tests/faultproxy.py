@@ -109,6 +109,7 @@ class FaultProxy:
         self.upstream_timeout = upstream_timeout
         self.requests = 0  # every request received
         self.paths: Counter[str] = Counter()  # requests by "METHOD /path" (query and Range left out)
+        self.gets: list[tuple[str, str | None]] = []  # (path, Range header) of every GET, in arrival order
         self.counts: Counter[str] = Counter()  # faults injected, by kind
         self.log: list[Injected] = []
         self._seen: Counter[str] = Counter()
@@ -160,6 +161,7 @@ class FaultProxy:
         with self._lock:
             self.requests = 0
             self.paths.clear()
+            self.gets.clear()
             self.counts.clear()
             self.log.clear()
             self._seen.clear()
@@ -171,6 +173,8 @@ class FaultProxy:
             n = self.requests
             self.requests += 1
             self.paths[f"{method} {target.split('?', 1)[0]}"] += 1
+            if method == "GET":
+                self.gets.append((target.split("?", 1)[0], byte_range))
             seen = self._seen[key]
             self._seen[key] += 1
             forced = None

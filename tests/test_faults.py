@@ -341,3 +341,34 @@ def test_skip_quarantines_an_unreadable_shard_and_resume_keeps_it_skipped(
     assert again.skipped == 1
     fresh = [i for b in hr.Loader(ds) for i in b["id"].tolist()]
     assert fresh == list(range(ROWS))  # a new epoch from the start reads it
+
+
+# -- only the bytes needed -------------------------------------------------------------------------------
+
+
+def test_parquet_projection_fetches_only_the_projected_column_chunks(
+    http_store: Store, tmp_path: Path, corpus: pa.Table, fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    """A file of a small ``id`` and a large ``text`` column in 6 row groups, read with ``columns=["id"]``:
+    the GETs are the footer and exactly the ``id`` column chunks, each fetched once (the next row group's
+    while the current one is decoded), nothing of ``text`` beyond the footer's read."""
+    from headrace.formats.parquet import column_chunks
+
+    texts = corpus.column("text").to_pylist()
+    table = pa.table({"id": np.arange(3000), "text": [texts[i % len(texts)] * 4 for i in range(3000)]})
+    path = tmp_path / "wide.parquet"
+    pq.write_table(table, path, row_group_size=500, compression="none")
+    meta = pq.ParquetFile(path).metadata
+    http_store.put(path, "wide/wide.parquet")
+    proxy, proxied = fault_proxy(http_store)
+    ds = hr.open(proxied.url("wide/wide.parquet"), columns=["id"], retry=FAST)
+    proxy.reset_counts()
+    assert [i for b in ds.batch(1000) for i in b["id"].tolist()] == list(range(3000))
+    ranges = [r for p, r in proxy.gets if p.endswith("wide.parquet")]
+    id_chunks = [f"bytes={a}-{b - 1}" for g in range(6) for a, b in column_chunks(meta, g, ["id"])]
+    footer = [r for r in ranges if r not in id_chunks]
+    assert sorted(r for r in ranges if r in id_chunks) == sorted(id_chunks)  # each once
+    size = path.stat().st_size
+    assert footer and all(int(r.split("-")[1]) == size - 1 for r in footer)  # the rest: reads of the footer
+    fetched = sum(int(b) - int(a) + 1 for a, b in (r.removeprefix("bytes=").split("-") for r in ranges))
+    assert fetched < size / 4

@@ -14,7 +14,8 @@ import headrace as hr
 
 
 def headrace_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("headrace")]
+    """The loader's threads still alive (the process-wide remote I/O pools, idle between reads, aside)."""
+    return [t for t in threading.enumerate() if t.name.startswith("headrace") and not t.name.startswith("headrace-io")]
 
 
 def wait_no_threads() -> None:

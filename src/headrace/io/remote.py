@@ -34,8 +34,8 @@ from headrace.io.retry import Retry, RetryStats, Truncated, status_of
 
 BLOCK = 8 << 20  # bytes per sequential range request
 RETRIED = frozenset({"glob", "find", "info", "exists", "size", "ls", "isdir", "isfile", "cat_file", "du"})
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="headrace-read")  # ranges: wait on nothing
-_DOWNLOADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="headrace-download")  # whole shards
+_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="headrace-io-read")  # ranges: wait on nothing
+_DOWNLOADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="headrace-io-download")  # whole shards
 
 
 class RemoteFS:
@@ -151,6 +151,8 @@ class RemoteFile(io.RawIOBase):
         self._fs, self.url, self.size, self._ahead = fs, url, size, ahead
         self._pos = 0
         self._next: tuple[int, int, Future[bytes]] | None = None
+        self._ranges: dict[tuple[int, int], Future[bytes]] = {}  # prefetched: served to reads inside them
+        self._lock = threading.Lock()
 
     def readable(self) -> bool:
         return True
@@ -175,10 +177,40 @@ class RemoteFile(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def prefetch(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Fetch the byte ranges ``[start, end)`` concurrently in the background (bounded by the shared
+        pool); a later read that falls inside one is served from it. :meth:`release` frees them."""
+        with self._lock:
+            for start, end in ranges:
+                key = (max(0, start), min(self.size, end))
+                if key[1] > key[0] and key not in self._ranges:
+                    self._ranges[key] = _POOL.submit(self._range, *key)
+
+    def release(self, ranges: Sequence[tuple[int, int]]) -> None:
+        with self._lock:
+            for start, end in ranges:
+                pending = self._ranges.pop((max(0, start), min(self.size, end)), None)
+                if pending is not None:
+                    pending.cancel()
+
+    def _prefetched(self, start: int, end: int) -> tuple[int, Future[bytes]] | None:
+        """Where the prefetched range holding ``[start, end)`` begins, and its bytes to come; None if none."""
+        with self._lock:
+            for (a, b), pending in self._ranges.items():
+                if a <= start and end <= b:
+                    return a, pending
+        return None
+
     def read(self, size: int | None = -1) -> bytes:
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
         if end <= self._pos:
             return b""
+        found = self._prefetched(self._pos, end)
+        if found is not None:
+            a, pending = found
+            data = pending.result()[self._pos - a : end - a]
+            self._pos = end
+            return data
         data = self._take(self._pos, end)
         self._pos += len(data)
         if self._ahead and self._pos < self.size:  # the next read is most likely as long, from here
@@ -238,4 +270,5 @@ class RemoteFile(io.RawIOBase):
         if self._next is not None:
             self._next[2].cancel()
             self._next = None
+        self.release(list(self._ranges))
         super().close()

@@ -9,7 +9,7 @@ jitter, a deadline per read, and ``Retry-After`` honoured up to ``max_wait``.
 >>> from headrace.io.retry import Retry, transient
 >>> transient(ConnectionResetError()), transient(FileNotFoundError("x"))
 (True, False)
->>> Retry(attempts=3, backoff=0.5, seed=0).ceiling(2)
+>>> Retry(attempts=3, backoff=0.5, seed=0).ceiling(1)
 1.0
 """
 
