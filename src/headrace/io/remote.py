@@ -33,6 +33,8 @@ from headrace.io.cache import DiskCache
 from headrace.io.retry import Retry, RetryStats, Truncated, status_of
 
 BLOCK = 8 << 20  # bytes per sequential range request
+RECENT = 4 << 20  # the last range read, up to this size, serves the reads inside it
+COALESCE = 64 << 10  # prefetched ranges closer than this are fetched as one request
 RETRIED = frozenset({"glob", "find", "info", "exists", "size", "ls", "isdir", "isfile", "cat_file", "du"})
 _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="headrace-io-read")  # ranges: wait on nothing
 _DOWNLOADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="headrace-io-download")  # whole shards
@@ -152,6 +154,8 @@ class RemoteFile(io.RawIOBase):
         self._pos = 0
         self._next: tuple[int, int, Future[bytes]] | None = None
         self._ranges: dict[tuple[int, int], Future[bytes]] = {}  # prefetched: served to reads inside them
+        self._recent: tuple[int, bytes] = (0, b"")  # the last range read (a Parquet footer read of a small file
+        # is the whole file: the column chunks then come from it)
         self._lock = threading.Lock()
 
     def readable(self) -> bool:
@@ -181,17 +185,20 @@ class RemoteFile(io.RawIOBase):
         """Fetch the byte ranges ``[start, end)`` concurrently in the background (bounded by the shared
         pool); a later read that falls inside one is served from it. :meth:`release` frees them."""
         with self._lock:
-            for start, end in ranges:
-                key = (max(0, start), min(self.size, end))
-                if key[1] > key[0] and key not in self._ranges:
+            for key in coalesce(ranges, self.size):
+                if key[1] > key[0] and key not in self._ranges and not self._inside_recent(*key):
                     self._ranges[key] = _POOL.submit(self._range, *key)
 
     def release(self, ranges: Sequence[tuple[int, int]]) -> None:
         with self._lock:
-            for start, end in ranges:
-                pending = self._ranges.pop((max(0, start), min(self.size, end)), None)
+            for key in coalesce(ranges, self.size):
+                pending = self._ranges.pop(key, None)
                 if pending is not None:
                     pending.cancel()
+
+    def _inside_recent(self, start: int, end: int) -> bool:
+        at, data = self._recent
+        return at <= start and end <= at + len(data)
 
     def _prefetched(self, start: int, end: int) -> tuple[int, Future[bytes]] | None:
         """Where the prefetched range holding ``[start, end)`` begins, and its bytes to come; None if none."""
@@ -205,6 +212,11 @@ class RemoteFile(io.RawIOBase):
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
         if end <= self._pos:
             return b""
+        recent_at, recent = self._recent
+        if recent_at <= self._pos and end <= recent_at + len(recent):  # inside the last range fetched
+            data = recent[self._pos - recent_at : end - recent_at]
+            self._pos = end
+            return data
         found = self._prefetched(self._pos, end)
         if found is not None:
             a, pending = found
@@ -212,6 +224,8 @@ class RemoteFile(io.RawIOBase):
             self._pos = end
             return data
         data = self._take(self._pos, end)
+        if len(data) <= RECENT:
+            self._recent = (self._pos, data)
         self._pos += len(data)
         if self._ahead and self._pos < self.size:  # the next read is most likely as long, from here
             start, stop = self._pos, min(self.size, self._pos + max(len(data), 1 << 16))
@@ -247,7 +261,7 @@ class RemoteFile(io.RawIOBase):
 
         try:
             self._fs.retry.call(once, lambda: f"{redact(self.url)} (bytes {start + got}-{end} of {self.size})",
-                                self._fs.stats)  # fmt: skip
+                                self._fs.stats, lambda: self.closed)  # fmt: skip
         except SourceError:
             raise
         except Exception as e:
@@ -272,3 +286,19 @@ class RemoteFile(io.RawIOBase):
             self._next = None
         self.release(list(self._ranges))
         super().close()
+
+
+def coalesce(ranges: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """``ranges`` clipped to ``[0, size)``, sorted, and merged where they are less than ``COALESCE`` bytes
+    apart: one request instead of several small ones (the bytes between are few).
+
+    >>> coalesce([(100, 200), (0, 50), (5000000, 5000010)], 10**7)
+    [(0, 200), (5000000, 5000010)]
+    """
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted((max(0, a), min(size, b)) for a, b in ranges):
+        if merged and start - merged[-1][1] < COALESCE:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

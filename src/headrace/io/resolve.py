@@ -159,14 +159,24 @@ def fs_for(
     ahead: int = 2,
 ) -> tuple[Any, str]:
     """The filesystem and path for ``url``: local files as fsspec's, anything remote as a :class:`RemoteFS`
-    (retried reads, ``cache`` on disk). The secrets in ``storage_options`` are registered for redaction."""
+    (retried reads, ``cache`` on disk). The secrets in ``storage_options`` are registered for redaction.
+    On S3, s3fs' and botocore's own retries are switched off (unless ``storage_options`` sets them), so
+    ``retry`` alone decides: attempts and deadline mean what they say, and backoff starts at 50 ms, not
+    at botocore's seconds."""
     register(storage_options)
+    options = dict(storage_options or {})
+    ours = url.split("://", 1)[0] in ("s3", "s3a") and "retries" not in (options.get("config_kwargs") or {})
+    if ours:  # one retry policy, ours, unless the user configured botocore's
+        options["config_kwargs"] = {**(options.get("config_kwargs") or {}),
+                                    "retries": {"mode": "standard", "total_max_attempts": 1}}  # fmt: skip
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:
         raise SourceError(f"cannot open {url!r}: {e}") from e
     if isinstance(fs, LocalFileSystem):
         return fs, path
+    if ours:
+        fs.retries = 1  # s3fs' own loop (a class attribute): this instance is ours, by its config_kwargs
     return RemoteFS(fs, retry, cache, ahead), path
 
 

@@ -194,10 +194,11 @@ class Retry:
         fn: Callable[[], T],
         describe: Callable[[], str],
         stats: RetryStats | None = None,
-        on_retry: Callable[[], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> T:
         """``fn()``, tried again on transient errors; a permanent error is re-raised as it came, and one
-        that outlasts the policy raises :class:`GaveUp` naming ``describe()`` (the URL and position)."""
+        that outlasts the policy raises :class:`GaveUp` naming ``describe()`` (the URL and position).
+        ``cancelled()`` true (the reader was closed) ends the retrying: the error is re-raised."""
         jitter = random.Random(self.seed)
         began = time.monotonic()
         k = 0
@@ -205,7 +206,7 @@ class Retry:
             try:
                 return fn()
             except Exception as e:
-                if not transient(e):
+                if not transient(e) or (cancelled is not None and cancelled()):
                     raise
                 elapsed = time.monotonic() - began
                 wait = jitter.uniform(0.0, self.ceiling(k))
@@ -223,6 +224,4 @@ class Retry:
                             self.attempts, wait)  # fmt: skip
                 if stats is not None:
                     stats.add(e, wait)
-                if on_retry is not None:
-                    on_retry()
                 time.sleep(wait)

@@ -1,0 +1,1 @@
+"""Framework adapters, imported lazily: torch, jax, transformers."""
