@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from headrace.core import state as states
@@ -21,6 +21,7 @@ from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.stages.batch import RowNode
+from headrace.workers import ProcessExecutor
 
 _END = object()
 
@@ -56,9 +57,13 @@ class Loader:
         *,
         remainder: str = "drop",
         world: World | None = None,
+        worker_type: str = "thread",
     ) -> None:
         if num_workers < 0 or prefetch < 0:
             raise ValueError("num_workers and prefetch must be >= 0")
+        if worker_type not in ("thread", "process"):
+            raise ValueError(f"worker_type must be 'thread' or 'process', got {worker_type!r}")
+        self.worker_type = worker_type
         if remainder not in REMAINDERS:
             raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
         self.dataset = dataset
@@ -181,7 +186,7 @@ class Loader:
         return [w for log in self._logs for w in log.where]
 
     # -- iteration ---------------------------------------------------------------------------------
-    def _build(self, pool: ThreadPoolExecutor | None) -> Node[Any]:
+    def _build(self, pool: Executor | None) -> Node[Any]:
         ctx = Context(world=self.world, epoch=self._epoch, remainder=self.remainder,  # type: ignore[arg-type]
                       pool=pool, depth=max(1, self.num_workers), start=self._start)  # fmt: skip
         node = self.dataset.build(ctx)
@@ -197,9 +202,18 @@ class Loader:
                 mixer.set_weights(self._weights)
         return node
 
+    def _pool(self) -> Executor | None:
+        if not self.num_workers:
+            return None
+        if self.worker_type == "process":
+            return ProcessExecutor(self.num_workers)
+        return ThreadPoolExecutor(self.num_workers, thread_name_prefix="headrace-worker")
+
     def __iter__(self) -> Iterator[Any]:
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="headrace-worker") if self.num_workers else None
+        pool = self._pool()
         node = self._build(pool)
+        if isinstance(pool, ProcessExecutor):
+            pool.start()  # fork now, from this thread, with every function registered by the build
         self._logs = node.error_logs()
         items = self._produce(node) if self.num_workers == 0 and self.prefetch == 0 else self._prefetched(node)
         finished = False

@@ -64,12 +64,14 @@ def check_resume(
     prefetch: int = 2,
     every: int = 1,
     remainder: str = "drop",
+    worker_type: str = "thread",
 ) -> Report:
     """Restore after every ``every``-th step (and the last) and compare with the uninterrupted run."""
     world = world or World()
 
     def loader(workers: int = num_workers) -> Loader:
-        return Loader(dataset, num_workers=workers, prefetch=prefetch, world=world, remainder=remainder)
+        return Loader(dataset, num_workers=workers, prefetch=prefetch, world=world, remainder=remainder,
+                      worker_type=worker_type)  # fmt: skip
 
     full = loader()
     items: list[Any] = []

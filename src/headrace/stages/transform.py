@@ -28,6 +28,8 @@ class TransformNode(Node[Block]):
         self.upstream = upstream
         self.fn = fn
         self.pool = pool
+        if pool is not None and hasattr(pool, "register"):  # worker processes inherit the function when forked
+            pool.register(fn)
         self.depth = max(1, depth)
         self._pending: deque[tuple[Future[Block], State]] = deque()
         self.reset(None)

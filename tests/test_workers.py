@@ -1,0 +1,144 @@
+"""Loader workers: threads and forked processes give the same batches for any worker count, resume exactly
+with deep prefetch, re-raise a worker's exception with its place, and leave no process behind after
+``break``, an exception, or Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import headrace as hr
+from headrace.testing import check_resume
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def pipeline(parquet_dir: Path, pid: bool = False) -> hr.Dataset:
+    """A Python-heavy row map and a filter, both lambdas: processes inherit them, nothing is pickled.
+    ``pid``: also say which process ran the map."""
+    return (
+        hr.open(str(parquet_dir), columns=["id", "text"], block_rows=256)
+        .shuffle(seed=2, buffer_size=500)
+        .map(lambda r: {"words": len(r["text"].split()), **({"pid": os.getpid()} if pid else {})})
+        .filter(lambda r: r["id"] % 7 != 3)
+        .batch(100)
+    )
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def wait_gone(pids: set[int]) -> set[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        if not alive:
+            return set()
+        time.sleep(0.05)
+    return alive
+
+
+def test_threads_and_processes_give_the_same_batches_for_any_worker_count(parquet_dir: Path) -> None:
+    ds = pipeline(parquet_dir)
+    want = [(b["id"].tolist(), b["words"].tolist()) for b in hr.Loader(ds)]
+    assert sum(len(i) for i, _ in want) == sum(1 for i in range(5000) if i % 7 != 3)
+    for kind in ("thread", "process"):
+        for workers in (1, 2, 4):
+            loader = hr.Loader(ds, num_workers=workers, worker_type=kind)
+            got = [(b["id"].tolist(), b["words"].tolist()) for b in loader]
+            assert got == want, (kind, workers)
+    loader = hr.Loader(pipeline(parquet_dir, pid=True), num_workers=2, worker_type="process")
+    pids = {p for b in loader for p in b["pid"].tolist()}
+    assert len(pids) == 2 and os.getpid() not in pids  # the map ran in the two workers
+
+
+def test_process_workers_resume_exactly_with_deep_prefetch(parquet_dir: Path) -> None:
+    report = check_resume(pipeline(parquet_dir), num_workers=2, prefetch=8, every=7, worker_type="process")
+    assert report.steps == 43 and report.restores >= 6
+
+
+def test_no_worker_process_is_left_after_break(parquet_dir: Path) -> None:
+    before = children()
+    loader = hr.Loader(pipeline(parquet_dir), num_workers=3, worker_type="process", prefetch=8)
+    for step, _ in enumerate(loader):
+        if step == 0:
+            workers = children() - before
+        if step == 5:
+            break
+    assert len(workers) == 3
+    assert wait_gone(workers) == set()
+    assert json.loads(json.dumps(loader.state_dict()))["batches"] == 6
+
+
+def boom(row: dict[str, Any]) -> dict[str, Any]:
+    if row["id"] == 1234:
+        raise ValueError("bad row 1234")
+    return {}
+
+
+def test_a_worker_exception_is_raised_here_with_its_place_and_no_worker_is_left(parquet_dir: Path) -> None:
+    before = children()
+    loader = hr.Loader(hr.open(str(parquet_dir), columns=["id"]).map(boom).batch(10), num_workers=2,
+                       worker_type="process")  # fmt: skip
+    with pytest.raises(ValueError, match="bad row 1234") as e:
+        for _ in loader:
+            pass
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    assert "raised by map(boom) on a block starting at" in notes and "part-00001.parquet" in notes
+    assert "in boom" in str(e.value.__cause__)  # the worker's traceback
+    assert wait_gone(children() - before) == set()
+
+
+SIGINT_JOB = """
+import json, os, sys, time
+import headrace as hr
+
+def slow(row):
+    time.sleep(0.01)
+    return {}
+
+loader = hr.Loader(hr.open(sys.argv[1], columns=["id"]).map(slow).batch(10), num_workers=2,
+                   worker_type="process", prefetch=4)
+import psutil
+for step, batch in enumerate(loader):
+    if step == 2:
+        pids = [p.pid for p in psutil.Process().children(recursive=True)]
+        print(json.dumps(pids), flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_loader_and_its_workers(parquet_dir: Path) -> None:
+    run = subprocess.Popen([sys.executable, "-c", SIGINT_JOB, str(parquet_dir)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert run.stdout is not None
+    workers = set(json.loads(run.stdout.readline()))
+    assert len(workers) == 2
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode != 0 and "KeyboardInterrupt" in err
+    assert wait_gone(workers) == set()
+
+
+def test_workers_die_with_a_killed_parent(parquet_dir: Path) -> None:
+    run = subprocess.Popen([sys.executable, "-c", SIGINT_JOB, str(parquet_dir)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert run.stdout is not None
+    workers = set(json.loads(run.stdout.readline()))
+    run.kill()
+    run.wait(timeout=30)
+    assert wait_gone(workers) == set()
+
+
+def test_bad_worker_type_is_refused(parquet_dir: Path) -> None:
+    with pytest.raises(ValueError, match="worker_type must be 'thread' or 'process'"):
+        hr.Loader(hr.open(str(parquet_dir)), worker_type="fiber")
