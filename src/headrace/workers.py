@@ -18,6 +18,7 @@ parent (``PR_SET_PDEATHSIG`` on Linux): no orphans after ``break``, an exception
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -34,10 +35,8 @@ _PR_SET_PDEATHSIG = 1
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):  # no glibc: the pipe to the parent still ends an orphaned worker
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:  # no glibc: the pipe to the parent still ends the worker when the parent dies
-            pass
 
 
 def _call(key: int, args: tuple[Any, ...]) -> Any:
