@@ -8,10 +8,13 @@ prefetched batches are neither lost nor repeated on resume.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Generator, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from headrace.core import state as states
@@ -21,9 +24,11 @@ from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.stages.batch import RowNode
+from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources
 from headrace.workers import ProcessExecutor
 
 _END = object()
+log = logging.getLogger("headrace")
 
 
 class Loader:
@@ -58,6 +63,8 @@ class Loader:
         remainder: str = "drop",
         world: World | None = None,
         worker_type: str = "thread",
+        log_every: float | None = None,
+        progress: bool = False,
     ) -> None:
         if num_workers < 0 or prefetch < 0:
             raise ValueError("num_workers and prefetch must be >= 0")
@@ -78,6 +85,13 @@ class Loader:
         self._logs: list[ErrorLog] = []
         self._weights: dict[str, float] | None = None  # a re-weighting of the mixture, by name
         self._start, self._start_batches = 0, 0  # where the global order started this run (elastic resume)
+        self.log_every, self.progress = log_every, progress
+        self._stats = Stats()
+        self._timers: list[StageTimer] = []
+        self._queue: queue.Queue[Any] | None = None
+        self._began = time.perf_counter()
+        self._node: Node[Any] | None = None
+        self._hooks: list[tuple[Callable[[Stats], None], int]] = []
 
     # -- state -------------------------------------------------------------------------------------
     def _world_description(self) -> dict[str, Any]:
@@ -185,6 +199,28 @@ class Loader:
         """Where the first skipped records were (``"file:line: reason"``), for the last iteration."""
         return [w for log in self._logs for w in log.where]
 
+    # -- observability -----------------------------------------------------------------------------
+    def stats(self) -> Stats:
+        """Throughput, data wait, per-stage time, queue depth, retries and cache hits of the current (or
+        last) iteration: see :class:`headrace.stats.Stats`."""
+        s = replace(self._stats, stages=own_times(self._timers), elapsed_s=time.perf_counter() - self._began)
+        if self._queue is not None:
+            s.queue_depth, s.queue_capacity = self._queue.qsize(), self._queue.maxsize
+        if self._node is not None:
+            for fs in sources(self._node):
+                s.retries += fs.stats.retries
+                if fs.cache is not None:
+                    s.cache_hits += fs.cache.stats.hits
+                    s.cache_misses += fs.cache.stats.misses
+        return s
+
+    def add_hook(self, hook: Callable[[Stats], None], every: int = 100) -> None:
+        """Call ``hook(loader.stats())`` every ``every`` batches delivered (a TensorBoard / W&B logger:
+        ``loader.add_hook(lambda s: wandb.log(s.scalars()), every=50)``)."""
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self._hooks.append((hook, every))
+
     # -- iteration ---------------------------------------------------------------------------------
     def _build(self, pool: Executor | None) -> Node[Any]:
         ctx = Context(world=self.world, epoch=self._epoch, remainder=self.remainder,  # type: ignore[arg-type]
@@ -211,25 +247,54 @@ class Loader:
 
     def __iter__(self) -> Iterator[Any]:
         pool = self._pool()
+        self._began, self._stats, self._queue = time.perf_counter(), Stats(), None
         node = self._build(pool)
         if isinstance(pool, ProcessExecutor):
             pool.start()  # fork now, from this thread, with every function registered by the build
+        self._node, self._timers = node, instrument(node)
         self._logs = node.error_logs()
         items = self._produce(node) if self.num_workers == 0 and self.prefetch == 0 else self._prefetched(node)
+        display = _Display(self) if self.progress else None
         finished = False
+        stats, logged = self._stats, time.perf_counter()
         try:
+            asked = time.perf_counter()
             for item, node_state, skipped in items:
+                got = time.perf_counter()
+                stats.wait_s += got - asked
+                if stats.first_batch_s is None:
+                    stats.first_batch_s = got - self._began
+                rows, tokens, size = measure(item)
+                stats.batches, stats.rows, stats.tokens, stats.bytes = (
+                    stats.batches + 1, stats.rows + rows, stats.tokens + tokens, stats.bytes + size)  # fmt: skip
                 self._node_state, self._batches, self._skipped = node_state, self._batches + 1, skipped
+                self._after_batch(stats.batches, display, got, logged)
+                if self.log_every is not None and got - logged >= self.log_every:
+                    logged = got
+                handed = time.perf_counter()
                 yield item
+                asked = time.perf_counter()
+                stats.step_s += asked - handed
             finished = True
         finally:
             items.close()
             node.close()
+            if display is not None:
+                display.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if finished:
             self._epoch, self._node_state, self._batches = self._epoch + 1, None, 0
             self._start, self._start_batches = 0, 0
+
+    def _after_batch(self, batches: int, display: _Display | None, now: float, logged: float) -> None:
+        for hook, every in self._hooks:
+            if batches % every == 0:
+                hook(self.stats())
+        if self.log_every is not None and now - logged >= self.log_every:
+            log.info("%s", self.stats().line())
+        if display is not None:
+            display.update(now)
 
     def _produce(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
         while True:
@@ -241,6 +306,7 @@ class Loader:
 
     def _prefetched(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
         q: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.prefetch))
+        self._queue = q
         stop = threading.Event()
 
         def put(item: Any) -> bool:
@@ -274,3 +340,26 @@ class Loader:
         finally:
             stop.set()
             thread.join()
+
+
+class _Display:
+    """A rich live line under the training loop's output: the :meth:`Stats.line` of the loader, twice a second."""
+
+    def __init__(self, loader: Loader) -> None:
+        try:
+            from rich.live import Live
+        except ImportError:
+            raise ImportError("Loader(progress=True) needs rich: pip install 'headrace[cli]'") from None
+        self.loader = loader
+        self._live = Live("", refresh_per_second=4, transient=False)
+        self._live.start()
+        self._shown = 0.0
+
+    def update(self, now: float) -> None:
+        if now - self._shown >= 0.5:
+            self._shown = now
+            self._live.update(self.loader.stats().line())
+
+    def close(self) -> None:
+        self._live.update(self.loader.stats().line())
+        self._live.stop()
