@@ -5,6 +5,7 @@
 ['Dataset', 'HeadraceError', 'Loader']
 """
 
+from headrace.config import ConfigError, Pipeline
 from headrace.core.errors import HeadraceError, RecordError, SchemaError, SourceError, StateError
 from headrace.core.rng import rng
 from headrace.core.world import World
@@ -16,9 +17,11 @@ from headrace.sources import from_hf, mix, open  # noqa: A004 - hr.open is the p
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "Dataset",
     "HeadraceError",
     "Loader",
+    "Pipeline",
     "RecordError",
     "Retry",
     "SchemaError",
