@@ -48,6 +48,8 @@ bench: setup
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_tokens.py
 	$(PY) benchmarks/bench_order.py
+	$(PY) benchmarks/bench_remote.py
+	$(PY) benchmarks/bench_loader.py
 
 clean:
 	rm -rf $(VENV) .demo .bench build src/*.egg-info

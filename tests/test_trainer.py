@@ -1,0 +1,172 @@
+"""transformers.Trainer: a headrace stream as train_dataset, checkpointed and resumed exactly (tiny GPT-2, CPU)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+import headrace as hr  # noqa: E402
+from headrace.integrations.transformers import STATE_KEY, TrainerDataset, for_trainer  # noqa: E402
+
+SEQ = 32
+BATCH = 4
+
+
+class RecordingTrainer(transformers.Trainer):
+    """Keeps the input_ids of every micro-batch it trains on (not the ones its DataLoader read ahead)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trained: list[list[list[int]]] = []
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.trained.append(inputs["input_ids"].tolist())
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+def lm_rows(parquet_dir: Path, bpe_path: str) -> hr.Dataset:
+    """Rows of 32 tokens: the documents end to end."""
+    return hr.open(str(parquet_dir), columns=["text"]).tokenize(bpe_path).pack(SEQ)
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Causal LM batches: labels are the input_ids (the model shifts them)."""
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    return {"input_ids": ids, "labels": ids}
+
+
+def model(vocab_size: int = 4096) -> Any:
+    """A tiny GPT-2 (dropout on), the same initial weights every time; 4096: the bpe_path fixture's vocabulary."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=vocab_size, n_positions=SEQ,
+                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def trainer(ds: hr.Dataset, out: Path, max_steps: int, **options: Any) -> RecordingTrainer:
+    train_dataset, callback = for_trainer(ds)
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+        logging_steps=1, save_strategy="steps", save_steps=options.pop("save_steps", max_steps), report_to=[],
+        use_cpu=True, seed=0, disable_tqdm=True, **options,
+    )  # fmt: skip
+    return RecordingTrainer(model=model(), args=args, train_dataset=train_dataset, data_collator=collate,
+                            callbacks=[callback])  # fmt: skip
+
+
+def losses(t: transformers.Trainer) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in t.state.log_history if "loss" in e}
+
+
+def test_trains_on_the_first_rows_of_the_stream_in_order(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(bpe_path).get_vocab_size() == 4096  # what model() is built for
+    ds = lm_rows(parquet_dir, bpe_path)
+    t = trainer(ds, tmp_path, max_steps=5)
+    t.train()
+    assert t.state.global_step == 5
+    expected = [list(row["input_ids"]) for row in itertools.islice(hr.Loader(ds), 5 * BATCH)]
+    assert [row for batch in t.trained for row in batch] == expected
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_trains_on_exactly_the_batches_of_the_uninterrupted_run(
+    parquet_dir: Path, bpe_path: str, tmp_path: Path, accumulation: int
+) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    a = trainer(ds, tmp_path / "a", max_steps=12, save_steps=6, gradient_accumulation_steps=accumulation)
+    a.train()
+    assert sorted(os.listdir(tmp_path / "a")) == ["checkpoint-12", "checkpoint-6"]
+    b = trainer(ds, tmp_path / "b", max_steps=12, save_steps=6, gradient_accumulation_steps=accumulation)
+    b.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-6"))
+    half = 6 * accumulation
+    assert b.trained == a.trained[half:]
+    got, want = losses(b), losses(a)
+    assert [got[s] for s in range(7, 13)] == [want[s] for s in range(7, 13)]  # same data, same dropout masks
+    for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    saved = json.loads((tmp_path / "a" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"][STATE_KEY]["step"] == 6
+
+
+@pytest.mark.parametrize("rows", [10, 12])  # 12: checkpoint-3 falls right after the last row of epoch 0
+def test_the_stream_goes_on_into_the_next_epoch_and_resumes_across_it(
+    parquet_dir: Path, bpe_path: str, tmp_path: Path, rows: int
+) -> None:
+    text = hr.open(str(parquet_dir), columns=["text"]).shuffle(seed=3, buffer_size=64)  # each epoch its own order
+    ds = text.tokenize(bpe_path).pack(SEQ).take(rows)
+    a = trainer(ds, tmp_path / "a", max_steps=8, save_steps=3)
+    a.train()
+    loader, epochs = hr.Loader(ds), []
+    while len(epochs) < 8 * BATCH:
+        epochs += [list(row["input_ids"]) for row in loader]
+    assert [row for batch in a.trained for row in batch] == epochs[: 8 * BATCH]
+    assert epochs[:rows] != epochs[rows : 2 * rows]
+    b = trainer(ds, tmp_path / "b", max_steps=8, save_steps=3)
+    b.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    assert b.trained == a.trained[3:]
+    assert b.state.stateful_callbacks[STATE_KEY]["loader"]["epoch"] == 8 * BATCH // rows
+
+
+def test_dataloader_workers_are_refused_saying_what_to_do(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"dataloader_num_workers=2.*dataloader_num_workers=0.*threads=N"):
+        trainer(lm_rows(parquet_dir, bpe_path), tmp_path, max_steps=2, dataloader_num_workers=2)
+
+
+def test_the_trainer_must_not_skip_batches_itself(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
+    train_dataset, callback = for_trainer(lm_rows(parquet_dir, bpe_path))
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
+    t = transformers.Trainer(model=model(), args=args, train_dataset=train_dataset, data_collator=collate)
+    t.add_callback(callback)  # after __init__: the callback could not set ignore_data_skip
+    with pytest.raises(ValueError, match="ignore_data_skip=True"):
+        t.train()
+
+
+def test_the_callback_must_belong_to_the_train_dataset(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    (other, _), (_, callback) = for_trainer(ds), for_trainer(ds)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
+    t = transformers.Trainer(model(), args, train_dataset=other, data_collator=collate, callbacks=[callback])
+    with pytest.raises(ValueError, match="not this callback's stream"):
+        t.train()
+
+
+def test_a_checkpoint_without_a_data_position_is_refused(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    trainer(ds, tmp_path / "a", max_steps=2).train()
+    path = tmp_path / "a" / "checkpoint-2" / "trainer_state.json"
+    saved = json.loads(path.read_text())
+    del saved["stateful_callbacks"][STATE_KEY]  # as a Trainer without HeadraceCallback saves it
+    path.write_text(json.dumps(saved))
+    with pytest.raises(hr.StateError, match="checkpoint of step 2 has no headrace data position"):
+        trainer(ds, tmp_path / "b", max_steps=4).train(resume_from_checkpoint=str(path.parent))
+
+
+def test_a_batched_dataset_is_refused(parquet_dir: Path) -> None:
+    with pytest.raises(ValueError, match="remove the batch"):
+        for_trainer(hr.open(str(parquet_dir)).batch(4))
+
+
+def test_a_state_after_the_last_row_of_an_epoch_leads_into_the_next(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir), columns=["id"]).take(5)
+    stream = TrainerDataset(ds)
+    rows = iter(stream)
+    assert [next(rows)["id"] for _ in range(6)] == [0, 1, 2, 3, 4, 0]
+    again = TrainerDataset(ds)
+    again.restart(stream.state_at(5))  # taken before the loader knew the epoch was over
+    assert [row["id"] for row in itertools.islice(again, 3)] == [0, 1, 2]
+    assert again.loader.epoch == 1
+
+
+def test_an_empty_dataset_ends_the_stream(parquet_dir: Path) -> None:
+    assert list(TrainerDataset(hr.open(str(parquet_dir), columns=["id"]).take(0))) == []
