@@ -38,7 +38,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(PY) examples/resume_demo.py
+	$(VENV)/bin/headrace train --out .demo/train
 
 # MosaicML streaming is installed without its dependencies: its pins would downgrade numpy and
 # transformers and pull a CUDA torch. These are the packages it imports at run time.

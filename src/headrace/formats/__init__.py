@@ -8,6 +8,7 @@ from headrace.formats.base import Format, Piece, ReadOptions, Start
 from headrace.formats.csv import CsvFormat, TsvFormat
 from headrace.formats.jsonl import JsonlFormat
 from headrace.formats.parquet import ParquetFormat
+from headrace.formats.tar import TarFormat
 from headrace.formats.text import TextFormat
 from headrace.formats.tokens import MegatronFormat, NanoGPTFormat, NpyFormat, bin_format
 from headrace.io.resolve import split_suffix
@@ -16,7 +17,7 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         ParquetFormat(), JsonlFormat(), CsvFormat(), TsvFormat(), TextFormat(), ArrowFormat(),
-        MegatronFormat(), NanoGPTFormat(), NpyFormat(),
+        MegatronFormat(), NanoGPTFormat(), NpyFormat(), TarFormat(),
     )
 }  # fmt: skip
 ALIASES = {"json": "jsonl", "ndjson": "jsonl", "txt": "text", "feather": "arrow", "ipc": "arrow"}
@@ -27,6 +28,7 @@ SUFFIXES = {
     ".txt": "text", ".text": "text", ".md": "text", ".rst": "text",
     ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
     ".npy": "npy",
+    ".tar": "tar",  # .tar.gz, .tar.zst, ... too: compression suffixes are looked through
 }  # fmt: skip
 # ".bin" is Megatron when a ".idx" with the same prefix sits beside it, else nanoGPT (see format_of)
 
