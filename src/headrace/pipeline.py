@@ -15,12 +15,15 @@ import pyarrow as pa
 
 from headrace.core.block import Block
 from headrace.core.node import Node
+from headrace.core.policy import check_policy
 from headrace.core.rng import DEFAULT_SEED
 from headrace.plan import (
+    AugmentStage,
     BatchStage,
     BestFitStage,
     ChatStage,
     Context,
+    DecodeImagesStage,
     HFStage,
     LimitStage,
     MapStage,
@@ -36,6 +39,7 @@ from headrace.plan import (
     WindowStage,
 )
 from headrace.stages.batch import Pad
+from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
 from headrace.stages.token_windows import TokenWindows
@@ -347,6 +351,66 @@ class Dataset:
             raise TokenizerError(f"{tok.name}: no mask token ([MASK] or <mask>) known; use a masked-LM tokenizer")
         return self._then(MaskStage(tok, probability, seed, column))
 
+    def decode_images(
+        self,
+        column: str = "jpg",
+        *,
+        output: str = "image",
+        mode: str = "RGB",
+        size: int | tuple[int, int] | None = None,
+        remove_column: bool = True,
+        errors: str | None = None,
+    ) -> Dataset:
+        """Decode the encoded images of ``column`` (JPEG, PNG, WebP, ...: Pillow) into ``uint8`` arrays ``[H, W, C]``.
+
+        ``mode``: ``"RGB"`` (C=3), ``"RGBA"`` (C=4) or ``"L"`` (grey, C=1). ``size=(h, w)`` (or ``n``
+        for square) resizes every image (bilinear), and ``output`` is then one ``[rows, h, w, C]``
+        array; without it, an array per row. A sample that does not decode is a
+        :class:`~headrace.RecordError` naming the shard, record and key, or with ``errors="skip"`` or
+        ``"warn"`` (default: the policy given to ``open``) skipped and counted in ``loader.skipped``.
+        Needs Pillow (``pip install "headrace[images]"``).
+        """
+        try:
+            import PIL  # noqa: F401 - checked here, so a missing Pillow fails now, not in a worker
+        except ImportError:
+            raise ImportError('decode_images() needs Pillow: pip install "headrace[images]"') from None
+        if mode not in MODES:
+            raise ValueError(f"decode_images(mode=...) must be one of {sorted(MODES)}, got {mode!r}")
+        root = self.root
+        policy = check_policy(errors) if errors is not None else (
+            root.source.errors if isinstance(root, SourceStage) else "raise")  # fmt: skip
+        return self._then(DecodeImagesStage(column, output, mode, _size(size, "size"), remove_column, policy))
+
+    def augment(
+        self,
+        column: str = "image",
+        *,
+        random_crop: int | tuple[int, int] | None = None,
+        padding: int = 0,
+        padding_mode: str = "constant",
+        flip: bool = False,
+        seed: int = DEFAULT_SEED,
+    ) -> Dataset:
+        """Random crops and flips of the images of ``column`` (after :meth:`decode_images`).
+
+        Each image is padded by ``padding`` pixels on every side (``padding_mode``: ``"constant"``
+        zeros, ``"edge"`` or ``"reflect"``), cropped to ``random_crop=(h, w)`` at a random place, and with
+        ``flip=True`` mirrored left-right with probability 1/2. The draws come from ``rng(seed, epoch,
+        stage, the row's lineage)``: the same in any run, worker count or resume, new each epoch.
+        """
+        if seed < 0:
+            raise ValueError(f"augment(seed=...) must be >= 0, got {seed}")
+        crop = _size(random_crop, "random_crop")
+        if not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"augment(padding=...) must be an integer >= 0, got {padding!r}")
+        if padding and crop is None:
+            raise ValueError("augment(padding=...) pads before a random crop: pass random_crop= too")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"augment(padding_mode=...) must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if crop is None and not flip:
+            raise ValueError("augment() with neither random_crop= nor flip=True does nothing")
+        return self._then(AugmentStage(column, crop, padding, padding_mode, flip, seed))
+
     def batch(self, size: int, *, drop_last: bool = False, pad: Pad = None, pad_value: Any = 0) -> Dataset:
         """Collate ``size`` rows into a dict of numpy arrays; must be the last stage (but ``repeat``).
 
@@ -398,6 +462,16 @@ def positive(n: int, what: str) -> int:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"{what} must be a positive integer, got {n!r}")
     return n
+
+
+def _size(size: int | tuple[int, int] | None, what: str) -> tuple[int, int] | None:
+    """``(h, w)`` from ``n`` or ``(h, w)``, each a positive integer; None stays None."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(n, int) and n > 0 for n in pair):
+        raise ValueError(f"{what} must be a positive integer or (height, width), got {size!r}")
+    return (int(pair[0]), int(pair[1]))
 
 
 def _count(n: int, what: str) -> int:

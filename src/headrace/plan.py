@@ -14,12 +14,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from headrace.core.node import Node
+from headrace.core.policy import Policy
 from headrace.core.state import fingerprint
 from headrace.core.world import World
 from headrace.stages.batch import BatchNode, Pad
 from headrace.stages.bestfit import BestFitNode
 from headrace.stages.global_source import GlobalSourceNode
 from headrace.stages.hf import HFNode, HFSource
+from headrace.stages.images import RejectNode, augment_fn, decode_fn
 from headrace.stages.limit import LimitNode
 from headrace.stages.pack import WindowNode
 from headrace.stages.partition import Remainder
@@ -338,6 +340,47 @@ class MaskStage(Stage):
 
         return MaskNode(parent.build(ctx), tokenizer=self.tokenizer, probability=self.probability, seed=self.seed,
                         epoch=ctx.epoch, stage=depth, column=self.column)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecodeImagesStage(Stage):
+    column: str
+    output: str
+    mode: str
+    size: tuple[int, int] | None
+    remove_column: bool
+    errors: Policy
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "decode_images", "column": self.column, "output": self.output, "mode": self.mode,
+                "size": list(self.size) if self.size else None, "remove_column": self.remove_column,
+                "errors": self.errors}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        fn = decode_fn(column=self.column, output=self.output, mode=self.mode, size=self.size,
+                       remove_column=self.remove_column, lineage=parent.lineage)  # fmt: skip
+        return RejectNode(TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth), self.errors)
+
+
+@dataclass(frozen=True)
+class AugmentStage(Stage):
+    column: str
+    crop: tuple[int, int] | None
+    padding: int
+    padding_mode: str
+    flip: bool
+    seed: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "augment", "column": self.column, "random_crop": list(self.crop) if self.crop else None,
+                "padding": self.padding, "padding_mode": self.padding_mode, "flip": self.flip,
+                "seed": self.seed}  # fmt: skip
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        fn = augment_fn(column=self.column, crop=self.crop, padding=self.padding, padding_mode=self.padding_mode,
+                        flip=self.flip, seed=self.seed, epoch=ctx.epoch, stage=depth,
+                        lineage=parent.lineage)  # fmt: skip
+        return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
 @dataclass(frozen=True)

@@ -189,9 +189,10 @@ class _Reader:
         self.f.seek(self.pos)
 
     def corrupt(self, what: str) -> SourceError:
+        where = f"byte {self.pos}" + (" of the decompressed data" if self.shard.compression else "")
         return SourceError(
-            f"{self.shard.url}: corrupt tar data at byte {self.pos}{' (decompressed)' if self.shard.compression else ''}"
-            f": {what}; the shard is truncated or damaged: re-write or remove it"
+            f"{self.shard.url}: corrupt tar data at {where}: {what}; the shard is truncated or damaged: "
+            "re-write or remove it"
         )
 
 
@@ -220,16 +221,16 @@ def members(f: BinaryIO, start: int, shard: Shard, wanted: Callable[[str], bool]
                 raise reader.corrupt(f"not a valid tar header ({e})") from None
             size = int(pax.get("size", info.size))
             if info.type in PAX or info.type in GNU_LONG:
-                data = reader.read(size)
-                if len(data) < size:
+                extended = reader.read(size)
+                if len(extended) < size:
                     raise reader.corrupt("the data ends inside an extended header")
                 reader.skip(-size % BLOCK)
                 if info.type == tarfile.GNUTYPE_LONGNAME:
-                    long_name = _text(data.split(b"\0", 1)[0])
+                    long_name = _text(extended.split(b"\0", 1)[0])
                 elif info.type == tarfile.GNUTYPE_LONGLINK:
-                    long_link = _text(data.split(b"\0", 1)[0])
+                    long_link = _text(extended.split(b"\0", 1)[0])
                 elif info.type != tarfile.XGLTYPE:  # global headers set defaults this reader has no use for
-                    pax.update(_pax_records(data, reader, at))
+                    pax.update(_pax_records(extended, reader, at))
                 continue
             name = pax.get("path", long_name if long_name is not None else info.name)
             link = pax.get("linkpath", long_link if long_link is not None else info.linkname)
