@@ -44,7 +44,7 @@ from headrace.sources import open as open_source
 
 TOP_KEYS = ("source", "sources", "mix", "steps", "loader")
 STEPS = ("shuffle", "map", "filter", "take", "skip", "repeat", "tokenize", "pack", "window", "chat", "mask",
-         "batch", "shard")  # fmt: skip
+         "decode_images", "augment", "batch", "shard")  # fmt: skip
 FUNCTION_OPTIONS = ("fn",)  # step options naming a function by import path
 
 

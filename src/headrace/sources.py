@@ -122,7 +122,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
 
     The format comes from each file's suffix (compression suffixes ``.gz``, ``.zst``, ``.bz2``,
     ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
-    ``text``, ``arrow``. ``columns`` projects (Parquet, Arrow and CSV read only those columns).
+    ``text``, ``arrow``, ``tar`` (WebDataset shards). ``columns`` projects (Parquet, Arrow and CSV read only those columns).
     ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
     ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
     ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
@@ -172,7 +172,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         f = fmt or format_of(url)
         if f is None:
             raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
-                              "csv, tsv, text, arrow)")  # fmt: skip
+                              "csv, tsv, text, arrow, tar)")  # fmt: skip
         if size == 0:
             raise SourceError(f"{url}: the file is empty (0 bytes); remove it or narrow the glob")
         shards.append(Shard(url, size, f.name, split_suffix(url)[1]))
