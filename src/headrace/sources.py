@@ -122,7 +122,8 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
 
     The format comes from each file's suffix (compression suffixes ``.gz``, ``.zst``, ``.bz2``,
     ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
-    ``text``, ``arrow``, ``tar`` (WebDataset shards). ``columns`` projects (Parquet, Arrow and CSV read only those columns).
+    ``text``, ``arrow``, ``tar`` (WebDataset shards). ``columns`` projects (Parquet, Arrow and CSV read
+    only those columns).
     ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
     ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
     ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
