@@ -15,6 +15,7 @@ loader's worker threads tokenize in parallel. The libraries are imported only wh
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -92,6 +93,13 @@ class HFTokenizersTokenizer(Tokenizer):
         self.bos_id = self._first(BOS_CANDIDATES)
         self.pad_id = self._first(("[PAD]", "<pad>", "<|pad|>"))
         self.mask_id = self._first(("[MASK]", "<mask>"))
+        self.digest = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]  # what it does, not where it lives
+
+    def describe(self) -> dict[str, Any]:
+        """The tokenizer's identity in a pipeline fingerprint: its content (vocabulary, merges, normalizers,
+        padding and truncation off), not the name of the folder it was loaded from."""
+        return {"name": "tokenizers", "sha256": self.digest, "vocab_size": self.vocab_size, "bos_id": self.bos_id,
+                "eos_id": self.eos_id}  # fmt: skip
 
     def _first(self, candidates: Sequence[str]) -> int | None:
         for token in candidates:

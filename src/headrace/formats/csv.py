@@ -8,6 +8,7 @@ the wrong number of fields sits *between* slots: it is reported (``file:row``, t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -63,22 +64,22 @@ class CsvFormat(Format):
             raise SourceError(f"{shard.url}: cannot read as CSV ({e}); check format= and delimiter=") from None
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
-        with open_stream(fs, shard) as f:
-            return self._reader(f, shard, opts, _BadRows(shard)).schema
+        # closing(): Arrow's streaming reader reads ahead on a thread of its own; closed before its file
+        with open_stream(fs, shard) as f, closing(self._reader(f, shard, opts, _BadRows(shard))) as reader:
+            return reader.schema
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
-        with open_stream(fs, shard) as f:
-            first = self._reader(f, shard, opts, _BadRows(shard)).schema.names[:1]
-        with open_stream(fs, shard) as f:
-            return sum(b.num_rows for b in self._batches(self._reader(f, shard, opts, _BadRows(shard), first), shard))
+        first = self.schema(fs, shard, opts, ErrorLog()).names[:1]
+        with open_stream(fs, shard) as f, closing(self._reader(f, shard, opts, _BadRows(shard), first)) as reader:
+            return sum(b.num_rows for b in self._batches(reader, shard))
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
         row = 0
         bad = _BadRows(shard)
-        with open_stream(fs, shard) as f:
-            for batch in self._batches(self._reader(f, shard, opts, bad, columns=opts.columns), shard):
+        with open_stream(fs, shard) as f, closing(self._reader(f, shard, opts, bad, columns=opts.columns)) as reader:
+            for batch in self._batches(reader, shard):
                 n = batch.num_rows
                 slots = np.arange(row, row + n, dtype=np.int64)
                 errors = bad.take(row + n)

@@ -1,0 +1,131 @@
+"""The training examples in examples/ run at a tiny size, on the real corpora, and do what they say: losses
+fall, checkpoints resume exactly, ranks take equal steps. Each runs as a subprocess, as a user would run
+it, and is judged by the JSON lines it writes with --metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SMALL_PLAYS = "phoenix_and_the_turtle_gut,passionate_pilgrim_gut"  # 16 KB: a few batches per epoch
+
+
+def run(*args: str, timeout: int = 200) -> subprocess.CompletedProcess[str]:
+    # One thread per process: on a busy 2-core machine, torch's and XLA's thread pools otherwise spin
+    # against each other and a tiny step takes a second.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def losses(path: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in lines(path) if "loss" in e}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(240)
+def test_hf_trainer_resumed_from_a_checkpoint_repeats_the_uninterrupted_losses(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    script = str(EXAMPLES / "hf_trainer_causal_lm.py")
+    tiny = ["--max_steps", "8", "--save_steps", "4", "--logging_steps", "1", "--block_size", "32",
+            "--per_device_train_batch_size", "4", "--n_layer", "1", "--n_embd", "32", "--vocab_size", "512",
+            "--disable_tqdm", "--dataset_streaming"]  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(script, "--output_dir", str(a), "--plays", "macbeth_gut", "--metrics", str(tmp_path / "a.jsonl"), *tiny)
+    assert (a / "checkpoint-4" / "tokenizer.json").exists() and (a / "checkpoint-8" / "model.safetensors").exists()
+    saved = json.loads((a / "checkpoint-4" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["headrace"]["step"] == 4  # the data position, saved with the checkpoint
+
+    # Another output folder, the data named with --dataset_name, the tokenizer taken from the checkpoint.
+    run(script, "--output_dir", str(b), "--dataset_name", str(a / "data" / "*.parquet"),
+        "--resume_from_checkpoint", str(a / "checkpoint-4"), "--metrics", str(tmp_path / "b.jsonl"), *tiny)  # fmt: skip
+    want, got = losses(tmp_path / "a.jsonl"), losses(tmp_path / "b.jsonl")
+    assert sorted(want) == list(range(1, 9)) and sorted(got) == [5, 6, 7, 8]
+    assert [got[s] for s in range(5, 9)] == [want[s] for s in range(5, 9)]  # bit-exact: same rows, same dropout
+    assert want[8] < want[1]
+
+
+@pytest.mark.timeout(240)
+def test_hf_trainer_refuses_a_hub_dataset_name_offline(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(EXAMPLES / "hf_trainer_causal_lm.py"), "--output_dir", str(tmp_path),
+           "--dataset_name", "someorg/somedata", "--max_steps", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0 and "hf://datasets/someorg/somedata/" in done.stderr
+
+
+@pytest.mark.timeout(240)
+def test_flax_gpt_loss_falls_on_a_sharded_stream(tmp_path: Path) -> None:
+    pytest.importorskip("flax")
+    pytest.importorskip("optax")
+    metrics = tmp_path / "flax.jsonl"
+    done = run(str(EXAMPLES / "flax_gpt.py"), "--work", str(tmp_path), "--steps", "40", "--log_every", "10",
+               "--batch_size", "8", "--seq_len", "32", "--dim", "32", "--layers", "1", "--cpu_devices", "2",
+               "--metrics", str(metrics))  # fmt: skip
+    assert "2 device(s)" in done.stdout  # the batch dimension split over two devices
+    got = losses(metrics)
+    assert sorted(got) == [1, 10, 20, 30, 40]
+    assert got[40] < 0.9 * got[1], got
+    assert json.loads((tmp_path / "loader_state.json").read_text())  # the data position, as a checkpoint holds it
+
+
+@pytest.mark.timeout(240)
+def test_bert_mlm_loss_falls_with_masking_in_the_pipeline(tmp_path: Path, bert_dir: str) -> None:
+    pytest.importorskip("transformers")
+    metrics = tmp_path / "bert.jsonl"
+    run(str(EXAMPLES / "bert_mlm.py"), "--work", str(tmp_path), "--tokenizer", bert_dir, "--steps", "30",
+        "--log_every", "10", "--batch_size", "8", "--seq_len", "32", "--plays", "macbeth_gut",
+        "--metrics", str(metrics))  # fmt: skip
+    logged = lines(metrics)
+    assert [e["step"] for e in logged] == [1, 10, 20, 30]
+    assert all(0.05 * 8 * 32 < e["masked"] < 0.3 * 8 * 32 for e in logged)  # about 15% of 256 tokens
+    assert logged[-1]["loss"] < 0.9 * logged[0]["loss"], logged
+
+
+def torchrun(*args: str) -> None:
+    launch = ["-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+              f"--master_port={free_port()}"]  # fmt: skip
+    run(*launch, str(EXAMPLES / "ddp_torchrun.py"), *args)
+
+
+@pytest.mark.timeout(300)
+def test_ddp_ranks_take_equal_steps_and_a_resume_repeats_the_same_batches_and_losses(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tiny = ["--max_steps", "12", "--save_every", "6", "--log_every", "1", "--seq_len", "32", "--batch_size", "8",
+            "--dim", "32", "--layers", "1"]  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    torchrun("--out", str(a), "--plays", SMALL_PLAYS, "--metrics", str(tmp_path / "a.jsonl"), *tiny)
+    full = lines(tmp_path / "a.jsonl")
+    assert [e["step"] for e in full[:-1]] == list(range(1, 13))
+    assert [(r["rank"], r["steps"]) for r in full[-1]["ranks"]] == [(0, 12), (1, 12)]  # equal steps on both ranks
+    # Packing: the ranks' epochs end at different steps; each rank's loader goes on into its next epoch.
+    assert max(full[-2]["epochs"]) >= 1
+    assert all(len(set(e["batches"])) == 2 for e in full[:-1])  # the ranks read different data
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == ["step-000006", "step-000012"]
+    assert (a / "checkpoints" / "step-000006" / "loader-rank1.json").exists()
+
+    torchrun("--out", str(b), "--resume", str(a / "checkpoints" / "step-000006"),
+             "--metrics", str(tmp_path / "b.jsonl"), *tiny)  # fmt: skip
+    resumed = lines(tmp_path / "b.jsonl")
+    assert [(r["rank"], r["steps"], r["step"]) for r in resumed[-1]["ranks"]] == [(0, 6, 12), (1, 6, 12)]
+    assert resumed[:-1] == full[6:-1]  # steps 7..12: the same batches on every rank, the same losses
