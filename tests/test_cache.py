@@ -8,6 +8,7 @@ shards download while the current one is read.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -84,11 +85,16 @@ def watch() -> Iterator[Callable[[Path], list[int]]]:
         seen: list[int] = []
 
         def poll() -> None:
+            lock = folder / ".locks" / "cache.lock"  # scan between the cache's own changes, as it does
             while not stop.is_set():
                 total = 0
-                for p in list(folder.glob("*")):
-                    with contextlib.suppress(FileNotFoundError):
-                        total += p.stat().st_size if p.is_file() else 0
+                if lock.exists():
+                    with open(lock, "a+b") as f:
+                        fcntl.flock(f, fcntl.LOCK_EX)
+                        for p in list(folder.glob("*")):
+                            with contextlib.suppress(FileNotFoundError):
+                                total += p.stat().st_size if p.is_file() else 0
+                        fcntl.flock(f, fcntl.LOCK_UN)
                 seen.append(total)
                 time.sleep(0.002)
 

@@ -126,15 +126,18 @@ class DiskCache:
                 if written != size:
                     raise SourceError(f"{redact(url)}: downloaded {written} bytes, expected {size}; the object "
                                       "changed while being read: list the dataset again")  # fmt: skip
-                os.replace(part, path)
+                # Names change only under the cache-wide lock: a directory scan racing a rename can miss
+                # the file, and a reservation counting too little would let the cache pass its limit.
+                with self._locked(self.directory / ".locks" / "cache.lock"):
+                    os.replace(part, path)
+                    for stale in self.directory.glob(f"{self.key(url)}-*"):  # older versions of the object
+                        if stale != path and not stale.name.endswith(".part"):
+                            with contextlib.suppress(OSError):
+                                stale.unlink()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(part)
                 raise
-            for stale in self.directory.glob(f"{self.key(url)}-*"):  # older versions of the same object
-                if stale != path and not stale.name.endswith(".part"):
-                    with contextlib.suppress(OSError):
-                        stale.unlink()
             self.stats.add(misses=1, bytes_fetched=size)
             return str(path)
 
