@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-CORPORA = Path(os.environ.get("HEADRACE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
+from _plays import write_plays
+
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut,othello_gut"
 EOS = "<|endoftext|>"
 SAME_ON_RESUME = ("seq_len", "batch_size", "dim", "layers", "heads", "dropout", "seed", "text_column")
@@ -73,27 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- data ------------------------------------------------------------------------------------------
-
-
-def write_plays(plays: str, folder: Path) -> str:
-    """The plays as Parquet, one row per paragraph (a speech, a stage direction); returns the glob."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in plays.split(","):
-        out = folder / f"{name}.parquet"
-        if out.exists():
-            continue
-        source = CORPORA / "shakespeare" / f"{name}.txt"
-        if not source.exists():
-            sys.exit(f"no {source}: set HEADRACE_CORPORA to the shared/corpora folder, or pass --data")
-        text = source.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-        tmp = out.with_suffix(".tmp")
-        pq.write_table(pa.table({"text": paragraphs}), tmp, row_group_size=1000)
-        tmp.rename(out)
-    return str(folder / "*.parquet")
 
 
 def train_tokenizer(data: str, column: str, vocab_size: int, path: Path) -> None:

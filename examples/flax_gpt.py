@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CORPORA = Path(os.environ.get("HEADRACE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
+from _plays import write_plays
+
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut,othello_gut"
 EOS = "<|endoftext|>"
 
@@ -54,27 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu_devices", type=int, default=None, help="on CPU, pretend to have this many devices")
     p.add_argument("--metrics", type=Path, help="write one JSON line per logged step (step, loss) to this file")
     return p.parse_args(argv)
-
-
-def write_plays(plays: str, folder: Path) -> str:
-    """The plays as Parquet, one row per paragraph (a speech, a stage direction); returns the glob."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in plays.split(","):
-        out = folder / f"{name}.parquet"
-        if out.exists():
-            continue
-        source = CORPORA / "shakespeare" / f"{name}.txt"
-        if not source.exists():
-            sys.exit(f"no {source}: set HEADRACE_CORPORA to the shared/corpora folder, or pass --data")
-        text = source.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-        tmp = out.with_suffix(".tmp")
-        pq.write_table(pa.table({"text": paragraphs}), tmp, row_group_size=1000)
-        tmp.rename(out)
-    return str(folder / "*.parquet")
 
 
 def train_tokenizer(data: str, column: str, vocab_size: int) -> Any:

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from _plays import CORPORA, write_plays
+
 import headrace as hr
 
-CORPORA = Path(os.environ.get("HEADRACE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut"
 EOS = "<|endoftext|>"
 
@@ -84,27 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- data ------------------------------------------------------------------------------------------
 
 
-def write_plays(plays: str, folder: Path) -> str:
-    """The plays as Parquet, one row per paragraph (a speech, a stage direction); returns the glob."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in plays.split(","):
-        out = folder / f"{name}.parquet"
-        if out.exists():
-            continue
-        source = CORPORA / "shakespeare" / f"{name}.txt"
-        if not source.exists():
-            sys.exit(f"no {source}: set HEADRACE_CORPORA to the shared/corpora folder, or pass --dataset_name")
-        text = source.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-        tmp = out.with_suffix(".tmp")
-        pq.write_table(pa.table({"text": paragraphs}), tmp, row_group_size=1000)
-        tmp.rename(out)  # a second run never sees a half-written file
-    return str(folder / "*.parquet")
-
-
 def data_urls(args: argparse.Namespace) -> str | list[str]:
     if args.dataset_name and args.data_files:
         sys.exit("pass --dataset_name or --data_files, not both")
@@ -116,7 +95,7 @@ def data_urls(args: argparse.Namespace) -> str | list[str]:
             sys.exit(f"--dataset_name {name}: not a local path. Hub dataset names need the network; with it, pass "
                      f"the files: --dataset_name 'hf://datasets/{name}/<path>/*.parquet'")  # fmt: skip
         return str(name)
-    return write_plays(args.plays, Path(args.output_dir) / "data")
+    return write_plays(args.plays, Path(args.output_dir) / "data", "--dataset_name")
 
 
 def train_tokenizer(urls: str | list[str], column: str, vocab_size: int, path: Path) -> None:
