@@ -8,6 +8,7 @@ prefetched batches are neither lost nor repeated on resume.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -28,6 +29,17 @@ from headrace.stats import StageTimer, Stats, instrument, measure, own_times, so
 from headrace.workers import ProcessExecutor
 
 _END = object()
+_LIVE: dict[int, tuple[threading.Event, threading.Thread]] = {}  # prefetch threads of unfinished iterations
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    """At exit, stop the prefetch threads of iterations left suspended (a ``break`` whose generator was
+    never closed): a daemon thread still inside Arrow when the interpreter finalizes aborts the process."""
+    for stop, _ in list(_LIVE.values()):
+        stop.set()
+    for _, thread in list(_LIVE.values()):
+        thread.join(timeout=10)
 log = logging.getLogger("headrace")
 
 
@@ -329,6 +341,7 @@ class Loader:
 
         thread = threading.Thread(target=run, name="headrace-prefetch", daemon=True)
         thread.start()
+        _LIVE[id(thread)] = (stop, thread)
         try:
             while True:
                 item = q.get()
@@ -340,6 +353,7 @@ class Loader:
         finally:
             stop.set()
             thread.join()
+            _LIVE.pop(id(thread), None)
 
 
 class _Display:
