@@ -40,6 +40,8 @@ def _stop_prefetching() -> None:
         stop.set()
     for _, thread in list(_LIVE.values()):
         thread.join(timeout=10)
+
+
 log = logging.getLogger("headrace")
 
 
