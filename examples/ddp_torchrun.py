@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0 and metrics is not None:
         metrics.write(json.dumps({"event": "done", "ranks": counts}) + "\n")
         metrics.close()
+    # A barrier (no tensors) after the last collective on Python tensors: gloo's worker thread frees those
+    # tensors after handing over the result, and doing so once the interpreter is shutting down aborts the
+    # process ("terminate called without an active exception"). The barrier gives it the time to.
     dist.barrier()
     dist.destroy_process_group()
 
