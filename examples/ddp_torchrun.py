@@ -39,7 +39,6 @@ from typing import Any
 from _plays import write_plays
 
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut,othello_gut"
-EOS = "<|endoftext|>"
 SAME_ON_RESUME = ("seq_len", "batch_size", "dim", "layers", "heads", "dropout", "seed", "text_column")
 
 
@@ -71,24 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", type=Path, help="rank 0 appends one JSON line per logged step (every rank's loss "
                    "and a digest of its batch) and a final line with every rank's step count")  # fmt: skip
     return p.parse_args(argv)
-
-
-# -- data ------------------------------------------------------------------------------------------
-
-
-def train_tokenizer(data: str, column: str, vocab_size: int, path: Path) -> None:
-    """A byte-level BPE trained on (up to 20,000 rows of) the data itself: no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    import headrace as hr
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator((row[column] for row in hr.open(data, columns=[column]).take(20_000)), trainer)
-    tok.save(str(path))
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -176,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
 
     import headrace as hr
+    from headrace.tokenizer import train_tokenizer
 
     cuda = torch.cuda.is_available()
     dist.init_process_group(args.backend or ("nccl" if cuda else "gloo"))
@@ -202,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         if not args.data and not saved:
             write_plays(args.plays, args.out / "data")
-        if not tokenizer_file.exists():
-            train_tokenizer(data, args.text_column, args.vocab_size, tokenizer_file)
+        if not tokenizer_file.exists():  # a byte-level BPE trained on (up to 20,000 rows of) the data: no download
+            texts = (row[args.text_column] for row in hr.open(data, columns=[args.text_column]).take(20_000))
+            train_tokenizer(texts, args.vocab_size, tokenizer_file)
     dist.barrier()
     from tokenizers import Tokenizer
 

@@ -29,7 +29,6 @@ from typing import Any
 from _plays import write_plays
 
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut,othello_gut"
-EOS = "<|endoftext|>"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,21 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu_devices", type=int, default=None, help="on CPU, pretend to have this many devices")
     p.add_argument("--metrics", type=Path, help="write one JSON line per logged step (step, loss) to this file")
     return p.parse_args(argv)
-
-
-def train_tokenizer(data: str, column: str, vocab_size: int) -> Any:
-    """A byte-level BPE trained on (up to 20,000 rows of) the data itself: no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    import headrace as hr
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator((row[column] for row in hr.open(data, columns=[column]).take(20_000)), trainer)
-    return tok
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -116,20 +100,20 @@ def main(argv: list[str] | None = None) -> None:
     import optax
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
+    from tokenizers import Tokenizer
 
     import headrace as hr
     from headrace.integrations.jax import JaxLoader, data_sharding
+    from headrace.tokenizer import train_tokenizer
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.data or write_plays(args.plays, args.work / "data")
     if args.tokenizer:
-        from tokenizers import Tokenizer
-
         path = Path(args.tokenizer)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
-    else:
-        tokenizer = train_tokenizer(data, args.text_column, args.vocab_size)
-        tokenizer.save(str(args.work / "tokenizer.json"))
+    else:  # a byte-level BPE trained on (up to 20,000 rows of) the data itself: no download
+        texts = (row[args.text_column] for row in hr.open(data, columns=[args.text_column]).take(20_000))
+        tokenizer = Tokenizer.from_file(train_tokenizer(texts, args.vocab_size, args.work / "tokenizer.json"))
 
     # Rows of seq_len + 1 tokens: the model reads the first seq_len and predicts the last seq_len.
     ds = (

@@ -35,9 +35,9 @@ from typing import Any
 from _plays import CORPORA, write_plays
 
 import headrace as hr
+from headrace.tokenizer import EOS, train_tokenizer
 
 DEFAULT_PLAYS = "hamlet_gut,macbeth_gut"
-EOS = "<|endoftext|>"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,21 +96,6 @@ def data_urls(args: argparse.Namespace) -> str | list[str]:
                      f"the files: --dataset_name 'hf://datasets/{name}/<path>/*.parquet'")  # fmt: skip
         return str(name)
     return write_plays(args.plays, Path(args.output_dir) / "data", "--dataset_name")
-
-
-def train_tokenizer(urls: str | list[str], column: str, vocab_size: int, path: Path) -> None:
-    """A byte-level BPE trained on (up to 20,000 rows of) the data itself: no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    texts = (row[column] for row in hr.open(urls, columns=[column]).take(20_000))
-    tok.train_from_iterator(texts, trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -191,8 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     elif resume is not None and (Path(resume) / "tokenizer.json").exists():
         tokenizer_file = Path(resume) / "tokenizer.json"  # the one the checkpoint was trained with
     else:
-        tokenizer_file = output / "tokenizer" / "tokenizer.json"
-        train_tokenizer(urls, args.text_column, args.vocab_size, tokenizer_file)
+        tokenizer_file = output / "tokenizer" / "tokenizer.json"  # a byte-level BPE trained on the data: no download
+        texts = (row[args.text_column] for row in hr.open(urls, columns=[args.text_column]).take(20_000))
+        train_tokenizer(texts, args.vocab_size, tokenizer_file)
     tokenizer = load_tokenizer(tokenizer_file)
 
     set_seed(args.seed)  # the initial weights (a resumed run loads the checkpoint's)

@@ -20,7 +20,8 @@ import itertools
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from headrace.core.errors import HeadraceError
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "[SEP]", "<|end_of_text|>")
 BOS_CANDIDATES = ("<s>", "<bos>", "[CLS]", "<|begin_of_text|>", "<|startoftext|>")
+EOS = "<|endoftext|>"  # the one special token of the BPEs train_tokenizer trains (GPT-2's end of text)
 
 
 class TokenizerError(HeadraceError):
@@ -180,6 +182,36 @@ def load_tokenizer(spec: Any) -> Tokenizer:
         return _from_path(str(spec))
     raise TokenizerError(f"cannot use {type(spec).__name__} as a tokenizer; pass a tokenizers.Tokenizer, a "
                          "transformers fast tokenizer, a tiktoken.Encoding, or a path to tokenizer.json")  # fmt: skip
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str | os.PathLike[str]) -> str:
+    """A byte-level BPE with ``<|endoftext|>``, trained on ``texts`` and saved at ``path``; returns the path.
+
+    GPT-2's scheme (byte-level pre-tokenizer and decoder, the 256 byte symbols always in the
+    vocabulary, :data:`EOS` its one special token, id 0), for a tokenizer that needs no download. The
+    file is written under a temporary name and renamed, so a kill never leaves half of it.
+
+    >>> import tempfile
+    >>> path = train_tokenizer(["to be or not to be"] * 10, 300, Path(tempfile.mkdtemp(), "tokenizer.json"))
+    >>> tok = load_tokenizer(path)
+    >>> tok.eos_id, tok.decode(tok.encode_lists(["not to be"])[0])
+    (0, 'not to be')
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    path = Path(path)
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+    return str(path)
 
 
 def _from_path(path: str) -> Tokenizer:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 
 import headrace as hr
+from headrace.tokenizer import EOS as EOS  # re-exported: the trainer's end-of-text token
+from headrace.tokenizer import train_tokenizer  # torch-free, so the JAX and transformers examples use it too
 from headrace.train.model import GPT, GPTConfig
-
-EOS = "<|endoftext|>"
 
 
 @dataclass
@@ -62,23 +61,6 @@ def corpus_files() -> list[str]:
     """The built-in corpus: five Shakespeare plays (Project Gutenberg, public domain), gzipped text."""
     folder = resources.files("headrace.train") / "corpus"
     return sorted(str(p) for p in folder.iterdir() if p.name.endswith(".txt.gz"))  # type: ignore[attr-defined]
-
-
-def train_tokenizer(texts: Iterator[str], vocab_size: int, path: Path) -> str:
-    """A byte-level BPE with ``<|endoftext|>``, trained on ``texts`` and saved at ``path``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(texts, trainer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, path)
-    return str(path)
 
 
 def _source(o: TrainOptions) -> hr.Dataset:
