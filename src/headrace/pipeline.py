@@ -395,8 +395,8 @@ class Dataset:
 
         Each image is padded by ``padding`` pixels on every side (``padding_mode``: ``"constant"``
         zeros, ``"edge"`` or ``"reflect"``), cropped to ``random_crop=(h, w)`` at a random place, and with
-        ``flip=True`` mirrored left-right with probability 1/2. The draws come from ``rng(seed, epoch,
-        stage, the row's lineage)``: the same in any run, worker count or resume, new each epoch.
+        ``flip=True`` mirrored left-right with probability 1/2. The draws come from ``uniforms(seed,
+        epoch, stage, the row's lineage)``: the same in any run, worker count or resume, new each epoch.
         """
         if seed < 0:
             raise ValueError(f"augment(seed=...) must be >= 0, got {seed}")

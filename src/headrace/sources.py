@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -187,7 +186,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         full = schema
     else:
         first = shards[0]
-        full = format_named(first.format).schema(fs, first, replace(opts, columns=None), ErrorLog("skip"))
+        full = format_named(first.format).schema(fs, first, opts, ErrorLog("skip"))
     try:
         projected = project(full, opts.columns, shards[0].url)
     except SchemaError:

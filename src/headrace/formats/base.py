@@ -68,7 +68,9 @@ class Format(ABC):
 
     @abstractmethod
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
-        """The shard's schema (all columns), from metadata or its first piece."""
+        """The shard's schema, from metadata or its first piece: all its columns, or at least those of
+        ``opts.columns`` (when set) that it has — a reader that finds columns by reading records may stop
+        once it found those."""
 
     @abstractmethod
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:

@@ -51,6 +51,7 @@ import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -108,14 +109,16 @@ class Sample:
 def samples(f: BinaryIO, start: int, shard: Shard, wanted: frozenset[str] | None) -> Iterator[Sample]:
     """The samples from byte ``start``, their values read for the extensions ``wanted`` (None: all)."""
 
+    split = lru_cache(maxsize=2)(split_name)  # each name is split to choose what to read, then to group
+
     def want(name: str) -> bool:
-        parts = split_name(name)
+        parts = split(name)
         return parts is not None and (wanted is None or parts[1] in wanted)
 
     sample: Sample | None = None
     for m in members(f, start, shard, want):
         problem = unsafe(m.name, m.kind, m.link)
-        parts = split_name(m.name)
+        parts = split(m.name)
         if problem is None and (m.kind == tarfile.DIRTYPE or parts is None or _metadata(m.name)):
             continue  # what WebDataset ignores
         key, extension = parts if parts is not None else (m.name, "")
@@ -154,8 +157,13 @@ class TarFormat(Format):
     name = "tar"
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
-        """``__key__`` and the extensions of the first :data:`SCHEMA_SAMPLES` readable samples, sorted."""
+        """``__key__`` and the extensions of the first :data:`SCHEMA_SAMPLES` readable samples, sorted.
+
+        With ``opts.columns``, it stops at the first sample by which all of them were found: their types
+        follow from their names, and a column not found in those samples is still an unknown column.
+        """
         found: set[str] = set()
+        needed = None if opts.columns is None else set(opts.columns) - {KEY}
         seen = 0
         with open_stream(fs, shard) as f:
             try:
@@ -163,7 +171,7 @@ class TarFormat(Format):
                     if sample.problem is None:
                         found.update(sample.values)
                         seen += 1
-                        if seen >= SCHEMA_SAMPLES:
+                        if seen >= SCHEMA_SAMPLES or (needed is not None and needed <= found):
                             break
             except SourceError:
                 if not seen:

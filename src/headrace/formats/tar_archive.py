@@ -25,8 +25,8 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
+from zlib import adler32
 
 from headrace.core.errors import SourceError
 from headrace.formats.chunks import skip_to
@@ -37,6 +37,7 @@ READ_BYTES = 1 << 20  # how much is read from the stream at a time
 REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 PAX = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
 GNU_LONG = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+EXTENDED = PAX | GNU_LONG  # headers that describe the member after them
 UNSAFE_TYPES = {
     tarfile.SYMTYPE: "a symbolic link",
     tarfile.LNKTYPE: "a hard link",
@@ -45,6 +46,8 @@ UNSAFE_TYPES = {
     tarfile.FIFOTYPE: "a FIFO",
 }
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_SEPARATORS = re.compile(r"[/\\]")
+_ZEROS = bytes(BLOCK)  # an end-of-archive block
 
 
 def unsafe(name: str, kind: bytes, link: str) -> str | None:
@@ -53,19 +56,18 @@ def unsafe(name: str, kind: bytes, link: str) -> str | None:
     >>> unsafe("../etc/passwd.txt", b"0", ""), unsafe("a.jpg", b"2", "/etc/passwd")
     ("a name with a '..' component", "a symbolic link (to '/etc/passwd')")
     """
-    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+    if name.startswith(("/", "\\")) or (name[1:2] == ":" and _DRIVE.match(name)):
         return "an absolute name"
-    if ".." in re.split(r"[/\\]", name):
+    if ".." in name and ".." in _SEPARATORS.split(name):  # the substring test spares most names the split
         return "a name with a '..' component"
+    if kind in REGULAR or kind == tarfile.DIRTYPE:
+        return None
     if kind in UNSAFE_TYPES:
         return UNSAFE_TYPES[kind] + (f" (to {link!r})" if link else "")
-    if kind not in REGULAR and kind != tarfile.DIRTYPE:
-        return f"a member of type {kind.decode('ascii', 'replace')!r}, which headrace does not read"
-    return None
+    return f"a member of type {kind.decode('ascii', 'replace')!r}, which headrace does not read"
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """One archive member: its name, type, the byte of its first header, and its data if it was read."""
 
     name: str
@@ -75,8 +77,7 @@ class Member:
     data: bytes | None = None
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The fields of a 512-byte tar header that a reader needs (ustar, GNU and v7 layouts)."""
 
     name: str
@@ -96,11 +97,7 @@ class Header:
         >>> Header.parse(info.tobuf(tarfile.USTAR_FORMAT))
         Header(name='train/0001.cls', type=b'0', size=1, link='')
         """
-        stored = _number(buf[148:156])
-        if stored != 256 + sum(buf) - sum(buf[148:156]):  # the checksum field counted as 8 spaces
-            signed = 256 + sum(b - 256 if b > 127 else b for i, b in enumerate(buf) if not 148 <= i < 156)
-            if stored != signed:  # some old tars summed signed chars
-                raise ValueError("bad checksum")
+        _check_sum(buf)
         name = _string(buf[0:100])
         kind = buf[156:157]
         if buf[257:265] == b"ustar\x0000" and buf[345] != 0:
@@ -110,6 +107,28 @@ class Header:
         if kind == tarfile.DIRTYPE:
             name = name.rstrip("/")
         return cls(name, kind, _number(buf[124:136]), _string(buf[157:257]))
+
+
+def _check_sum(buf: bytes) -> None:
+    """ValueError unless the checksum field holds the sum of the header's bytes, itself counted as 8 spaces."""
+    stored = _number(buf[148:156])
+    if stored != 256 + _byte_sum(buf) - sum(buf[148:156]):
+        signed = 256 + sum(b - 256 if b > 127 else b for i, b in enumerate(buf) if not 148 <= i < 156)
+        if stored != signed:  # some old tars summed signed chars
+            raise ValueError("bad checksum")
+
+
+def _byte_sum(data: bytes) -> int:
+    """The sum of the bytes of ``data``; for a header, in C: the low half of ``zlib.adler32`` is 1 + that sum
+    modulo 65521, which is the sum itself for up to 256 bytes (at most 65280), so two halves give it exactly.
+
+    >>> block = bytes(range(256)) + bytes([255]) * 256
+    >>> _byte_sum(block) == sum(block), _byte_sum(b"abc") == sum(b"abc")
+    (True, True)
+    """
+    if len(data) != BLOCK:
+        return sum(data)
+    return (adler32(data[:256]) & 0xFFFF) + (adler32(data[256:]) & 0xFFFF) - 2
 
 
 def _string(field: bytes) -> str:
@@ -159,8 +178,12 @@ class _Reader:
         return out
 
     def skip(self, n: int) -> None:
-        buffered = len(self._buf) - self._i
-        if n <= buffered or not self.seekable:
+        """Past ``n >= 0`` bytes: within the buffer, by a seek, or by reading them."""
+        if n <= len(self._buf) - self._i:
+            self._i += n
+            self.pos += n
+            return
+        if not self.seekable:
             if len(self.read(n)) < n:
                 raise self.corrupt("the data ends inside a member")
             return
@@ -181,60 +204,80 @@ class _Reader:
 def members(f: BinaryIO, start: int, shard: Shard, wanted: Callable[[str], bool]) -> Iterator[Member]:
     """The members from byte ``start`` (a header) to the end of the archive; data read where ``wanted(name)``."""
     reader = _Reader(f, start, shard)
-    while True:
-        first = reader.pos
-        long_name = long_link = None
-        pax: dict[str, str] = {}
-        while True:  # extended headers, then the member's own
-            at = reader.pos
-            buf = reader.read(BLOCK)
+    while (member := _member(reader, wanted)) is not None:
+        yield member
+
+
+def _member(reader: _Reader, wanted: Callable[[str], bool]) -> Member | None:
+    """The next member, its pax and GNU long-name headers folded in; None at the end of the archive."""
+    first = reader.pos
+    long_name = long_link = None
+    pax: dict[bytes, bytes] = {}
+    while True:  # extended headers, then the member's own
+        at = reader.pos
+        buf = reader.read(BLOCK)
+        if len(buf) < BLOCK:
             if not buf and at == first:
-                return  # the end of the data at a member boundary (no end-of-archive blocks): as tar does
-            if len(buf) < BLOCK:
-                raise reader.corrupt("the data ends inside a header")
-            if buf.count(0) == BLOCK:
-                if at != first:
-                    raise reader.corrupt("an extended header is followed by the end of the archive")
-                return
-            try:
-                info = Header.parse(buf)
-            except ValueError as e:
-                reader.pos = at
-                raise reader.corrupt(f"not a valid tar header ({e})") from None
-            size = int(pax.get("size", info.size))
-            if info.type in PAX or info.type in GNU_LONG:
-                extended = reader.read(size)
-                if len(extended) < size:
-                    raise reader.corrupt("the data ends inside an extended header")
-                reader.skip(-size % BLOCK)
-                if info.type == tarfile.GNUTYPE_LONGNAME:
-                    long_name = _text(extended.split(b"\0", 1)[0])
-                elif info.type == tarfile.GNUTYPE_LONGLINK:
-                    long_link = _text(extended.split(b"\0", 1)[0])
-                elif info.type != tarfile.XGLTYPE:  # global headers set defaults this reader has no use for
-                    pax.update(_pax_records(extended, reader, at))
-                continue
-            name = pax.get("path", long_name if long_name is not None else info.name)
-            link = pax.get("linkpath", long_link if long_link is not None else info.link)
-            data = None
-            if info.type in REGULAR and wanted(name):
-                data = reader.read(size)
-                if len(data) < size:
-                    raise reader.corrupt(f"the data ends inside member {name!r}")
-                reader.skip(-size % BLOCK)
-            else:
-                reader.skip(size + (-size % BLOCK))
-            yield Member(name, info.type, first, link, data)
-            break
+                return None  # the end of the data at a member boundary (no end-of-archive blocks): as tar does
+            raise reader.corrupt("the data ends inside a header")
+        if buf == _ZEROS:
+            if at != first:
+                raise reader.corrupt("an extended header is followed by the end of the archive")
+            return None
+        kind = buf[156:157]
+        try:
+            info, size = _parsed(buf, kind)
+        except ValueError as e:
+            reader.pos = at
+            raise reader.corrupt(f"not a valid tar header ({e})") from None
+        if b"size" in pax:
+            size = int(_text(pax[b"size"]))  # checked by _pax_records
+        if info is None:
+            extended = reader.read(size)
+            if len(extended) < size:
+                raise reader.corrupt("the data ends inside an extended header")
+            reader.skip(-size % BLOCK)
+            if kind == tarfile.GNUTYPE_LONGNAME:
+                long_name = _text(extended.split(b"\0", 1)[0])
+            elif kind == tarfile.GNUTYPE_LONGLINK:
+                long_link = _text(extended.split(b"\0", 1)[0])
+            elif kind != tarfile.XGLTYPE:  # global headers set defaults this reader has no use for
+                pax.update(_pax_records(extended, reader, at))
+            continue
+        name = _text(pax[b"path"]) if b"path" in pax else long_name if long_name is not None else info.name
+        link = _text(pax[b"linkpath"]) if b"linkpath" in pax else long_link if long_link is not None else info.link
+        data = None
+        if info.type in REGULAR and wanted(name):
+            data = reader.read(size)
+            if len(data) < size:
+                raise reader.corrupt(f"the data ends inside member {name!r}")
+            reader.skip(-size % BLOCK)
+        else:
+            reader.skip(size + (-size % BLOCK))
+        return Member(name, info.type, first, link, data)
+
+
+def _parsed(buf: bytes, kind: bytes) -> tuple[Header | None, int]:
+    """The member's own header and its size, or None and the size for an extended header (whose name and
+    link are never used: it is only checked); ValueError as :meth:`Header.parse`, or for a negative size."""
+    if kind in EXTENDED:
+        _check_sum(buf)
+        info, size = None, _number(buf[124:136])
+    else:
+        info = Header.parse(buf)
+        size = info.size
+    if size < 0:
+        raise ValueError(f"a negative size, {size}")
+    return info, size
 
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _pax_records(data: bytes, reader: _Reader, at: int) -> dict[str, str]:
-    """The ``"%d key=value\\n"`` records of a pax extended header."""
-    out: dict[str, str] = {}
+def _pax_records(data: bytes, reader: _Reader, at: int) -> dict[bytes, bytes]:
+    """The ``"%d key=value\\n"`` records of a pax extended header, keys and values undecoded."""
+    out: dict[bytes, bytes] = {}
     i = 0
     while i < len(data) and data[i] != 0:
         space = data.find(b" ", i)
@@ -247,6 +290,17 @@ def _pax_records(data: bytes, reader: _Reader, at: int) -> dict[str, str]:
             reader.pos = at
             raise reader.corrupt("a malformed pax extended header")
         key, _, value = record[:-1].partition(b"=")
-        out[_text(key)] = _text(value)
+        out[key] = value
         i += length
+    if b"size" in out and not _natural(_text(out[b"size"])):
+        reader.pos = at
+        raise reader.corrupt(f"a malformed pax extended header (size {_text(out[b'size'])!r})")
     return out
+
+
+def _natural(text: str) -> bool:
+    """Whether ``int(text)`` is a number >= 0."""
+    try:
+        return int(text) >= 0
+    except ValueError:
+        return False

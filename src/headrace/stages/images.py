@@ -5,10 +5,10 @@ decodes); a sample that does not decode is marked in the block, and :class:`Reje
 error policy to it in the loader's order: ``raise`` a :class:`RecordError` naming the shard, the
 record and the key, or ``skip``/``warn`` (counted in ``loader.skipped``).
 
-``augment`` draws each image's crop and flip from ``rng(seed, epoch, stage, lineage)``, the lineage
-being the row's ``(shard, record)``: the same image gets the same augmentation in an epoch whatever
-the shuffle, the block boundaries, the number of workers or a resume, and another one the next
-epoch. Nothing random is kept in the state.
+``augment`` draws each image's crop and flip from ``uniforms(seed, epoch, stage, lineage)`` (a
+counter-based hash, the whole block at once), the lineage being the row's ``(shard, record)``: the
+same image gets the same augmentation in an epoch whatever the shuffle, the block boundaries, the
+number of workers or a resume, and another one the next epoch. Nothing random is kept in the state.
 
 Pillow is imported when the first image is decoded: core headrace does not need it.
 """
@@ -25,12 +25,14 @@ from headrace.core.block import Block, Column, to_pylist
 from headrace.core.errors import RecordError, SchemaError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
-from headrace.core.rng import rng
+from headrace.core.rng import uniforms
 
 MODES = {"RGB": 3, "RGBA": 4, "L": 1}
 PADDING_MODES = ("constant", "edge", "reflect")
 PROBLEMS = "__headrace_image_problem__"  # the column in which decoding marks the rows that failed
 BlockFn = Callable[[Block], Block]
+DRAWS = 3  # per image, from uniforms(): the crop's top, its left, the flip
+Placed = tuple[list[int], list[int], list[bool]]  # where each image's window is: tops, lefts, mirrored
 
 
 def decode_image(data: bytes, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:
@@ -164,41 +166,71 @@ class RejectNode(Node[Block]):
 
 def crop_and_flip(
     image: np.ndarray,
-    gen: np.random.Generator,
+    draws: Sequence[float] | np.ndarray,
     *,
     crop: tuple[int, int] | None,
     padding: int = 0,
     padding_mode: str = "constant",
     flip: bool = False,
 ) -> np.ndarray:
-    """``image`` ``[H, W, C]`` padded by ``padding`` on each side, cropped at random to ``crop=(h, w)``, and
-    flipped left-right with probability 1/2 — the draws, in that order, from ``gen``.
+    """``image`` ``[H, W, C]`` padded by ``padding`` on each side, cropped to ``crop=(h, w)`` and flipped
+    left-right as ``draws`` say: three numbers in [0, 1) (a row of :func:`~headrace.core.rng.uniforms`), the
+    crop's top and left as fractions of the room the padded image leaves, and a flip when the third is
+    below 1/2 (so with probability 1/2 for uniform draws).
 
     >>> image = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
-    >>> out = crop_and_flip(image, np.random.default_rng(0), crop=(4, 4), padding=1, flip=True)
-    >>> out.shape, out.dtype
-    ((4, 4, 1), dtype('uint8'))
+    >>> crop_and_flip(image, [0.0, 0.99, 0.25], crop=(3, 3), padding=1, flip=True)[..., 0].tolist()
+    [[0, 0, 0], [0, 3, 2], [0, 7, 6]]
     """
+    if crop is not None and padding:
+        image = _padded(image, padding, padding_mode)
+    u = np.asarray(draws, dtype=np.float64).reshape(1, DRAWS)
+    (top,), (left,), (mirrored,) = placements(u, np.array([image.shape[:2]]), crop, flip)
+    return np.ascontiguousarray(_window(image, top, left, mirrored, crop))
+
+
+def placements(draws: np.ndarray, sizes: np.ndarray, crop: tuple[int, int] | None, flip: bool) -> Placed:
+    """Each image's crop top and left and whether it is mirrored, from its ``draws[i]`` (three in [0, 1))
+    and its (padded) size ``sizes[i] = (H, W)``; all at once for a block.
+
+    >>> placements(np.array([[0.5, 0.0, 0.7], [0.99, 0.5, 0.1]]), np.array([[6, 6], [6, 8]]), (4, 4), True)
+    ([1, 2], [0, 2], [False, True])
+    """
+    n = len(draws)
+    if crop is None:
+        tops, lefts = [0] * n, [0] * n
+    else:
+        room = sizes - np.asarray(crop) + 1  # the possible offsets of the crop, down and across
+        offsets = np.minimum((draws[:, :2] * room).astype(np.int64), room - 1)  # rounding cannot reach room
+        tops, lefts = offsets[:, 0].tolist(), offsets[:, 1].tolist()
+    mirrored = (draws[:, 2] < 0.5).tolist() if flip else [False] * n
+    return tops, lefts, mirrored
+
+
+def _window(image: np.ndarray, top: int, left: int, mirrored: bool, crop: tuple[int, int] | None) -> np.ndarray:
+    """The view of ``image`` that the crop at ``(top, left)`` and the flip give (not a copy)."""
     if crop is not None:
-        if padding:
-            pad = ((padding, padding), (padding, padding), (0, 0))
-            image = np.pad(image, pad, mode=padding_mode)  # type: ignore[call-overload]
-        h, w = crop
-        top = int(gen.integers(0, image.shape[0] - h + 1))
-        left = int(gen.integers(0, image.shape[1] - w + 1))
-        image = image[top : top + h, left : left + w]
-    if flip and gen.random() < 0.5:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(image)
+        image = image[top : top + crop[0], left : left + crop[1]]
+    return image[:, ::-1] if mirrored else image
 
 
 def lineage_index(shard: int, row: int) -> int:
-    """One ``rng`` index per row lineage ``(shard, record)``, distinct for distinct lineages.
+    """One randomness index per row lineage ``(shard, record)``, distinct for distinct lineages.
 
     >>> lineage_index(0, 5), lineage_index(1, 0)
     (5, 281474976710656)
     """
     return (shard << 48) + row
+
+
+def _lineage_indices(block: Block) -> np.ndarray:
+    """:func:`lineage_index` of every row of ``block``, as ``uint64``."""
+    if len(block.shard) and (int(block.shard.min()) < 0 or int(block.row.min()) < 0):
+        raise ValueError(
+            "augment() draws each image's randomness from its lineage (shard, record), and these rows "
+            "have none (a batched map changed the row count): augment before such a map"
+        )
+    return (block.shard.astype(np.uint64) << np.uint64(48)) + block.row.astype(np.uint64)
 
 
 def augment_fn(
@@ -213,42 +245,97 @@ def augment_fn(
     stage: int,
     lineage: Callable[[int, int], str],
 ) -> BlockFn:
-    """A block function augmenting the images of ``column``, each from ``rng(seed, epoch, stage, its lineage)``."""
+    """A block function augmenting the images of ``column``: one ``uniforms(seed, epoch, stage, lineages)`` call
+    draws the whole block's crops and flips, each row's from its own lineage."""
 
     def per_block(block: Block) -> Block:
         images = _images(block, column)
-        out = []
-        for i, image in enumerate(images):
-            shard, row = int(block.shard[i]), int(block.row[i])
-            if shard < 0 or row < 0:
-                raise ValueError(
-                    "augment() draws each image's randomness from its lineage (shard, record), and these rows "
-                    "have none (a batched map changed the row count): augment before such a map"
-                )
-            if crop is not None and (image.shape[0] + 2 * padding < crop[0] or image.shape[1] + 2 * padding < crop[1]):
-                raise ValueError(
-                    f"{lineage(shard, row)}: augment(random_crop={crop}) on an image of {image.shape[0]}x"
-                    f"{image.shape[1]} with padding={padding}; crop at most the padded size, or decode_images(size=...)"
-                )
-            gen = rng(seed, epoch, stage, lineage_index(shard, row))
-            out.append(crop_and_flip(image, gen, crop=crop, padding=padding, padding_mode=padding_mode, flip=flip))
-        col = block.columns[column]
-        if crop is not None or (isinstance(col, np.ndarray) and col.ndim == 4):
-            stacked: Column = np.stack(out) if out else np.zeros((0, 0, 0, 0), dtype=np.uint8)
+        indices = _lineage_indices(block)
+        if not len(images):
+            alike = crop is not None or isinstance(images, np.ndarray)  # as the non-empty blocks are
+            empty = np.zeros((0, 0, 0, 0), dtype=np.uint8) if alike else _objects([])
+            return Block(columns={**block.columns, column: empty}, shard=block.shard, row=block.row)
+        sizes = _sizes(images)
+        pad = 0 if crop is None else padding  # padding only makes room for the crop
+        if crop is not None:
+            _check_fits(block, sizes, crop, padding, lineage)
+        placed = placements(uniforms(seed, epoch, stage, indices, DRAWS), sizes + 2 * pad, crop, flip)
+        if isinstance(images, np.ndarray):
+            out = _augment_array(images, placed, crop, pad, padding_mode)
         else:
-            stacked = _objects(out)
-        return Block(columns={**block.columns, column: stacked}, shard=block.shard, row=block.row)
+            out = _augment_list(images, placed, crop, pad, padding_mode)
+        return Block(columns={**block.columns, column: out}, shard=block.shard, row=block.row)
 
     return per_block
 
 
-def _images(block: Block, column: str) -> Sequence[np.ndarray]:
+def _sizes(images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """``[rows, 2]``: the height and width of each image."""
+    if isinstance(images, np.ndarray):
+        return np.tile(images.shape[1:3], (len(images), 1))
+    return np.array([image.shape[:2] for image in images])
+
+
+def _augment_array(
+    images: np.ndarray, placed: Placed, crop: tuple[int, int] | None, padding: int, padding_mode: str
+) -> np.ndarray:
+    """The windows of one ``[rows, H, W, C]`` array (padded in one call), as one array.
+
+    The copies move whole pixels, the channels of one seen as a single opaque item: a mirrored window
+    then copies about twice as fast as channel by channel.
+    """
+    if padding:
+        images = _padded(images, padding, padding_mode)
+    pixels = images
+    if images.strides[-1] == images.itemsize and images.shape[-1] and not images.dtype.hasobject:
+        pixels = images.view(np.dtype((np.void, images.shape[-1] * images.itemsize)))  # [rows, H, W, 1]
+    h, w = crop if crop is not None else pixels.shape[1:3]
+    out = np.empty((len(pixels), h, w, pixels.shape[-1]), dtype=pixels.dtype)
+    for i, (top, left, mirrored) in enumerate(zip(*placed, strict=True)):
+        out[i] = _window(pixels[i], top, left, mirrored, crop)
+    return out.view(images.dtype)  # [rows, h, w, C] again
+
+
+def _augment_list(
+    images: list[np.ndarray], placed: Placed, crop: tuple[int, int] | None, padding: int, padding_mode: str
+) -> Column:
+    """The windows of images of different sizes: one array when cropped (to one size), else an object array."""
+    if padding:
+        images = [_padded(image, padding, padding_mode) for image in images]
+    windows = [_window(image, *where, crop) for image, where in zip(images, zip(*placed, strict=True), strict=True)]
+    if crop is not None:
+        return np.stack(windows)
+    return _objects([np.ascontiguousarray(window) for window in windows])
+
+
+def _check_fits(
+    block: Block, sizes: np.ndarray, crop: tuple[int, int], padding: int, lineage: Callable[[int, int], str]
+) -> None:
+    """ValueError naming the first image that the crop does not fit in, padded."""
+    small = np.flatnonzero((sizes + 2 * padding < np.asarray(crop)).any(axis=1))
+    if len(small):
+        i = int(small[0])
+        h, w = sizes[i].tolist()
+        raise ValueError(
+            f"{lineage(int(block.shard[i]), int(block.row[i]))}: augment(random_crop={crop}) on an image of {h}x{w} "
+            f"with padding={padding}; crop at most the padded size, or decode_images(size=...)"
+        )
+
+
+def _padded(images: np.ndarray, padding: int, mode: str) -> np.ndarray:
+    """An image ``[H, W, C]``, or images ``[rows, H, W, C]``, padded by ``padding`` on each side."""
+    pad = [(0, 0)] * (images.ndim - 3) + [(padding, padding), (padding, padding), (0, 0)]
+    return np.pad(images, pad, mode=mode)  # type: ignore[call-overload]
+
+
+def _images(block: Block, column: str) -> np.ndarray | list[np.ndarray]:
+    """The images of ``column``: its ``[rows, H, W, C]`` array, or the ``[H, W, C]`` arrays of an object column."""
     col = block.columns.get(column)
     if col is None:
         raise SchemaError(f"augment(column={column!r}): no such column; decode_images() first "
                           f"(the columns are {list(block.columns)})")  # fmt: skip
     if isinstance(col, np.ndarray) and col.ndim == 4:
-        return list(col)
+        return col
     if (
         isinstance(col, np.ndarray)
         and col.dtype == object
