@@ -32,6 +32,7 @@ from headrace.io.resolve import Shard
 from headrace.stages.partition import Remainder, consumer_range
 
 _COUNTS: dict[tuple[Any, ...], int] = {}
+_CHUNKS: dict[tuple[Any, ...], list[int] | None] = {}  # row groups per shard, where a format has them
 _COUNTS_LOCK = threading.Lock()
 
 
@@ -72,10 +73,13 @@ class Source:
         return permutation(n, self.shuffle_seed, epoch, stage=0, index=0)
 
     def counts(self) -> list[int]:
-        """Slots (records) per shard, each counted once per process."""
+        """Slots (records) per shard, each counted once per process (from the chunks where a format has them)."""
 
         def one(shard: Shard) -> int:
-            key = (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter, self.opts.extra)
+            chunks = self._chunks(shard)
+            if chunks is not None:
+                return sum(chunks)
+            key = self._key(shard)
             with _COUNTS_LOCK:
                 if key in _COUNTS:
                     return _COUNTS[key]
@@ -88,9 +92,22 @@ class Source:
             return list(pool.map(one, self.shards))
 
     def chunks(self) -> list[list[int] | None]:
-        """Each shard's natural read units (row counts), where its format has them."""
+        """Each shard's natural read units (row counts), where its format has them; read once per process."""
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda s: format_named(s.format).chunks(self.fs, s, self.opts), self.shards))
+            return list(pool.map(self._chunks, self.shards))
+
+    def _key(self, shard: Shard) -> tuple[Any, ...]:
+        return (shard.url, shard.size, shard.format, self.opts.text_mode, self.opts.delimiter, self.opts.extra)
+
+    def _chunks(self, shard: Shard) -> list[int] | None:
+        key = self._key(shard)
+        with _COUNTS_LOCK:
+            if key in _CHUNKS:
+                return _CHUNKS[key]
+        chunks = format_named(shard.format).chunks(self.fs, shard, self.opts)
+        with _COUNTS_LOCK:
+            _CHUNKS[key] = chunks
+        return chunks
 
 
 class SourceNode(Node[Block]):
