@@ -5,18 +5,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 TORCH := torch==2.13.0
+BENCH_VENV := .venv-bench
 
-.PHONY: setup test lint typecheck pytest demo bench clean
+# The peers of the benchmark suite that cannot be installed with their dependencies: MosaicML streaming pins old
+# numpy/transformers and a CUDA torch, litdata wants torchvision (only CUDA wheels here). Installed without them,
+# then the packages they import at run time. The test environment has them too: a test runs the suite quickly.
+PEERS := mosaicml-streaming==0.13.0 litdata==0.2.76
+PEER_DEPS := zstd python-snappy Brotli catalogue lightning-utilities obstore tifffile boto3
+define install_peers
+	$(1) -m pip install -q --no-deps $(PEERS)
+	$(1) -m pip install -q $(PEER_DEPS)
+endef
+
+.PHONY: setup test lint typecheck pytest demo bench bench-quick clean
 
 AZURITE := node_modules/.bin/azurite-blob
 
 setup: $(STAMP) $(AZURITE)
 
 # torch first, pinned: it is the CPU build already on these machines; unpinned, pip pulls GBs of CUDA.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
+	$(call install_peers,$(PY))
 	touch $(STAMP)
 
 # Azurite, the Azure Blob emulator the remote tests start (version pinned in package-lock.json: 3.35 is the
@@ -40,16 +52,20 @@ test: lint typecheck pytest
 demo: setup
 	$(VENV)/bin/headrace train --out .demo/train
 
-# MosaicML streaming is installed without its dependencies: its pins would downgrade numpy and
-# transformers and pull a CUDA torch. These are the packages it imports at run time.
-bench: setup
-	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) -m pip install -q --no-deps mosaicml-streaming==0.13.0 zstd python-snappy Brotli catalogue
-	$(PY) benchmarks/bench_core.py
-	$(PY) benchmarks/bench_tokens.py
-	$(PY) benchmarks/bench_order.py
-	$(PY) benchmarks/bench_remote.py
-	$(PY) benchmarks/bench_loader.py
+# The benchmark suite, in its own environment (.venv-bench): every comparison with the peers, then BENCHMARKS.md.
+# `make bench-quick` runs it small (minutes); one workload: .venv-bench/bin/python -m benchmarks text --quick
+bench: $(BENCH_VENV)/.setup-stamp
+	$(BENCH_VENV)/bin/python -m benchmarks
+
+bench-quick: $(BENCH_VENV)/.setup-stamp
+	$(BENCH_VENV)/bin/python -m benchmarks --quick
+
+$(BENCH_VENV)/.setup-stamp: pyproject.toml Makefile
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q $(TORCH)
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[test,bench]"
+	$(call install_peers,$(BENCH_VENV)/bin/python)
+	touch $@
 
 clean:
-	rm -rf $(VENV) .demo .bench build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .demo .bench build src/*.egg-info

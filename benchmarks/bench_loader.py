@@ -8,8 +8,10 @@ packed — from each feeder in turn, in the same run on the same data:
 - ``headrace threads`` / ``headrace processes``: ``hr.Loader(num_workers=2, worker_type=...)``;
 - ``torch DataLoader + headrace``: the ``IterableDataset`` view under ``DataLoader(num_workers=2)``;
 - ``torch DataLoader + HF datasets``: HF ``datasets`` streaming the same Parquet with a batched ``map``
-  tokenizing with the same tokenizer (fast ``tokenizers`` encoder) and ``run_clm.py``'s ``group_texts``,
-  under ``DataLoader(num_workers=2)``.
+  tokenizing with the same tokenizer (fast ``tokenizers`` encoder) and ``run_clm.py``'s ``group_texts``
+  (cut into 512-token rows), under ``DataLoader(num_workers=2)``.
+
+Every feeder's batches are checked to be 16 × 512 ``input_ids``.
 
 For each: the data-wait fraction (time blocked in ``next()`` / loop time; also after the first batch is
 in hand, which leaves out the start-up), the step rate against the in-memory floor, and the time to the
@@ -17,11 +19,15 @@ first batch. Steps of 5 ms (a loader-bound loop) and 50 ms.
 
     .venv/bin/python benchmarks/bench_loader.py            # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/bench_loader.py --quick    # seconds
+
+Prints a line per feeder, a table, then one JSON line; with ``--suite-out DIR`` it also writes
+``DIR/loader.json`` (``benchmarks/suite.py``: every repetition of every feeder, for ``python -m benchmarks``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -31,11 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 import headrace as hr
-from bench_core import hf, machine, report_header, report_json
+import suite
+from bench_core import hf, machine, report_header, report_json, write_suite
 from bench_tokens import build_parquet, build_tokenizer, eos_id, group_texts
+from suite import Result
 
 ROOT = Path(__file__).resolve().parent.parent / ".bench"
 SEQ, BATCH = 512, 16
@@ -62,7 +71,8 @@ def hf_loader(files: list[Path], tok_path: Path, workers: int) -> Iterable[Any]:
         return {"input_ids": [[*e.ids, eos] for e in tok.encode_batch_fast(batch["text"], add_special_tokens=False)]}
 
     ds = datasets.load_dataset("parquet", data_files=[str(p) for p in files], split="train", streaming=True)
-    ds = ds.map(encode, batched=True, remove_columns=["text", "id", "doc"]).map(group_texts, batched=True)
+    ds = ds.map(encode, batched=True, remove_columns=["text", "id", "doc"])
+    ds = ds.map(functools.partial(group_texts, seq_len=SEQ), batched=True)  # the same 512-token rows as the others
     return torch.utils.data.DataLoader(ds.with_format("torch"), batch_size=BATCH, num_workers=workers, drop_last=True)
 
 
@@ -97,7 +107,7 @@ def train(batches: Iterable[Any], steps: int, step_s: float) -> dict[str, float]
         got = time.perf_counter()
         wait += got - asked
         first = got - began if first is None else first
-        assert len(batch["input_ids"]) == BATCH
+        assert tuple(batch["input_ids"].shape) == (BATCH, SEQ), f"a batch of {tuple(batch['input_ids'].shape)}"
         time.sleep(step_s)
         n += 1
     total = time.perf_counter() - began
@@ -109,6 +119,54 @@ def train(batches: Iterable[Any], steps: int, step_s: float) -> dict[str, float]
     return {"steps": n, "wait": wait, "total": total, "first": first, "steady": max(0.0, steady)}
 
 
+# The suite's role of each feeder: the floor, the peer, and headrace under its three loaders.
+ROLES: dict[str, suite.Role] = {"in memory": "reference", "torch DataLoader + HF datasets": "peer"}
+# The suite's metrics: (name, its value in one ``train`` run, higher is better)
+METRICS: list[tuple[str, Callable[[dict[str, float]], float], bool]] = [
+    ("data-wait fraction", lambda r: r["wait"] / r["total"], False),
+    ("data-wait fraction after the first batch", lambda r: r["steady"], False),
+    ("steps/s", lambda r: r["steps"] / r["total"], True),
+    ("seconds to first batch", lambda r: r["first"], False),
+]
+
+
+def suite_result(
+    runs: dict[tuple[float, str], list[dict[str, float]]],
+    steps: int,
+    repeat: int,
+    workers: int,
+    rows: int,
+    info: dict[str, Any],
+    quick: bool,
+) -> Result:
+    """The run as the suite's ``Result`` "loader": every repetition of every feeder (``benchmarks/suite.py``)."""
+    res = Result(
+        "loader",
+        "Loader overhead: the data wait of a training loop (headrace threads, processes, torch DataLoader; HF)",
+        quick=quick,
+        machine=info,
+    )
+    for (ms, name), rs in runs.items():
+        case = f"Parquet → tokenize → pack {SEQ} → batch {BATCH}, {ms:g} ms step, {workers} workers"
+        for metric, value, higher in METRICS:
+            res.add(
+                case, name, metric, [value(r) for r in rs], role=ROLES.get(name, "headrace"), higher_is_better=higher
+            )
+    fewest = {f"{name} ({ms:g} ms)": min(int(r["steps"]) for r in rs) for (ms, name), rs in runs.items()}
+    short = [f"{k}: {n}" for k, n in fewest.items() if n < steps]
+    took = f"every run took all {steps} steps." if not short else "runs that ran out of data first: " + "; ".join(short)
+    res.notes += [
+        f"Data: {rows:,} real paragraphs (tests/corpora.py) in Parquet, tokenized on the fly (byte-level BPE 16k, "
+        f"EOS after every document) and packed into {BATCH} × {SEQ} batches; the step is a time.sleep, which frees "
+        f"the CPU as a GPU step does; {steps} steps per run; 'in memory' holds the first {steps} batches of "
+        "headrace's pipeline, prepared beforehand.",
+        f"Repetitions: {repeat}; a feeder's repetitions run back to back (feeder after feeder, not interleaved); a "
+        "fresh loader (and worker pool) for every run, so 'seconds to first batch' includes start-up.",
+        f"Check passed: every batch of every feeder had {BATCH} × {SEQ} input_ids; {took}",
+    ]
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a small run, for tests")
@@ -117,19 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--step-ms", default=None, help="comma-separated step times in ms (default 5,50)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--suite-out", type=Path, default=None, help="also write the suite's result DIR/loader.json")
     args = p.parse_args(argv)
     steps = args.steps or (20 if args.quick else 200)
     repeat = args.repeat or (1 if args.quick else 3)
     step_ms = [float(s) for s in (args.step_ms or ("5" if args.quick else "5,50")).split(",")]
     info = machine()
     results = report_header("headrace benchmark: loader overhead against a synthetic training step", info, args)
+    started, suite_machine = time.perf_counter(), suite.machine()
     files = build_parquet(ROOT, 20_000 if args.quick else None)
     tok = build_tokenizer(ROOT)
     memory = [{k: np.array(v) for k, v in b.items()} for b in islice(hr.Loader(headrace_dataset(files, tok)), steps)]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    raw: dict[tuple[float, str], list[dict[str, float]]] = {}  # every run, for the suite's result
     for ms in step_ms:
         for name, make in feeders(files, tok, args.workers, memory).items():
             runs = [train(make(), steps, ms / 1000) for _ in range(repeat)]
+            raw[(ms, name)] = runs
             ran = min(r["steps"] for r in runs)
             waits = [r["wait"] / r["total"] for r in runs]
             rates = [r["steps"] / r["total"] for r in runs]
@@ -153,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['steps_per_s']:>8.1f} "
                   f"{r['vs_memory']:>9.2f}x {r['first_batch_s']:>11.2f}s")  # fmt: skip
     results.update(rows=rows, steps=steps, repeat=repeat, workers=args.workers, seq=SEQ, batch=BATCH)
+    n_rows = sum(pq.read_metadata(f).num_rows for f in files)
+    write_suite(suite_result(raw, steps, repeat, args.workers, n_rows, suite_machine, args.quick), args, started)
     return report_json(results, args)
 
 

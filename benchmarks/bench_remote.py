@@ -31,7 +31,8 @@ Everything shares the machine's cores: the server, the proxy and the loader.
 
 Run: ``.venv/bin/python benchmarks/bench_remote.py`` (``make bench``); ``--quick`` is a smoke run under a
 minute. Data is generated into ``.bench/remote/`` once and reused; the server and its bucket are new each
-run. Prints a table, then one JSON line.
+run. Prints a table, then one JSON line; with ``--suite-out DIR`` it also writes ``DIR/remote.json``
+(``benchmarks/suite.py``: every pass of every configuration, for ``python -m benchmarks``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # noqa: E402 - the issue-2 benchmark: data, HF setup, machine info, report helpers
+import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
 from bench_core import DataSpec, build_data, hf  # noqa: E402
 from bench_tokens import (  # noqa: E402 - the issue-3 benchmark: the tokenizer, group_texts, CPU time
     EOS,
@@ -71,6 +73,7 @@ from bench_tokens import (  # noqa: E402 - the issue-3 benchmark: the tokenizer,
 )
 from faultproxy import FaultProxy  # noqa: E402 - tests/faultproxy.py
 from servers import SeaweedS3, Store  # noqa: E402 - tests/servers.py
+from suite import Result  # noqa: E402
 
 ID_BATCH = 4096  # rows per batch of the exactness pass
 MANY_ROWS = 200  # rows per shard of part 2
@@ -633,6 +636,152 @@ def print_summary(summary: dict[str, dict[str, Any]], fb: list[FirstBatch], info
     print("=" * 110)
 
 
+ROLES: dict[str, suite.Role] = {"local": "reference", "hf": "peer"}  # the suite's roles; headrace otherwise
+
+
+def _role(key: str) -> suite.Role:
+    return ROLES.get(key, "headrace")
+
+
+def _rate_label(rate: float) -> str:
+    return f"{rate * 100:g}% faults"
+
+
+# Why headrace's first batch of the token pipeline comes after HF's (written from a profile; added to the
+# notes when it does in the run).
+FIRST_BATCH_BEHIND = (
+    "Seconds to the first batch, where headrace trails HF: pack(2048) fills a whole block of 256 sequences "
+    "(about 524k tokens, some 13,000 documents here) before it emits anything (stages/pack.py MAX_ROWS, "
+    "stages/tokens.py TokenStream.fill). A cProfile of the same pipeline on the full data (row groups of 4,000) "
+    "from local disk, num_workers=0 prefetch=0, spends 1.54 of its 1.79 s to the first batch in encode_batch_fast "
+    "over 4 blocks, 16,004 documents, for a first batch of 8 × 2048 tokens; HF's first batch needs one "
+    "1,000-document map batch. The fix: let pack emit its first blocks as soon as one batch's sequences are there "
+    "(grow the block from the batch size to 256), and tokenize large source blocks in slices."
+)
+
+
+# Why headrace makes more requests than HF before its first batch over many small shards (added when it does).
+REQUESTS_BEHIND = (
+    "Requests before the first batch over {shards:,} shards of {rows} rows, where headrace makes more than HF "
+    "({ours} against {theirs}): pack(2048) fills a block of 256 sequences (stages/pack.py MAX_ROWS), "
+    "about 13,000 documents here, so headrace opens about {need} shards (one request each, with the listing) before "
+    "it emits (all of them, if fewer); HF's first batch needs one 1,000-document map batch, {hf_need} shards."
+)
+
+
+def suite_result(
+    configs: dict[str, Config],
+    summary: dict[str, dict[str, Any]],
+    fb: list[FirstBatch],
+    info: dict[str, Any],
+    args: argparse.Namespace,
+    machine_info: dict[str, Any],
+) -> Result:
+    """The run as the suite's ``Result`` "remote": every pass of every configuration (``benchmarks/suite.py``).
+
+    Cases: the token pipeline and the exactness (read) pass from S3, local disk as the ceiling, HF the peer;
+    the same through the fault proxy, one case per fault rate, with the proxy's 0% run as the no-fault
+    ceiling; and the time to the first batch over many shards.
+    """
+    res = Result(
+        "remote",
+        "Remote reads from S3 (SeaweedFS on loopback), with injected faults: headrace vs HF datasets streaming",
+        quick=args.quick,
+        machine=machine_info,
+    )
+    tokens = f"tokenize → pack {SEQ_LEN} → batch {PACK_BATCH}"
+    read = f"read (id, text) → batch {ID_BATCH}"
+    basis, rows = info["basis"], args.rows
+    rate_of = {proxy_key(rate): rate for rate in args.rates}
+    ceiling = configs.get(proxy_key(0.0))
+
+    def add(where: str, faults: str, c: Config, role: suite.Role, name: str) -> None:
+        ok = c.ok()
+        values = {
+            "tokens/s": [basis / p.seconds for p in ok],
+            "rows/s": [rows / p.seconds for p in ok],
+            "seconds to first batch": [p.first_s for p in ok if p.first_s == p.first_s],  # NaN: no batch
+            "tokens/CPU-s (this process)": [basis / p.cpu_s for p in ok if p.cpu_s > 0],
+        }
+        for metric, vs in values.items():
+            if vs:
+                case, higher = f"{where}: {tokens}{faults}", metric != "seconds to first batch"
+                res.add(case, name, metric, vs, role=role, higher_is_better=higher)
+        ids_ok = [q for q in c.id_passes if q.error is None]
+        if ids_ok:
+            res.add(f"{where}: {read}{faults}", name, "rows/s", [rows / q.seconds for q in ids_ok], role=role)
+
+    if basis:
+        for key, c in configs.items():
+            if key in rate_of:
+                faults = f", {_rate_label(rate_of[key])}"
+                add("S3 via fault proxy", faults, c, "headrace", c.name)
+                if ceiling is not None and rate_of[key] > 0:
+                    add("S3 via fault proxy", faults, ceiling, "reference", f"{ceiling.name} (no-fault ceiling)")
+            else:
+                add("S3", "", c, _role(key), c.name)
+    first = {
+        k: [p.first_s for p in configs[k].ok() if p.first_s == p.first_s] for k in ("headrace", "hf") if k in configs
+    }
+    if all(first.get(k) for k in ("headrace", "hf")) and med(first["headrace"]) > med(first["hf"]):
+        res.notes.append(FIRST_BATCH_BEHIND)
+    counts = {f.key: f.requests_to_first for f in fb}
+    ours, theirs = counts.get("headrace"), counts.get("hf")
+    if ours is not None and theirs is not None and ours > theirs:
+        need, hf_need = -(-13_000 // MANY_ROWS), -(-1_000 // MANY_ROWS)
+        res.notes.append(REQUESTS_BEHIND.format(shards=args.many, rows=MANY_ROWS, ours=ours, theirs=theirs,
+                                                need=need, hf_need=hf_need))  # fmt: skip
+    for f in fb:
+        case = f"S3, {f.shards:,} shards × {MANY_ROWS} rows: open → first batch ({tokens}), fresh process"
+        role = _role(f.key)
+        if f.open_to_first_s:
+            res.add(case, f.name, "seconds, open → first batch", f.open_to_first_s, role=role, higher_is_better=False)
+            res.add(
+                case, f.name, "seconds, launch → first batch", f.launch_to_first_s, role=role, higher_is_better=False
+            )
+        if f.requests_to_first is not None:
+            requests = [float(f.requests_to_first)]
+            res.add(case, f.name, "requests before the first batch", requests, role=role, higher_is_better=False)
+        res.notes += [f"{f.name}, first batch over {f.shards:,} shards: failed: {e[:300]}" for e in f.errors]
+    res.notes.insert(
+        0,
+        f"Data: {rows:,} rows of real paragraphs (tests/corpora.py, repeated with fresh ids) in {args.shards} Parquet "
+        f"shards ({info['mb']:,.0f} MB, row groups of {args.row_group_size:,}) on SeaweedFS "
+        f"{machine_info.get('seaweedfs', '')} at 127.0.0.1 (new server and bucket each run); "
+        f"{args.many:,} shards × {MANY_ROWS} rows for the first batch. tokens/s: the corpus' {basis:,} tokens "
+        f"(EOS included) / seconds for every contender. Repetitions: {args.repeat} interleaved ({args.hf_repeat} of "
+        "HF), each pass with a fresh S3 client; 'local disk' is headrace on the same files without S3 (the "
+        "ceiling). The server, the proxy and the loader share the machine's cores.",
+    )
+    if args.rates:
+        res.notes.insert(
+            1,
+            f"Fault proxy (tests/faultproxy.py, in this process: its threads count in tokens/CPU-s): "
+            f"{', '.join(_rate_label(r) for r in args.rates)} of GET requests failed with a connection reset or a "
+            f"truncated body (both mid-body) or a 503 with Retry-After: {args.retry_after} s; a fresh fault schedule "
+            "for every pass. The read case is the exactness pass: id and text rows, no tokenizer, every id collected.",
+        )
+    for s in summary.values():
+        checks = []
+        if s["id_passes"]:
+            bad = s["ids_lost"] or s["ids_duplicated"] or s["ids_foreign"]
+            checks.append(
+                f"{'CHECK FAILED' if bad else 'passed'}: lost/duplicated/foreign ids {s['ids_lost']}/"
+                f"{s['ids_duplicated']}/{s['ids_foreign']} over {s['id_passes']} exactness pass(es) of {rows:,} rows"
+            )
+        if s["tokens_exact"] is not None:
+            checks.append(
+                ("passed" if s["tokens_exact"] else "CHECK FAILED")
+                + ": tokens delivered and their sum equal to the local run's in every pass"
+            )
+        faults = ", ".join(f"{k} {v}" for k, v in sorted(s["faults_injected"].items()))
+        if faults:
+            checks.append(f"faults injected: {faults}; retry warnings logged: {s['warnings_logged']}")
+        checks += s["failed"]
+        res.notes.append(f"{s['name']}: " + "; ".join(checks or ["no check ran"]))
+    return res
+
+
 def machine() -> dict[str, Any]:
     import botocore
     import fsspec
@@ -674,6 +823,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=ROOT / ".bench", help="generated data goes to DATA_DIR/remote")
     p.add_argument("--skip", choices=["hf", "faults", "many"], action="append", default=[], help="skip a part")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results to this file")
+    p.add_argument("--suite-out", type=Path, default=None, help="also write the suite's result DIR/remote.json")
     args = p.parse_args(argv)
     args.rows = args.rows or (20_000 if args.quick else 600_000)
     args.shards = args.shards or (4 if args.quick else 32)
@@ -691,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "headrace issue-5 benchmark: remote reads from S3 (SeaweedFS on loopback) vs HF datasets, with faults"
     results = bench_core.report_header(title, machine(), args)
     t_start = time.perf_counter()
+    suite_machine = {**suite.machine(), "seaweedfs": results["machine"]["seaweedfs"]}
     root = args.data_dir / "remote"
     tok_path = build_tokenizer(root)
     spec = DataSpec(rows=args.rows, shards=args.shards, row_group_size=args.row_group_size, max_chars=None)
@@ -701,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     mb = sum(p.stat().st_size for p in files) / 1e6
     server = SeaweedS3()
     summary: dict[str, dict[str, Any]] = {}
+    configs: dict[str, Config] = {}
     fb: list[FirstBatch] = []
     info = {"rows": args.rows, "shards": args.shards, "mb": mb, "basis": 0}
     with server as store, WARNINGS:
@@ -769,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(summary, fb, info)
+    bench_core.write_suite(suite_result(configs, summary, fb, info, args, suite_machine), args, t_start)
     return bench_core.report_json(results, args)
 
 

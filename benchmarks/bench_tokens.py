@@ -23,7 +23,9 @@ Repetitions are interleaved (A B C ... A B C ..., the starting contender rotatin
 processes falls on every contender alike; the median is reported. CPU time (all threads and child
 processes) is recorded too: tokens per CPU-second moves much less with other load than wall time. Run:
 ``.venv/bin/python benchmarks/bench_tokens.py`` (``--quick``: a smoke run under a minute). Data and the
-tokenizer are generated into ``.bench/`` once and reused. Prints a table, then one JSON line.
+tokenizer are generated into ``.bench/`` once and reused. Prints a table, then one JSON line; with
+``--suite-out DIR`` it also writes ``DIR/text.json`` (``benchmarks/suite.py``: every repetition of every
+contender, for ``python -m benchmarks``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of ../share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # noqa: E402 - the issue-2 benchmark: its HF setup, page-cache warming and machine info
+import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
 from bench_core import hf, warm_page_cache  # noqa: E402
+from suite import Result  # noqa: E402
 
 SEQ_LEN = 2048
 PACK_BATCH = 8  # part 1: batches of 8 sequences of 2048
@@ -89,7 +93,11 @@ class Timing:
     basis: int | None = None
 
     def _rate(self, seconds: list[float]) -> float:
-        return statistics.median((self.basis or t) / s for t, s in zip(self.tokens, seconds, strict=True))
+        return statistics.median(self.rates(seconds))
+
+    def rates(self, seconds: list[float]) -> list[float]:
+        """The rate of each repetition (tokens per second of ``seconds``: wall or CPU), in order."""
+        return [(self.basis or t) / s for t, s in zip(self.tokens, seconds, strict=True)]
 
     @property
     def tokens_per_s(self) -> float:
@@ -242,11 +250,11 @@ def build_bin(root: Path, files: list[Path], tok_path: Path, min_tokens: int) ->
     return path, path.stat().st_size // 2
 
 
-def group_texts(examples: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
-    """The classic ``group_texts`` of ``run_clm.py``: concatenate the batch, cut it into ``SEQ_LEN``, drop the rest."""
+def group_texts(examples: dict[str, list[list[int]]], seq_len: int = SEQ_LEN) -> dict[str, list[list[int]]]:
+    """The classic ``group_texts`` of ``run_clm.py``: concatenate the batch, cut it into ``seq_len``, drop the rest."""
     concatenated = {k: list(chain(*examples[k])) for k in examples}
-    total = len(concatenated[next(iter(examples))]) // SEQ_LEN * SEQ_LEN
-    return {k: [t[i : i + SEQ_LEN] for i in range(0, total, SEQ_LEN)] for k, t in concatenated.items()}
+    total = len(concatenated[next(iter(examples))]) // seq_len * seq_len
+    return {k: [t[i : i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
 
 
 # -- 1. tokenize -> pack ------------------------------------------------------------------------------
@@ -502,6 +510,99 @@ def print_summary(
     print("=" * 100)
 
 
+PACK_CASE = f"Parquet text → tokenize → pack {SEQ_LEN} → batch {PACK_BATCH}"
+# The suite's names of the HF contenders (the table keeps its shorter ones): the library, then the variant.
+SUITE_NAMES = {
+    "hf": "HF datasets streaming, encode_batch_fast map",
+    "hf_transformers": "HF datasets streaming, transformers tokenizer (run_clm.py)",
+}
+
+
+def _role(key: str) -> suite.Role:
+    if key == "tokenizer" or key.startswith("nanogpt"):
+        return "reference"
+    return "peer" if key.startswith("hf") else "headrace"
+
+
+def _add_rates(res: Result, case: str, t: Timing, role: suite.Role, name: str | None = None) -> None:
+    """tokens/s and tokens/CPU-s of every repetition of ``t``."""
+    res.add(case, name or t.name, "tokens/s", t.rates(t.seconds), role=role)
+    res.add(case, name or t.name, "tokens/CPU-s", t.rates(t.cpu_seconds), role=role)
+
+
+def suite_result(
+    packed: dict[str, Timing],
+    whole: Timing | None,
+    prep: Prepare | None,
+    windows: dict[str, Timing],
+    failed: dict[str, str],
+    args: argparse.Namespace,
+    notes: list[str],
+    info: dict[str, Any],
+) -> Result:
+    """The run as the suite's ``Result`` "text": every repetition of every contender (``benchmarks/suite.py``)."""
+    res = Result(
+        "text",
+        "Text → tokenize → pack → batch, and token windows: headrace vs HF datasets, the tokenizer alone, nanoGPT",
+        quick=args.quick,
+        notes=list(notes),
+        machine=info,
+    )
+    for key, t in packed.items():
+        _add_rates(res, PACK_CASE, t, _role(key), SUITE_NAMES.get(key))
+    if packed:
+        corpus = packed["tokenizer"].tokens[0]
+        lines = []
+        for key, t in packed.items():
+            same = len(set(t.tokens)) == 1
+            lines.append(
+                f"{SUITE_NAMES.get(key, t.name)}: {t.tokens[0]:,}"
+                + ("" if same else f" (CHANGED between repetitions: {t.tokens})")
+            )
+            if key.startswith("headrace") and not 0 <= corpus - t.tokens[0] < SEQ_LEN * PACK_BATCH:
+                lines[-1] += " (CHECK FAILED: pack lost more than its last partial batch)"
+        res.notes.append(
+            f"{PACK_CASE}: tokens/s is the corpus' {corpus:,} tokens (EOS included) / seconds for every contender "
+            "(the same work); tokens delivered in batches, the same in every repetition unless said: "
+            + "; ".join(lines)
+            + ". Check: headrace delivers the corpus' tokens less at most its last partial batch; HF's group_texts "
+            "drops the remainder of every 1,000-document map batch."
+        )
+    if whole is not None and prep is not None:
+        case = f"Parquet text → token shards (headrace prepare --workers {args.workers_prepare})"
+        name = f"headrace prepare --workers {args.workers_prepare}"
+        _add_rates(res, case, whole, "headrace", name + " (whole command)")
+        run_rates = [whole.tokens[0] / s for s in prep.run_seconds]
+        res.add(case, name + " (its run, from its JSON report)", "tokens/s", run_rates, role="headrace")
+        if "tokenizer" in packed:
+            _add_rates(res, case, packed["tokenizer"], "reference")
+            corpus = packed["tokenizer"].tokens[0]
+            equal = "equal to" if set(whole.tokens) == {corpus} else f"NOT equal to ({whole.tokens} vs)"
+            res.notes.append(
+                f"headrace prepare: the whole command is a fresh process (imports, worker processes, writing shards "
+                f"and manifest), interleaved with the tokenize → pack contenders; the tokens it reports are {equal} "
+                f"the tokenizer alone's count ({corpus:,})."
+            )
+    if windows:
+        sequential = f"Token file → windows {SEQ_LEN} (sequential or row-shuffled) → batch {WINDOW_BATCH}"
+        random = f"Token file → {WINDOW_BATCH} × {SEQ_LEN} windows at random offsets (x, y)"
+        for key, t in windows.items():
+            if key.startswith("nanogpt"):  # the ceiling of both cases
+                _add_rates(res, sequential, t, "reference")
+                _add_rates(res, random, t, "reference")
+            else:
+                _add_rates(res, random if key == "headrace_random" else sequential, t, "headrace")
+        delivered = "; ".join(f"{t.name} {t.tokens[0]:,}" for t in windows.values())
+        res.notes.append(
+            f"Windows: a nanoGPT .bin of {args.bin_actual:,} uint16 tokens (the tokenized corpus repeated), in the "
+            f"page cache; tokens/s counts input_ids delivered: {delivered}. nanoGPT draws one pass worth of random "
+            "batches; headrace's window reads the file once, in non-overlapping windows (labels shifted by 1)."
+        )
+    for key, why in failed.items():
+        res.notes.append(f"{key} failed and was dropped: {why[-500:]}")
+    return res
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rows", type=int, default=None, help="paragraphs of text (default all 139,128)")
@@ -513,6 +614,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=ROOT / ".bench", help="where generated data goes")
     p.add_argument("--skip", choices=["pack", "window", "prepare"], action="append", default=[], help="skip a part")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON results to this file")
+    p.add_argument("--suite-out", type=Path, default=None, help="also write the suite's result DIR/text.json")
     args = p.parse_args(argv)
     args.rows = args.rows or (10_000 if args.quick else None)
     args.bin_tokens = args.bin_tokens or (10_000_000 if args.quick else 100_000_000)
@@ -526,9 +628,19 @@ def main(argv: list[str] | None = None) -> int:
     title = "headrace issue-3 benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT"
     results = bench_core.report_header(title, machine(), args)
     t_start = time.perf_counter()
+    suite_machine = suite.machine()  # the suite's machine record, with the load when the run started
     files = build_parquet(args.data_dir, args.rows)
     tok_path = build_tokenizer(args.data_dir)
     warm_page_cache(files)
+    rows = sum(pq.read_metadata(p).num_rows for p in files)
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    notes = [
+        f"Data: {rows:,} real paragraphs (tests/corpora.py) in {len(files)} Parquet files ({mb:,.0f} MB, row groups "
+        f"of 10,000), in the page cache; one tokenizer for all (byte-level BPE, vocabulary {VOCAB:,}, trained on the "
+        f"corpus), {EOS} after every document; repetitions: {args.repeat}, interleaved, the first rotating."
+    ]
+    all_failed: dict[str, str] = {}
+    whole: Timing | None = None
     packed: dict[str, Timing] = {}
     prep: Prepare | None = None
     prep_info: dict[str, Any] = {"measured": False}
@@ -539,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             prep_info["why"] = help_text.splitlines()[-1] if help_text else "headrace prepare: no output"
             print(f"\n[3] headrace prepare is not available, not measured: {prep_info['why']}", flush=True)
+            notes.append(f"headrace prepare not measured: {prep_info['why']}")
     if "pack" not in args.skip or prep is not None:
         print(f"\n[1] tokenize -> pack: {args.rows or 'all'} paragraphs in {len(files)} Parquet files", flush=True)
         variants = pack_variants(files, tok_path, args.workers)
@@ -548,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             variants.append(("prepare", f"headrace prepare --workers {args.workers_prepare}", prep))
         warm_up(variants, optional=frozenset({"prepare"}))
         packed, failed = interleaved(variants, args.repeat, optional=frozenset({"prepare"}))
+        all_failed.update(failed)
         for t in packed.values():  # rates over the same work: the corpus' tokens, EOS included
             t.basis = packed["tokenizer"].tokens[0]
         whole = packed.pop("prepare", None)
@@ -602,9 +716,12 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_seconds": {k: [round(s, 3) for s in v.cpu_seconds] for k, v in windows.items()},
             "failed": failed,
         }
+        all_failed.update(failed)
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(packed, windows, prep_info if "prepare" not in args.skip else None, args)
+    result = suite_result(packed, whole, prep, windows, all_failed, args, notes, suite_machine)
+    bench_core.write_suite(result, args, t_start)
     return bench_core.report_json(results, args)
 
 

@@ -1,0 +1,199 @@
+"""Write BENCHMARKS.md from the suite's results (``benchmarks/suite.py``): tables, ratios with spread, plots.
+
+The file is generated; the words that explain a result (where headrace is behind and the measured reason)
+live in ``benchmarks/analysis/<name>.md`` and are included under that result's section.
+
+For every case, the best headrace configuration (by median) is compared with every peer and reference point
+that ran the same case: the ratio headrace/peer of the medians, with the lowest and highest ratio over all
+pairs of repetitions. The verdict says *ahead* or *behind* only when the whole spread is on one side of 1
+(and by more than 5%); otherwise *even* (within the spread between repetitions).
+
+    >>> from suite import Measure
+    >>> verdict(Measure("c", "h", "tokens/s", [10.0, 11.0], role="headrace"), Measure("c", "p", "tokens/s", [5.0, 6.0]))
+    ('ahead', 1.9090909090909092, 1.6666666666666667, 2.2)
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from suite import Measure, Result, ratio
+
+HERE = Path(__file__).resolve().parent
+ANALYSIS = HERE / "analysis"
+
+
+def load(folder: Path, order: list[str] | None = None) -> tuple[list[Result], dict[str, str]]:
+    """The results in ``folder`` (in ``order`` first), and the workloads that failed with why."""
+    results = [Result.read(p) for p in sorted(folder.glob("*.json"))]
+    rank = {name: i for i, name in enumerate(order or [])}
+    results.sort(key=lambda r: (rank.get(r.name, len(rank)), r.name))
+    failed = {p.stem: p.read_text().strip() for p in sorted(folder.glob("*.failed"))}
+    return results, failed
+
+
+def verdict(headrace: Measure, other: Measure) -> tuple[str, float, float, float]:
+    """``(ahead|behind|even, ratio, low, high)`` of headrace against another contender on the same metric."""
+    r, lo, hi = ratio(headrace, other)
+    if math.isnan(r):
+        return "n/a", r, lo, hi
+
+    def inverse(x: float) -> float:
+        return 1 / x if x else math.inf  # a time or wait of 0 is infinitely better than any other
+
+    better_lo, better_hi = (lo, hi) if headrace.higher_is_better else (inverse(hi), inverse(lo))  # > 1: ours better
+    if better_lo > 1.05:
+        return "ahead", r, lo, hi
+    if better_hi < 1 / 1.05:
+        return "behind", r, lo, hi
+    return "even", r, lo, hi
+
+
+def comparisons(result: Result) -> list[tuple[Measure, Measure]]:
+    """(best headrace measure, other measure) for every case and metric with both."""
+    groups: dict[tuple[str, str], list[Measure]] = defaultdict(list)
+    for m in result.measures:
+        groups[(m.case, m.metric)].append(m)
+    pairs = []
+    for ms in groups.values():
+        ours = [m for m in ms if m.role == "headrace"]
+        if not ours:
+            continue
+        best = max(ours, key=lambda m: m.median if m.higher_is_better else -m.median)
+        pairs += [(best, m) for m in ms if m.role != "headrace"]
+    return pairs
+
+
+def fmt(x: float) -> str:
+    """A number with three significant digits and thousands separators."""
+    if math.isnan(x):
+        return "n/a"
+    if x == 0 or abs(x) >= 100:
+        return f"{x:,.0f}"
+    digits = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{digits}f}"
+
+
+def summary_plot(rows: list[tuple[str, str, float, float, float, bool]], path: Path) -> bool:
+    """Horizontal bars: how many times better headrace is (log scale), with the spread; whether it drew."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels, centre, low, high = [], [], [], []
+    for label, _, r, lo, hi, higher in rows:
+        if math.isnan(r) or r <= 0 or lo <= 0 or math.isinf(hi):
+            continue
+        b, blo, bhi = (r, lo, hi) if higher else (1 / r, 1 / hi, 1 / lo)
+        labels.append(label)
+        centre.append(b)
+        low.append(b - blo)
+        high.append(bhi - b)
+    if not labels:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(labels) + 1.2))
+    colors = ["tab:green" if c - lo > 1.05 else "tab:red" if c + hi < 1 / 1.05 else "tab:gray"
+              for c, lo, hi in zip(centre, low, high, strict=True)]  # fmt: skip
+    ax.barh(range(len(labels)), centre, xerr=[low, high], color=colors, capsize=2)
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("headrace advantage (x, log scale; > 1: headrace better; bars: median, whiskers: spread)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def machine_lines(results: list[Result]) -> list[str]:
+    m = results[0].machine
+    versions: dict[str, str] = {}
+    for r in results:
+        versions.update(r.machine.get("versions", {}))
+    loads = ", ".join(f"{r.name} {r.machine.get('load_average', 'n/a')}" for r in results)
+    return [
+        f"- **Machine:** {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM; {m['os']}; Python {m['python']}.",
+        "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
+        f"- **Load average** when each workload started (other processes skew timings): {loads}.",
+    ]
+
+
+def write(folder: Path, path: Path, order: list[str] | None = None) -> Path:
+    """Write the report for the results in ``folder`` to ``path``; plots go to ``path.parent/docs/benchmarks``."""
+    results, failed = load(folder, order)
+    plots = path.parent / "docs" / "benchmarks"
+    quick = any(r.quick for r in results)
+    lines = ["# Benchmarks", ""]
+    lines += [
+        "headrace against its peers, on the same data and machine, in the same run. Generated by "
+        "`python -m benchmarks` (`make bench`) from the results in `.bench/results`; do not edit by hand: the "
+        "explanations live in `benchmarks/analysis/`. Earlier runs' detailed write-ups: `benchmarks/HISTORY.md`.",
+        "",
+    ]
+    if quick:
+        lines += [
+            "**Quick mode** (`--quick`): small sizes and 1-2 repetitions, a smoke run; the numbers mean little.",
+            "",
+        ]
+    if not results:
+        lines += ["No results.", ""]
+    else:
+        dates = sorted(r.date for r in results)
+        lines += [f"- **Run:** {dates[0]} to {dates[-1]}, {sum(r.seconds for r in results) / 60:.0f} minutes."]
+        lines += [*machine_lines(results), ""]
+    lines += [
+        "Ratios are headrace/peer of the medians; the brackets give the lowest and highest ratio over all pairs of "
+        "repetitions. For rates (rows/s, tokens/s) above 1 is better for headrace, for times and memory below 1. "
+        "*ahead*/*behind*: the whole spread is on that side (by more than 5%); *even*: it is not. For each case the "
+        "best headrace configuration is compared (its name in the table).",
+        "",
+    ]
+    if failed:
+        lines += ["**Failed in this run:** " + "; ".join(f"`{k}` ({v})" for k, v in failed.items()), ""]
+
+    # Summary: one row per result, case, metric and peer.
+    summary: list[tuple[str, str, float, float, float, bool]] = []
+    table = ["| workload | case | metric | headrace | against | ratio [spread] | |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for ours, other in comparisons(r):
+            v, x, lo, hi = verdict(ours, other)
+            against = other.contender + (" (reference)" if other.role == "reference" else "")
+            table.append(f"| {r.name} | {ours.case} | {ours.metric} | {ours.contender} | {against} | "
+                         f"{fmt(x)} [{fmt(lo)}–{fmt(hi)}] | {v} |")  # fmt: skip
+            summary.append((f"{r.name}: {ours.case[:48]} vs {other.contender[:24]}", v, x, lo, hi,
+                            ours.higher_is_better))  # fmt: skip
+    lines += ["## Summary", "", *table, ""]
+    if summary_plot(summary, plots / "summary.png"):
+        lines += [f"![headrace advantage per case]({(plots / 'summary.png').relative_to(path.parent)})", ""]
+
+    for r in results:
+        lines += [f"## {r.title}", "", f"`{r.name}`: {r.date}, {r.seconds:.0f} s" + (", quick" if r.quick else ""), ""]
+        lines += [f"- {n}" for n in r.notes] + ([""] if r.notes else [])
+        lines += ["| case | contender | metric | median | [min–max] | n |", "|---|---|---|---|---|---|"]
+        for m in r.measures:
+            tag = {"headrace": "", "peer": "", "reference": " *(ref.)*"}[m.role]
+            who = f"**{m.contender}**" if m.role == "headrace" else m.contender + tag
+            lines.append(f"| {m.case} | {who} | {m.metric} | {fmt(m.median)} | "
+                         f"[{fmt(m.spread[0])}–{fmt(m.spread[1])}] | {len(m.values)} |")  # fmt: skip
+        lines.append("")
+        for plot in r.plots:
+            src = folder / plot
+            if src.exists():
+                dst = plots / f"{r.name}-{Path(plot).name}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                lines += [f"![{r.name}: {Path(plot).stem}]({dst.relative_to(path.parent)})", ""]
+        analysis = ANALYSIS / f"{r.name}.md"
+        if analysis.exists():
+            lines += [analysis.read_text().strip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
