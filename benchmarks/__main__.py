@@ -78,7 +78,9 @@ def run_one(name: str, out: Path, quick: bool) -> tuple[bool, float]:
         print(f"=== {name} FAILED ({why}) after {seconds:.0f} s", flush=True)
     else:
         (out / f"{name}.failed").unlink(missing_ok=True)
-        print(f"=== {name}: done in {seconds:.0f} s", flush=True)
+        result = report.Result.read(out / f"{name}.json")
+        print(f"=== {name}: done in {seconds:.0f} s; headrace/peer, median [spread over repetitions]:", flush=True)
+        print("\n".join(report.ratio_lines(result)), flush=True)
     return ok, seconds
 
 

@@ -67,6 +67,16 @@ def comparisons(result: Result) -> list[tuple[Measure, Measure]]:
     return pairs
 
 
+def ratio_lines(result: Result) -> list[str]:
+    """One line per comparison: the ratio headrace/peer with its spread and the verdict (what the runner prints)."""
+    lines = []
+    for ours, other in comparisons(result):
+        v, x, lo, hi = verdict(ours, other)
+        lines.append(f"  {ours.case} | {ours.metric} | {ours.contender} / {other.contender}: "
+                     f"{fmt(x)} [{fmt(lo)}-{fmt(hi)}] {v}")  # fmt: skip
+    return lines
+
+
 def fmt(x: float) -> str:
     """A number with three significant digits and thousands separators."""
     if math.isnan(x):
