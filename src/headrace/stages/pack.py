@@ -21,6 +21,7 @@ from headrace.core.rng import rng
 from headrace.stages.tokens import TokenStream
 
 MAX_ROWS = 256  # sequences per emitted block
+FIRST_ROWS = 8  # ... but the first blocks are smaller, doubling up to MAX_ROWS: the first batch comes quickly
 
 
 class WindowNode(Node[Block]):
@@ -75,7 +76,8 @@ class WindowNode(Node[Block]):
                 self._done = True
                 raise StopIteration
         else:
-            shift, rows, need = self.shift, MAX_ROWS, self.seq_len + self.shift
+            shift, need = self.shift, self.seq_len + self.shift
+            rows = min(MAX_ROWS, FIRST_ROWS << min(self._blocks, 8))  # 8, 16, ..., 256: the same rows, sooner
             if not s.fill((rows - 1) * self.stride + need):
                 if s.available() < need:
                     return self._last(need)
