@@ -8,13 +8,11 @@ TORCH := torch==2.13.0
 BENCH_VENV := .venv-bench
 
 # The peers of the benchmark suite that cannot be installed with their dependencies: MosaicML streaming pins old
-# numpy/transformers and a CUDA torch, litdata wants torchvision (only CUDA wheels here). Installed without them,
-# then the packages they import at run time. The test environment has them too: a test runs the suite quickly.
+# numpy/transformers and a CUDA torch, litdata wants torchvision (only CUDA wheels here). Installed without them;
+# what they import at run time is in the `bench` extra. The test environment has them too: a test runs the suite.
 PEERS := mosaicml-streaming==0.13.0 litdata==0.2.76
-PEER_DEPS := zstd python-snappy Brotli catalogue lightning-utilities obstore tifffile boto3
 define install_peers
 	$(1) -m pip install -q --no-deps $(PEERS)
-	$(1) -m pip install -q $(PEER_DEPS)
 endef
 
 .PHONY: setup test lint typecheck pytest demo bench bench-quick clean
