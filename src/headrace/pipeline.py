@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from headrace.checks import check_format, count, positive, size_pair
 from headrace.core.block import Block
 from headrace.core.node import Node
 from headrace.core.policy import check_policy
@@ -42,7 +43,7 @@ from headrace.stages.batch import Pad
 from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
-from headrace.stages.token_windows import TokenWindows
+from headrace.stages.token_windows import indexed_windows
 from headrace.stages.transform import BatchFormat
 from headrace.tokenizer import TokenizerError, load_tokenizer
 
@@ -196,21 +197,21 @@ class Dataset:
         inputs. A batched function may change the number of rows (its output then stands alone).
         ``batch_format``: ``"numpy"`` arrays, ``"python"`` lists or ``"arrow"`` arrays.
         """
-        return self._then(MapStage(fn, "map", batched, _format(batch_format), tuple(remove_columns)))
+        return self._then(MapStage(fn, "map", batched, check_format(batch_format), tuple(remove_columns)))
 
     def filter(
         self, fn: Callable[[Any], Any], *, batched: bool = False, batch_format: BatchFormat = "numpy"
     ) -> Dataset:
         """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask)."""
-        return self._then(MapStage(fn, "filter", batched, _format(batch_format)))
+        return self._then(MapStage(fn, "filter", batched, check_format(batch_format)))
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(0, _count(n, "take"), self.block_rows))
+        return self._then(LimitStage(0, count(n, "take"), self.block_rows))
 
     def skip(self, n: int) -> Dataset:
         """All but the first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(_count(n, "skip"), -1, self.block_rows))
+        return self._then(LimitStage(count(n, "skip"), -1, self.block_rows))
 
     def repeat(self, times: int | None = None) -> Dataset:
         """Run the pipeline again for the following epochs (``None``: forever)."""
@@ -291,9 +292,11 @@ class Dataset:
         """
         positive(seq_len, "seq_len")
         stride = positive(stride if stride is not None else seq_len, "stride")
-        indexed = self._token_windows(seq_len, stride, shift, documents)
-        if indexed is not None:
-            return indexed
+        root = self.root
+        if len(self.stages) == 1 and isinstance(root, SourceStage):
+            spec = indexed_windows(root.source, seq_len, stride, shift, documents)
+            if spec is not None:
+                return Dataset(TokenWindowStage(spec))
         if shift is None and batch_size is None:
             raise ValueError("window(shift=None) draws one shift per batch: pass batch_size= (and batch(batch_size))")
         if shift is not None and shift < 0:
@@ -302,24 +305,6 @@ class Dataset:
             raise ValueError("window(shift=None) needs seq_len >= 2 (a proper divisor to draw)")
         return self._then(WindowStage("window", seq_len, stride, shift, documents, "drop", 0, batch_size or 0, seed,
                                       column))  # fmt: skip
-
-    def _token_windows(self, seq_len: int, stride: int, shift: int | None, documents: bool) -> Dataset | None:
-        """Indexed windows when ``self`` is token shards in global order (``shuffle(buffer_size=None)``)."""
-        root = self.root
-        if len(self.stages) != 1 or not isinstance(root, SourceStage) or root.source.ordering != "global":
-            return None
-        src = root.source
-        if not all(s.format in ("megatron", "nanogpt", "npy") for s in src.shards):
-            return None
-        if shift is None or documents:
-            raise ValueError("windows over token shards in global order take a fixed shift and no documents=")
-        from headrace.formats.tokens import TokenShards
-
-        extra = dict(src.opts.extra)
-        shards = TokenShards([s.url for s in src.shards], tokens_per_row=int(extra.get("tokens_per_row", 2048)))
-        spec = TokenWindows(shards, seq_len, stride, shift, src.shuffle_seed or 0, src.chunk_rows or 64, src.window,
-                            max(1, src.block_rows // 8))  # fmt: skip
-        return Dataset(TokenWindowStage(spec))
 
     def chat(self, tokenizer: Any, *, template: str | None = None, column: str = "messages") -> Dataset:
         """Render message lists with a Jinja chat template, tokenize, and label only assistant turns.
@@ -379,7 +364,7 @@ class Dataset:
         root = self.root
         policy = check_policy(errors) if errors is not None else (
             root.source.errors if isinstance(root, SourceStage) else "raise")  # fmt: skip
-        return self._then(DecodeImagesStage(column, output, mode, _size(size, "size"), remove_column, policy))
+        return self._then(DecodeImagesStage(column, output, mode, size_pair(size, "size"), remove_column, policy))
 
     def augment(
         self,
@@ -400,7 +385,7 @@ class Dataset:
         """
         if seed < 0:
             raise ValueError(f"augment(seed=...) must be >= 0, got {seed}")
-        crop = _size(random_crop, "random_crop")
+        crop = size_pair(random_crop, "random_crop")
         if not isinstance(padding, int) or padding < 0:
             raise ValueError(f"augment(padding=...) must be an integer >= 0, got {padding!r}")
         if padding and crop is None:
@@ -449,35 +434,6 @@ class Dataset:
                     yield item
         finally:
             node.close()
-
-
-def _format(batch_format: str) -> BatchFormat:
-    if batch_format not in ("numpy", "python", "arrow"):
-        raise ValueError(f"batch_format must be 'numpy', 'python' or 'arrow', got {batch_format!r}")
-    return batch_format  # type: ignore[return-value]
-
-
-def positive(n: int, what: str) -> int:
-    """``n`` if it is a positive integer, else a ValueError naming ``what``."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"{what} must be a positive integer, got {n!r}")
-    return n
-
-
-def _size(size: int | tuple[int, int] | None, what: str) -> tuple[int, int] | None:
-    """``(h, w)`` from ``n`` or ``(h, w)``, each a positive integer; None stays None."""
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and n > 0 for n in pair):
-        raise ValueError(f"{what} must be a positive integer or (height, width), got {size!r}")
-    return (int(pair[0]), int(pair[1]))
-
-
-def _count(n: int, what: str) -> int:
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"{what}(n) needs an integer n >= 0, got {n!r}")
-    return n
 
 
 __all__ = ["REMAINDERS", "Context", "Dataset"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from headrace.checks import positive
 from headrace.core.errors import SchemaError, SourceError
 from headrace.core.policy import ErrorLog, check_policy
 from headrace.core.rng import DEFAULT_SEED
@@ -17,7 +18,7 @@ from headrace.io.cache import DiskCache
 from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
 from headrace.io.retry import Retry
-from headrace.pipeline import Dataset, positive
+from headrace.pipeline import Dataset
 from headrace.plan import HFStage, MixStage, SourceStage
 from headrace.stages.hf import HFSource
 from headrace.stages.source import Source

@@ -10,7 +10,7 @@ restoring reads one batch of windows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from headrace.core.world import World
 from headrace.formats.tokens import TokenShards
 from headrace.stages.order import GlobalOrder
 from headrace.stages.partition import Remainder, strided_length, strided_positions
+
+if TYPE_CHECKING:
+    from headrace.stages.source import Source
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,15 @@ class TokenWindowNode(Node[Block]):
         shard = np.searchsorted(s.shards.cum_tokens, starts, side="right") - 1
         self._pos += n
         return Block(columns=columns, shard=shard.astype(np.int32), row=index.astype(np.int64))
+
+
+def indexed_windows(src: Source, seq_len: int, stride: int, shift: int | None, documents: bool) -> TokenWindows | None:
+    """The indexed windows of ``src`` when it is token shards in global order (``shuffle(buffer_size=None)``)."""
+    if src.ordering != "global" or not all(s.format in ("megatron", "nanogpt", "npy") for s in src.shards):
+        return None
+    if shift is None or documents:
+        raise ValueError("windows over token shards in global order take a fixed shift and no documents=")
+    extra = dict(src.opts.extra)
+    shards = TokenShards([s.url for s in src.shards], tokens_per_row=int(extra.get("tokens_per_row", 2048)))
+    return TokenWindows(shards, seq_len, stride, shift, src.shuffle_seed or 0, src.chunk_rows or 64, src.window,
+                        max(1, src.block_rows // 8))  # fmt: skip
