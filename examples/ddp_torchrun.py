@@ -150,6 +150,16 @@ def digest(ids: Any) -> str:
     return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
 
 
+def log_step(step: int, every: list[dict[str, Any]], seconds: float, metrics: Any) -> None:
+    """Rank 0: print the mean loss of a step and append every rank's loss, batch digest and epoch to --metrics."""
+    losses, epochs = [e["loss"] for e in every], [e["epoch"] for e in every]
+    print(f"step {step:5d}  loss {sum(losses) / len(losses):.4f}  epochs {epochs}  {seconds:.1f}s", flush=True)
+    if metrics is not None:
+        record = {"step": step, "losses": losses, "batches": [e["batch"] for e in every], "epochs": epochs}
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
@@ -228,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         n = sum(p.numel() for p in model.parameters())
         print(f"{world} ranks ({dist.get_backend()}), model {n / 1e6:.2f}M parameters, data {data}", flush=True)
     start, taken, empty = time.perf_counter(), 0, 0
+    last: dict[str, Any] | None = None  # this rank's loss, batch digest and epoch at the last step
     model.train()
     while step < args.max_steps:
         before = taken
@@ -239,19 +250,14 @@ def main(argv: list[str] | None = None) -> None:
             loss.backward()  # DDP all-reduces the gradients here: every rank must take every step
             opt.step()
             step, taken = step + 1, taken + 1
-            if step % args.log_every == 0 or step == args.max_steps:
+            if step == args.max_steps:  # the last step's line goes through files with the final counts (below)
+                last = {"loss": loss.item(), "batch": digest(batch["input_ids"]), "epoch": loader.epoch}
+            elif step % args.log_every == 0:
                 mine = {"loss": loss.item(), "batch": digest(batch["input_ids"]), "epoch": loader.epoch}
                 every: list[Any] = [None] * world
                 dist.all_gather_object(every, mine)
                 if rank == 0:
-                    losses = [e["loss"] for e in every]
-                    print(f"step {step:5d}  loss {sum(losses) / world:.4f}  epochs {[e['epoch'] for e in every]}  "
-                          f"{time.perf_counter() - start:.1f}s", flush=True)  # fmt: skip
-                    if metrics is not None:
-                        batches, epochs = [e["batch"] for e in every], [e["epoch"] for e in every]
-                        record = {"step": step, "losses": losses, "batches": batches, "epochs": epochs}
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
+                    log_step(step, every, time.perf_counter() - start, metrics)
             if args.save_every and step % args.save_every == 0:
                 save_checkpoint(args.out / "checkpoints", step, rank, model, opt, loader, meta, tokenizer_file)
             if step == args.max_steps:
@@ -263,16 +269,27 @@ def main(argv: list[str] | None = None) -> None:
             raise RuntimeError(f"rank {rank}: an epoch without a single batch of {args.batch_size} rows of "
                                f"{args.seq_len + 1} tokens: too little data for {world} ranks")  # fmt: skip
 
-    counts: list[Any] = [None] * world
-    dist.all_gather_object(counts, {"rank": rank, "steps": taken, "step": step, "epoch": loader.epoch})
     print(f"rank {rank}: {taken} steps in this run (global step {step}), loader epoch {loader.epoch}", flush=True)
-    if rank == 0 and metrics is not None:
-        metrics.write(json.dumps({"event": "done", "ranks": counts}) + "\n")
-        metrics.close()
-    # A barrier (no tensors) after the last collective on Python tensors: gloo's worker thread frees those
-    # tensors after handing over the result, and doing so once the interpreter is shutting down aborts the
-    # process ("terminate called without an active exception"). The barrier gives it the time to.
+    # The final exchange goes through files, not a collective: gloo's worker thread frees the Python tensors of a
+    # collective (all_gather_object's) after handing over its result, and when that happens while the interpreter
+    # shuts down the process aborts ("terminate called without an active exception", a torch bug). So the job
+    # ends with barriers only, and rank 0 reads every rank's last step and step count from OUT/.ranks.
+    ranks = args.out / ".ranks"
+    if rank == 0:
+        shutil.rmtree(ranks, ignore_errors=True)
+        ranks.mkdir(parents=True)
     dist.barrier()
+    final = {"last": last, "count": {"rank": rank, "steps": taken, "step": step, "epoch": loader.epoch}}
+    (ranks / f"rank{rank}.json").write_text(json.dumps(final))
+    dist.barrier()
+    if rank == 0:
+        reports = [json.loads((ranks / f"rank{r}.json").read_text()) for r in range(world)]
+        if all(r["last"] is not None for r in reports):
+            log_step(step, [r["last"] for r in reports], time.perf_counter() - start, metrics)
+        if metrics is not None:
+            metrics.write(json.dumps({"event": "done", "ranks": [r["count"] for r in reports]}) + "\n")
+            metrics.close()
+        shutil.rmtree(ranks)
     dist.destroy_process_group()
 
 
