@@ -8,7 +8,7 @@ import pytest
 
 import headrace as hr
 from headrace.core import state as states
-from headrace.core.block import Block, concat
+from headrace.core.block import Block, Parts, concat
 from headrace.core.cursor import Cursor
 from headrace.core.rng import permutation, rng
 from headrace.stages.partition import consumer_range
@@ -76,6 +76,21 @@ def test_block_take_slice_concat_keep_lineage() -> None:
     c = concat([b.slice(0, 1), Block.from_pydict({"x": np.array([7])})])
     assert c.to_pylist() == [{"x": 10}, {"x": 7}]
     assert c.row.tolist() == [100, -1]
+
+
+def test_parts_take_equals_take_from_the_concatenation() -> None:
+    """The shuffle window keeps its blocks apart: taking from them gives what a concatenated copy would."""
+    blocks = [
+        Block.from_arrow(pa.record_batch({"x": [0, 1, 2], "s": ["a", "b", "c"]}), shard=0, first_row=0),
+        Block.from_arrow(pa.record_batch({"x": [3, 4], "s": ["d", None]}), shard=1, first_row=7),
+        Block.from_arrow(pa.record_batch({"x": [5, 6, 7, 8], "s": ["f", "g", "h", "i"]}), shard=2, first_row=0),
+    ]
+    parts, whole = Parts(blocks), concat(blocks)
+    assert parts.num_rows == 9
+    for idx in (np.random.default_rng(0).permutation(9), np.array([8, 3, 3, 0]), np.array([4]), np.array([], int)):
+        got, want = parts.take(idx), whole.take(idx)
+        assert got.to_pylist() == want.to_pylist()
+        assert got.shard.tolist() == want.shard.tolist() and got.row.tolist() == want.row.tolist()
 
 
 def test_cursor_restores_mid_block_by_position() -> None:

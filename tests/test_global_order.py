@@ -123,6 +123,35 @@ def test_restoring_at_half_of_ten_million_reads_about_one_window(
     assert sum(reads) <= 3 * 8 * 8192
 
 
+@pytest.mark.parametrize("group_rows,window", [(100, 4), (150_000, 2)])
+def test_every_piece_is_read_once_per_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group_rows: int, window: int
+) -> None:
+    """The piece cache holds a window of chunks and one more, not more: no piece is read twice in an epoch.
+
+    Row groups of 150,000 rows are read as pieces of at most 65,536 rows (3 per group): the cache must then
+    count 3 pieces per chunk, or it would re-read pieces for every block.
+    """
+    rows = 3 * group_rows if group_rows > 1000 else 2000
+    pq.write_table(pa.table({"id": np.arange(rows, dtype=np.int64)}), tmp_path / "a.parquet", row_group_size=group_rows)
+    pieces: list[tuple[int, int]] = []
+    original = PieceCache.find
+
+    def counting(self: PieceCache, shard: int, row: int) -> Any:
+        before = self.reads
+        found = original(self, shard, row)
+        if self.reads > before:
+            pieces.append(found[0])
+        return found
+
+    monkeypatch.setattr(PieceCache, "find", counting)
+    ds = hr.open(str(tmp_path)).shuffle(seed=3, buffer_size=None, window=window).batch(4096)
+    got = np.concatenate([b["id"] for b in hr.Loader(ds)])
+    assert sorted(got.tolist()) == list(range(rows))
+    per_group = -(-group_rows // 65536)
+    assert len(pieces) == len(set(pieces)) == (rows // group_rows) * per_group
+
+
 def test_changed_world_on_a_non_elastic_pipeline_is_refused(parquet_dir: Path) -> None:
     for ds, why in [
         (hr.open(str(parquet_dir)).shuffle(seed=1, buffer_size=100).batch(8), "not in global order"),

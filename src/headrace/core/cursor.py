@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from headrace.core.block import Block, concat
+from headrace.core.block import Block, Parts, concat
 from headrace.core.node import Node, State
 
 
@@ -48,6 +48,11 @@ class Cursor:
 
     def take(self, n: int) -> Block | None:
         """Up to ``n`` rows (fewer only at the end of the stream); ``None`` when nothing is left."""
+        parts = self.take_parts(n)
+        return concat(parts) if parts else None
+
+    def take_parts(self, n: int) -> list[Block]:
+        """``take(n)`` as the slices of the upstream blocks it spans, not concatenated (empty at the end)."""
         parts: list[Block] = []
         need = n
         while need > 0:
@@ -68,7 +73,7 @@ class Cursor:
                 self._block, self._offset = None, 0
         if self._block is None:
             self._before = self.upstream.state_dict()
-        return concat(parts) if parts else None
+        return parts
 
 
 class RowWindow:
@@ -83,7 +88,7 @@ class RowWindow:
     def __init__(self, upstream: Node[Block], size: int) -> None:
         self.cursor = Cursor(upstream)
         self.size = size
-        self.rows: Block | None = None
+        self.rows: Block | Parts | None = None
         self.total = 0
 
     def reset(self, state: State | None) -> bool:
@@ -98,7 +103,15 @@ class RowWindow:
         return self.emitted > 0
 
     def fill(self) -> Block | None:
-        self.rows = self.cursor.take(self.size)
+        """Read the window as one block (``None`` at the end)."""
+        rows = self.cursor.take(self.size)
+        self.rows = rows
+        return rows
+
+    def fill_parts(self) -> Parts | None:
+        """Read the window as the upstream blocks it spans, without copying them into one (``None`` at the end)."""
+        parts = self.cursor.take_parts(self.size)
+        self.rows = Parts(parts) if parts else None
         return self.rows
 
     @property

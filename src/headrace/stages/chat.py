@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block, to_pylist
+from headrace.core.block import Block, arrow_numbers, to_pylist
 from headrace.core.errors import RecordError, SchemaError
 from headrace.tokenizer import Tokenizer, TokenizerError
 
@@ -325,7 +325,7 @@ def chat_fn(
 
         def column_of(parts: list[np.ndarray]) -> pa.Array:
             flat = np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype=dtype)
-            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=arrow_type))
+            return pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(flat, arrow_type))
 
         columns = {k: v for k, v in block.columns.items() if k not in (column, "input_ids", "labels")}
         columns["input_ids"] = column_of(ids_parts)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block, concat
+from headrace.core.block import Block, arrow_numbers, capped_rows, concat
 from headrace.core.errors import SourceError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
@@ -29,12 +29,23 @@ DEFAULT_CHUNK_ROWS = 1024  # chunks of formats without natural read units
 
 
 class PieceCache:
-    """The last ``capacity`` pieces read, by shard; ``rows(shard, row)`` reads a piece on a miss."""
+    """The pieces read last, by shard; ``find(shard, row)`` reads a piece on a miss.
 
-    def __init__(self, source: Source, log: ErrorLog, capacity: int) -> None:
-        self.source, self.log, self.capacity = source, log, capacity
+    It holds the pieces of ``chunks`` chunks of the order and no more: the order mixes a window of
+    chunks at a time, so a window and one chunk more are enough for every piece to be read once per
+    epoch. A chunk larger than the format's pieces (a row group above 65,536 rows) is several pieces:
+    the capacity counts them from the largest piece read so far.
+    """
+
+    def __init__(self, source: Source, log: ErrorLog, *, chunks: int, chunk_rows: int) -> None:
+        self.source, self.log, self.chunks, self.chunk_rows = source, log, chunks, chunk_rows
         self.pieces: OrderedDict[tuple[int, int], Piece] = OrderedDict()
+        self.piece_rows = 0  # rows (slots) of the largest piece read
         self.reads = 0  # pieces read (for tests and stats)
+
+    @property
+    def capacity(self) -> int:
+        return self.chunks * max(1, -(-self.chunk_rows // max(self.piece_rows, 1)))
 
     def find(self, shard: int, row: int) -> tuple[tuple[int, int], Piece]:
         for key, piece in self.pieces.items():
@@ -46,6 +57,7 @@ class PieceCache:
         for piece in fmt.pieces(self.source.fs, info, self.source.opts, Start(), row, self.log):
             if piece.start.slot <= row < piece.end:
                 self.reads += 1
+                self.piece_rows = max(self.piece_rows, piece.end - piece.start.slot)
                 key = (shard, piece.start.slot)
                 self.pieces[key] = piece
                 while len(self.pieces) > self.capacity:
@@ -68,7 +80,8 @@ class GlobalSourceNode(Node[Block]):
         self.consumer, self.consumers = world.consumer, world.consumers
         self.start = min(start, self.order.total)
         self.length = strided_length(self.order.total, self.start, self.consumers, remainder)
-        self.cache = PieceCache(source, self.errors, capacity=max(8, 2 * source.window))
+        largest = int(self.order.size_of.max()) if len(self.order.size_of) else 1
+        self.cache = PieceCache(source, self.errors, chunks=source.window + 1, chunk_rows=largest)
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
@@ -86,6 +99,11 @@ class GlobalSourceNode(Node[Block]):
             raise StopIteration
         positions = strided_positions(self.start, self.consumer, self.consumers, self._pos, n, self.order.total)
         shards, rows = self.order.locate_array(positions)
+        # Blocks capped by bytes, at the size of the rows of the piece that holds the block's first sample: a
+        # restored state starts its block there too, so blocks are cut where they were in the first run.
+        _, first = self.cache.find(int(shards[0]), int(rows[0]))
+        n = capped_rows(n, first.batch.nbytes, first.batch.num_rows)
+        shards, rows = shards[:n], rows[:n]
         parts: list[Block] = []
         where: list[np.ndarray] = []
         pending = np.ones(n, dtype=bool)
@@ -99,7 +117,7 @@ class GlobalSourceNode(Node[Block]):
                 raise SourceError(f"{self.source.shards[int(shards[i])].url}: a record of this indexed file is "
                                   "unreadable (malformed); the global order needs every record")  # fmt: skip
             batch = conform(piece.batch, self.source.schema, self.source.shards[int(shards[i])].url)
-            parts.append(_block(batch.take(pa.array(at)), int(shards[i]), rows[idx]))
+            parts.append(_block(batch.take(arrow_numbers(at)), int(shards[i]), rows[idx]))
             where.append(idx)
             pending[idx] = False
         block = concat(parts).take(np.argsort(np.concatenate(where), kind="stable"))

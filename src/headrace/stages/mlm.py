@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block, Column
+from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.errors import SchemaError
 from headrace.core.node import Node, State
 from headrace.core.rng import rng
@@ -148,4 +148,4 @@ def _like(col: Column, flat: np.ndarray) -> Any:
     offsets = col.offsets.to_numpy()  # type: ignore[union-attr]
     offsets = offsets - offsets[0]
     list_type = pa.LargeListArray if pa.types.is_large_list(col.type) else pa.ListArray  # type: ignore[union-attr]
-    return list_type.from_arrays(pa.array(offsets), pa.array(flat))
+    return list_type.from_arrays(arrow_numbers(offsets), arrow_numbers(flat))

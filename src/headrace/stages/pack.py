@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block
+from headrace.core.block import Block, arrow_numbers
 from headrace.core.node import Node, State
 from headrace.core.rng import rng
 from headrace.stages.tokens import TokenStream
@@ -120,7 +120,7 @@ class WindowNode(Node[Block]):
         return {
             "position_ids": position_ids.astype(np.int32),
             "segment_ids": segment.astype(np.int32),
-            "cu_seqlens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(cu))),
+            "cu_seqlens": pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(np.concatenate(cu))),
         }
 
     def _last(self, need: int) -> Block:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headrace.core.block import Block
+from headrace.core.block import Block, capped_rows
 from headrace.core.cursor import RowWindow
 from headrace.core.node import Node, State
 from headrace.core.rng import permutation
@@ -27,13 +27,18 @@ class ShuffleNode(Node[Block]):
 
     def reset(self, state: State | None) -> None:
         self._perm = np.empty(0, dtype=np.int64)
+        self._block = self.block_rows
         if self.window.reset(state):
             self._fill()
 
     def _fill(self) -> None:
-        rows = self.window.fill()
+        rows = self.window.fill_parts()  # no concatenated copy of the window next to its parts
         self.window.total = 0 if rows is None else rows.num_rows
         self._perm = permutation(self.window.total, self.seed, self.epoch, self.stage, self.window.index)
+        # Blocks capped by bytes: taking from the parts copies a block's rows about three times over. The cap
+        # depends on the window's rows alone, so a restored window cuts its blocks where the first run did.
+        size = 0 if rows is None else sum(b.nbytes() for b in rows.blocks)
+        self._block = capped_rows(self.block_rows, size, self.window.total)
 
     def state_dict(self) -> State:
         return self.window.state_dict()
@@ -43,6 +48,6 @@ class ShuffleNode(Node[Block]):
         if not w.ready(self._fill):
             raise StopIteration
         assert w.rows is not None
-        idx = self._perm[w.emitted : w.emitted + self.block_rows]
+        idx = self._perm[w.emitted : w.emitted + self._block]
         w.emitted += len(idx)
         return w.rows.take(idx)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block
+from headrace.core.block import Block, arrow_numbers
 from headrace.core.errors import SchemaError
 from headrace.tokenizer import Tokenizer
 
@@ -61,7 +61,7 @@ def tokenize_fn(
             out[body] = flat
             flat = out
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if len(flat) < 2**31 else np.int64)
-        ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=arrow_type))
+        ids = pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(flat, arrow_type))
         columns = {k: v for k, v in block.columns.items() if not (remove_column and k == column) and k != output}
         columns[output] = ids
         return Block(columns=columns, shard=block.shard, row=block.row)

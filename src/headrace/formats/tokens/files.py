@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from headrace.core.block import arrow_numbers
 from headrace.core.errors import SourceError
 from headrace.io.resolve import fs_for, split_suffix
 
@@ -153,7 +154,7 @@ class TokenFile:
         atype = arrow_type(self.dtype)
         values = np.array(ids, dtype=atype.to_pandas_dtype())  # a copy: nothing keeps the memmap alive
         offsets = (starts - first).astype(np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=atype))
+        return pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(values, atype))
 
     def piece_bounds(self) -> np.ndarray:
         """Row boundaries of the pieces: a pure function of the file, at most ``PIECE_ROWS`` rows and about
