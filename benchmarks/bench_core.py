@@ -6,7 +6,8 @@ Two measurements on real text (the paragraphs of ``../shared/corpora``, repeated
    column -> batches of 256, iterated to the end. headrace ``Loader`` with ``num_workers`` 0 and 2; HF
    ``load_dataset("parquet", streaming=True).shuffle(...).map(..., batched=True).iter(batch_size=256)``.
    The main workload gives both the same per-row Python function; a second one gives each library its
-   columnar (Arrow) map with ``pyarrow.compute.utf8_length``. Repetitions are interleaved (A B A B ...)
+   columnar (Arrow) map with ``pyarrow.compute.utf8_length`` and Arrow batches out (headrace
+   ``batch(256, batch_format="arrow")``, HF's Arrow tables). Repetitions are interleaved (A B A B ...)
    so that load from other processes hits every contender alike; the median is reported.
 2. **Resume cost** (seconds to the first batch): Parquet -> batched map -> batches of 256 over a 10M-row
    epoch, checkpointed at 50%. Each library iterates to the checkpoint once, for real, and saves its own
@@ -185,7 +186,8 @@ def throughput(files: list[Path], rows: int, workers: list[int], repeat: int) ->
             ds = hr.open(glob).shuffle(seed=0, buffer_size=SHUFFLE_BUFFER)
             fn = add_len_arrow if arrow else add_len
             ds = ds.map(fn, batched=True, batch_format="arrow" if arrow else "numpy")
-            return iter(hr.Loader(ds.batch(BATCH), num_workers=num_workers, prefetch=prefetch))
+            batches = ds.batch(BATCH, batch_format="arrow" if arrow else "numpy")  # Arrow in, Arrow out, as HF
+            return iter(hr.Loader(batches, num_workers=num_workers, prefetch=prefetch))
 
         return make
 

@@ -8,6 +8,7 @@ import time
 import traceback
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 import headrace as hr
@@ -88,3 +89,44 @@ def test_batch_pads_ragged_columns_and_names_a_row_too_long(tmp_path: Path) -> N
         list(ds.batch(2))
     with pytest.raises(hr.SchemaError, match=r"ragged\.jsonl \(record 2\) has 4 values, more than pad=3"):
         list(ds.batch(4, pad=3))
+
+
+@pytest.mark.parametrize("workers,worker_type", [(0, "thread"), (2, "thread"), (2, "process")])
+def test_arrow_batches_hold_the_same_rows_as_numpy_batches_and_resume(
+    parquet_dir: Path, workers: int, worker_type: str
+) -> None:
+    ds = hr.open(str(parquet_dir), columns=["id", "text"]).shuffle(seed=3, buffer_size=700)
+    numpy_batches = [(b["id"].tolist(), b["text"].tolist()) for b in hr.Loader(ds.batch(64))]
+    arrow = hr.Loader(ds.batch(64, batch_format="arrow"), num_workers=workers, worker_type=worker_type)  # type: ignore[arg-type]
+    got = []
+    for b in arrow:
+        assert isinstance(b, pa.RecordBatch) and b.schema.names == ["id", "text"]
+        assert b.schema.field("text").type == pa.string()  # Arrow strings, no conversion to Python objects
+        got.append((b.column("id").to_pylist(), b.column("text").to_pylist()))
+        if len(got) == 30:
+            state = arrow.state_dict()
+    assert got == numpy_batches and len(got) == 79  # 5,000 rows: 78 batches of 64 and one of 8
+    assert arrow.stats().rows == 5000
+    again = hr.Loader(ds.batch(64, batch_format="arrow"))
+    again.load_state_dict(state)
+    assert [b.column("id").to_pylist() for b in again] == [ids for ids, _ in numpy_batches[30:]]
+
+
+def test_arrow_batches_keep_ragged_lists_and_make_fixed_size_lists_of_numpy_rows(tmp_path: Path, bpe_path: str) -> None:
+    path = tmp_path / "ragged.jsonl"
+    path.write_text("".join(json.dumps({"ids": list(range(n))}) + "\n" for n in (3, 1, 4, 2)))
+    ragged = list(hr.open(str(path)).batch(3, batch_format="arrow"))
+    assert [b.column("ids").to_pylist() for b in ragged] == [[[0, 1, 2], [0], [0, 1, 2, 3]], [[0, 1]]]
+    with pytest.raises(ValueError, match="pad applies to numpy batches"):
+        hr.open(str(path)).batch(2, pad="longest", batch_format="arrow")
+    with pytest.raises(ValueError, match="batch_format must be 'numpy' or 'arrow', got 'torch'"):
+        hr.open(str(path)).batch(2, batch_format="torch")  # type: ignore[arg-type]
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"line {i} of a small text file"}) + "\n" for i in range(40)))
+    packed = hr.open(str(text)).tokenize(bpe_path).pack(16)
+    as_numpy = [b["input_ids"] for b in packed.batch(4)]
+    loader = hr.Loader(packed.batch(4, batch_format="arrow"))
+    as_arrow = list(loader)
+    assert as_arrow[0].schema.field("input_ids").type == pa.list_(pa.int32(), 16)
+    assert [b.column("input_ids").to_pylist() for b in as_arrow] == [a.tolist() for a in as_numpy]
+    assert loader.stats().tokens == sum(a.size for a in as_numpy)

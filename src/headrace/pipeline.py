@@ -39,7 +39,7 @@ from headrace.plan import (
     TokenWindowStage,
     WindowStage,
 )
-from headrace.stages.batch import Pad
+from headrace.stages.batch import BatchOutput, Pad
 from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
@@ -396,17 +396,31 @@ class Dataset:
             raise ValueError("augment() with neither random_crop= nor flip=True does nothing")
         return self._then(AugmentStage(column, crop, padding, padding_mode, flip, seed))
 
-    def batch(self, size: int, *, drop_last: bool = False, pad: Pad = None, pad_value: Any = 0) -> Dataset:
+    def batch(
+        self,
+        size: int,
+        *,
+        drop_last: bool = False,
+        pad: Pad = None,
+        pad_value: Any = 0,
+        batch_format: BatchOutput = "numpy",
+    ) -> Dataset:
         """Collate ``size`` rows into a dict of numpy arrays; must be the last stage (but ``repeat``).
 
         Ragged list columns are padded with ``pad_value`` to the longest row (``pad="longest"``) or to a
-        fixed length (``pad=n``); without ``pad`` a ragged column is an error.
+        fixed length (``pad=n``); without ``pad`` a ragged column is an error. ``batch_format="arrow"`` gives
+        ``pyarrow.RecordBatch``es instead, the rows' Arrow columns without a conversion (ragged lists stay
+        lists; no ``pad``): for consumers that compute with Arrow.
         """
         if size < 1:
             raise ValueError(f"batch size must be >= 1, got {size}")
         if pad is not None and pad != "longest" and not (isinstance(pad, int) and pad > 0):
             raise ValueError(f"pad must be None, 'longest' or a positive length, got {pad!r}")
-        return self._then(BatchStage(size, drop_last, pad, pad_value))
+        if batch_format not in ("numpy", "arrow"):
+            raise ValueError(f"batch_format must be 'numpy' or 'arrow', got {batch_format!r}")
+        if batch_format == "arrow" and pad is not None:
+            raise ValueError("pad applies to numpy batches: Arrow batches keep ragged columns as lists")
+        return self._then(BatchStage(size, drop_last, pad, pad_value, batch_format))
 
     def shard(self, num_shards: int, index: int) -> Dataset:
         """Keep part ``index`` of ``num_shards`` equal parts (on top of the rank split); right after open()."""

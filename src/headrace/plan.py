@@ -17,7 +17,7 @@ from headrace.core.node import Node
 from headrace.core.policy import Policy
 from headrace.core.state import fingerprint
 from headrace.core.world import World
-from headrace.stages.batch import BatchNode, Pad
+from headrace.stages.batch import BatchNode, BatchOutput, Pad
 from headrace.stages.bestfit import BestFitNode
 from headrace.stages.global_source import GlobalSourceNode
 from headrace.stages.hf import HFNode, HFSource
@@ -389,11 +389,14 @@ class BatchStage(Stage):
     drop_last: bool
     pad: Pad
     pad_value: Any
+    batch_format: BatchOutput = "numpy"
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": "batch", "size": self.size, "drop_last": self.drop_last, "pad": self.pad,
-                "pad_value": self.pad_value}  # fmt: skip
+        out = {"stage": "batch", "size": self.size, "drop_last": self.drop_last, "pad": self.pad,
+               "pad_value": self.pad_value}  # fmt: skip
+        # numpy batches keep the fingerprint they had before there was a choice (saved states stay valid)
+        return out if self.batch_format == "numpy" else {**out, "batch_format": self.batch_format}
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         return BatchNode(parent.build(ctx), size=self.size, drop_last=self.drop_last, pad=self.pad,
-                         pad_value=self.pad_value, lineage=parent.lineage)  # fmt: skip
+                         pad_value=self.pad_value, lineage=parent.lineage, batch_format=self.batch_format)  # fmt: skip

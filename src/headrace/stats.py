@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from headrace.core.node import Node
 
@@ -155,7 +156,15 @@ def own_times(timers: list[StageTimer]) -> list[tuple[str, float]]:
 
 
 def measure(item: Any) -> tuple[int, int, int]:
-    """``(rows, tokens, bytes)`` of a delivered batch (a dict of columns) or row."""
+    """``(rows, tokens, bytes)`` of a delivered batch (a dict of columns or an Arrow record batch) or row."""
+    if isinstance(item, pa.RecordBatch):
+        tokens = 0
+        for name in TOKEN_COLUMNS:
+            if name in item.schema.names:
+                col = item.column(name)
+                nested = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+                tokens += len(col.flatten()) if nested or pa.types.is_fixed_size_list(col.type) else len(col)
+        return item.num_rows, tokens, item.nbytes
     if not isinstance(item, Mapping):
         return 1, 0, 0
     rows, tokens, size = 1, 0, 0

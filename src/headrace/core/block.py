@@ -118,6 +118,9 @@ class Parts:
     def num_rows(self) -> int:
         return int(self.starts[-1])
 
+    def nbytes(self) -> int:
+        return sum(b.nbytes() for b in self.blocks)
+
     def take(self, indices: np.ndarray) -> Block:
         """Rows ``indices`` (numbers over all the blocks), in that order."""
         idx = np.asarray(indices, dtype=np.int64)

@@ -108,10 +108,19 @@ class RowWindow:
         self.rows = rows
         return rows
 
-    def fill_parts(self) -> Parts | None:
-        """Read the window as the upstream blocks it spans, without copying them into one (``None`` at the end)."""
+    def fill_parts(self, copy_below: int = 0) -> Block | Parts | None:
+        """Read the window as the upstream blocks it spans, without copying them into one (``None`` at the end).
+
+        A window of fewer than ``copy_below`` bytes is concatenated after all: a copy that small costs less
+        memory than taking from many parts costs time.
+        """
         parts = self.cursor.take_parts(self.size)
-        self.rows = Parts(parts) if parts else None
+        if not parts:
+            self.rows = None
+        elif len(parts) == 1 or sum(p.nbytes() for p in parts) < copy_below:
+            self.rows = concat(parts)
+        else:
+            self.rows = Parts(parts)
         return self.rows
 
     @property

@@ -1,19 +1,20 @@
-"""``batch``: rows into dicts of numpy arrays, with padding for ragged columns."""
+"""``batch``: rows into dicts of numpy arrays, with padding for ragged columns, or into Arrow record batches."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.block import Block, Column
+from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.cursor import Cursor
 from headrace.core.errors import SchemaError
 from headrace.core.node import Node, State
 
 Batch = dict[str, np.ndarray]
+BatchOutput = Literal["numpy", "arrow"]
 Pad = int | str | None  # None: ragged columns are an error; "longest"; or a fixed length
 
 
@@ -27,11 +28,12 @@ class BatchNode(Node[Batch]):
         pad: Pad,
         pad_value: Any,
         lineage: Callable[[int, int], str],
+        batch_format: BatchOutput = "numpy",
     ) -> None:
         self.upstream = upstream
         self.cursor = Cursor(upstream)
         self.size, self.drop_last, self.pad, self.pad_value = size, drop_last, pad, pad_value
-        self.lineage = lineage
+        self.lineage, self.batch_format = lineage, batch_format
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
@@ -40,10 +42,12 @@ class BatchNode(Node[Batch]):
     def state_dict(self) -> State:
         return {"cursor": self.cursor.state_dict()}
 
-    def next(self) -> Batch:
+    def next(self) -> Batch | pa.RecordBatch:
         rows = self.cursor.take(self.size)
         if rows is None or (self.drop_last and rows.num_rows < self.size):
             raise StopIteration
+        if self.batch_format == "arrow":
+            return record_batch(rows)
         return collate(rows, self.pad, self.pad_value, self.lineage)
 
 
@@ -81,6 +85,28 @@ def collate(
         return pad_value.get(name, 0) if isinstance(pad_value, dict) else pad_value
 
     return {name: _column(name, col, block, pad, value(name), lineage) for name, col in block.columns.items()}
+
+
+def record_batch(block: Block) -> pa.RecordBatch:
+    """The block's columns as an Arrow record batch: Arrow columns as they are (no copy), numpy columns
+    converted (numbers from their buffers, a 2-D array as fixed-size lists).
+
+    >>> b = record_batch(Block.from_pydict({"text": ["a", "bc"], "ids": np.array([[1, 2], [3, 4]])}))
+    >>> b.schema.types, b.column("ids").to_pylist()
+    ([DataType(string), FixedSizeListType(fixed_size_list<item: int64>[2])], [[1, 2], [3, 4]])
+    """
+    return pa.RecordBatch.from_arrays([_arrow(c) for c in block.columns.values()], names=list(block.columns))
+
+
+def _arrow(col: Column) -> pa.Array:
+    if isinstance(col, pa.Array):
+        return col
+    if col.dtype.kind in "iuf" and col.ndim > 1:
+        inner = _arrow(np.ascontiguousarray(col).reshape(col.shape[0] * col.shape[1], *col.shape[2:]))
+        return pa.FixedSizeListArray.from_arrays(inner, col.shape[1])
+    if col.dtype.kind in "iuf":
+        return arrow_numbers(col)
+    return pa.array(list(col) if col.dtype == object else col)
 
 
 def _column(name: str, col: Column, block: Block, pad: Pad, pad_value: Any, lineage: Any) -> np.ndarray:

@@ -15,6 +15,8 @@ from headrace.core.cursor import RowWindow
 from headrace.core.node import Node, State
 from headrace.core.rng import permutation
 
+WINDOW_COPY_BYTES = 32 << 20  # shuffle windows smaller than this are concatenated (faster to take from)
+
 
 class ShuffleNode(Node[Block]):
     def __init__(
@@ -32,12 +34,13 @@ class ShuffleNode(Node[Block]):
             self._fill()
 
     def _fill(self) -> None:
-        rows = self.window.fill_parts()  # no concatenated copy of the window next to its parts
+        # A large window stays in its parts (no concatenated copy next to them), a small one is copied into one.
+        rows = self.window.fill_parts(copy_below=WINDOW_COPY_BYTES)
         self.window.total = 0 if rows is None else rows.num_rows
         self._perm = permutation(self.window.total, self.seed, self.epoch, self.stage, self.window.index)
-        # Blocks capped by bytes: taking from the parts copies a block's rows about three times over. The cap
+        # Blocks capped by bytes: taking from parts copies a block's rows about three times over. The cap
         # depends on the window's rows alone, so a restored window cuts its blocks where the first run did.
-        size = 0 if rows is None else sum(b.nbytes() for b in rows.blocks)
+        size = 0 if rows is None else rows.nbytes()
         self._block = capped_rows(self.block_rows, size, self.window.total)
 
     def state_dict(self) -> State:
