@@ -105,6 +105,11 @@ def test_cursor_restores_mid_block_by_position() -> None:
     again = Cursor(ListNode([[0, 1, 2], [3, 4], [5, 6, 7, 8]]))
     again.reset(saved)
     assert again.take(10).columns["x"].to_pylist() == rest  # type: ignore[union-attr]
+    # An offset past the first block (a state saved when blocks were cut larger): the rows after it, exactly.
+    later = Cursor(ListNode([[0, 1, 2], [3, 4], [5, 6, 7, 8]]))
+    later.reset({"upstream": {"index": 0}, "offset": 6})
+    assert later.take(10).columns["x"].to_pylist() == [6, 7, 8]  # type: ignore[union-attr]
+    assert later.state_dict() == {"upstream": {"index": 3}, "offset": 0}
 
 
 @pytest.mark.parametrize("total,consumers", [(10, 3), (9, 3), (2, 4), (1000, 7), (0, 2)])

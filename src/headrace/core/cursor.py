@@ -39,9 +39,14 @@ class Cursor:
             return
         self.upstream.reset(state["upstream"])
         self._before = state["upstream"]
-        if state["offset"]:
-            self._block = self.upstream.next()
-            self._offset = int(state["offset"])
+        offset = int(state["offset"])
+        while offset:  # rows past the upstream position; more than a block when blocks were cut differently
+            block = self.upstream.next()
+            if offset < block.num_rows:
+                self._block, self._offset = block, offset
+                break
+            offset -= block.num_rows
+            self._before = self.upstream.state_dict()
 
     def state_dict(self) -> State:
         return {"upstream": self._before, "offset": self._offset}

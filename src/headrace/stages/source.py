@@ -110,6 +110,21 @@ class Source:
         return chunks
 
 
+FIRST_BLOCK_ROWS = 64  # a consumer's first block; blocks double from there to block_rows
+
+
+def first_blocks(pos: int, block_rows: int) -> int:
+    """Rows of the block that starts at a consumer's position ``pos``: 64, 64, 128, 256, ... up to ``block_rows``.
+
+    Small first blocks bring the first batch sooner (the stages after the source — tokenize, decode —
+    work on whole blocks); a function of the position alone, so a restored state cuts the same blocks.
+
+    >>> [first_blocks(p, 1024) for p in (0, 64, 128, 256, 512, 1024, 5000)]
+    [64, 64, 128, 256, 512, 1024, 1024]
+    """
+    return min(block_rows, max(FIRST_BLOCK_ROWS, pos))
+
+
 class SourceNode(Node[Block]):
     """Reads one consumer's part of the source, in blocks of at most ``block_rows`` slots."""
 
@@ -209,7 +224,7 @@ class SourceNode(Node[Block]):
                     continue
                 self._start = piece.start
             piece = self._piece
-            stop = min(self._at + src.block_rows, piece.end, self._at + left)
+            stop = min(self._at + first_blocks(self._pos, src.block_rows), piece.end, self._at + left)
             lo, hi = np.searchsorted(piece.slots, [self._at, stop])
             first = self._at
             self._pos += stop - self._at
