@@ -76,7 +76,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 import corpora  # noqa: E402 - tests/corpora.py: the real documents of ../shared/corpora
 from bench_core import HF_ENV, warm_page_cache  # noqa: E402 - the HF setup (offline, temporary cache)
-from suite import Result  # noqa: E402
+from suite import Result, build_once  # noqa: E402
 
 NAME = "memory"
 BATCH = 256
@@ -165,56 +165,32 @@ def passages() -> pa.Table:
     return pa.table({"doc": docs, "text": texts})
 
 
-def _marked(folder: Path, want: dict[str, Any]) -> dict[str, Any] | None:
-    marker = folder / "_SPEC.json"
-    if not marker.exists():
-        return None
-    got: dict[str, Any] = json.loads(marker.read_text())
-    return got if got.get("spec") == want else None
-
-
-def _publish(tmp: Path, folder: Path, spec: dict[str, Any], facts: dict[str, Any]) -> None:
-    (tmp / "_SPEC.json").write_text(json.dumps({"spec": spec, **facts}))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def build_unit(root: Path, text_mb: int) -> Unit:
     """``text_mb`` MB of passages (the corpus cycled, ids 0..rows-1) as FILES Parquet files; reused if present."""
     folder = root / f"memory-{text_mb}mb-{PASSAGE_CHARS}c"
     spec = {"text_mb": text_mb, "passage_chars": PASSAGE_CHARS, "files": FILES, "row_group": ROW_GROUP}
     spec["version"] = DATA_VERSION
-    got = _marked(folder, spec)
-    if got is None:
-        t0 = time.perf_counter()
+
+    def write(tmp: Path) -> dict[str, Any]:
         base = passages()
         lengths = np.array([len(t.encode()) for t in base["text"].to_pylist()], dtype=np.int64)
         cycle = np.resize(lengths, (text_mb * 10**6) // int(lengths.min()) + len(lengths))
         rows = int(np.searchsorted(np.cumsum(cycle), text_mb * 10**6)) + 1  # the first rows that reach text_mb
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         bounds = [rows * i // FILES for i in range(FILES + 1)]
         for i in range(FILES):
             ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
             part = base.take(pa.array(ids % base.num_rows))
             table = pa.table({"id": ids, "doc": part["doc"], "text": part["text"]})
             pq.write_table(table, tmp / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP)
-        texts = pq.read_table(tmp, columns=["text"])["text"]
-        facts = {
+        texts = pq.read_table(tmp, columns=["text"])["text"].to_pylist()
+        return {
             "rows": rows,
             "id_sum": rows * (rows - 1) // 2,
-            "text_chars": sum(len(t) for t in texts.to_pylist()),
-            "text_bytes": sum(len(t.encode()) for t in texts.to_pylist()),
+            "text_chars": sum(len(t) for t in texts),
+            "text_bytes": sum(len(t.encode()) for t in texts),
         }
-        _publish(tmp, folder, spec, facts)
-        got = {"spec": spec, **facts}
-        size = sum(p.stat().st_size for p in folder.glob("part-*.parquet"))
-        print(
-            f"  wrote {rows:,} passages ({facts['text_bytes'] / 1e6:,.0f} MB of text, {size / 1e6:,.0f} MB of "
-            f"Parquet) in {time.perf_counter() - t0:.1f} s: {folder}",
-            flush=True,
-        )
+
+    got = build_once(folder, spec, write, f"{text_mb} MB of passages as Parquet")
     return Unit(folder, got["rows"], got["id_sum"], got["text_chars"], got["text_bytes"])
 
 
@@ -228,21 +204,9 @@ def parquet_rows(path: str) -> Any:
 def build_mds(unit: Unit) -> Path:
     """The unit's rows as MDS shards (``MDSWriter`` defaults: 64 MB shards, no compression); reused."""
     folder = unit.folder.with_name(unit.folder.name + "-mds")
-    spec = {"from": unit.folder.name, "rows": unit.rows, "columns": {"id": "int64", "text": "str"}}
-    spec["version"] = DATA_VERSION
-    if _marked(folder, spec) is None:
-        ms = mosaic()
-        if ms is None:
-            raise RuntimeError("mosaicml-streaming is not installed")
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with ms.MDSWriter(out=str(tmp), columns=spec["columns"]) as writer:
-            for path in unit.files:
-                for row in parquet_rows(str(path)):
-                    writer.write(row)
-        _publish(tmp, folder, spec, {})
-        print(f"  wrote MDS in {time.perf_counter() - t0:.1f} s: {folder}", flush=True)
+    columns = {"id": "int64", "text": "str"}
+    spec = {"from": unit.folder.name, "rows": unit.rows, "columns": columns, "version": DATA_VERSION}
+    build_once(folder, spec, lambda tmp: write_mds(tmp, unit.files, columns), "MDS shards")
     return folder
 
 
@@ -250,25 +214,41 @@ def build_litdata(unit: Unit) -> Path:
     """The unit's rows written by ``litdata.optimize`` (chunks of 64 MB, no compression); reused."""
     folder = unit.folder.with_name(unit.folder.name + "-litdata")
     spec = {"from": unit.folder.name, "rows": unit.rows, "chunk_bytes": "64MB", "version": DATA_VERSION}
-    if _marked(folder, spec) is None:
-        ld = litdata()
-        if ld is None:
-            raise RuntimeError("litdata is not installed")
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ld.optimize(
-            fn=parquet_rows,
-            inputs=[str(p) for p in unit.files],
-            output_dir=str(tmp),
-            chunk_bytes="64MB",
-            num_workers=min(2, len(unit.files)),
-            reorder_files=False,
-            verbose=False,
-        )
-        _publish(tmp, folder, spec, {})
-        print(f"  wrote litdata chunks in {time.perf_counter() - t0:.1f} s: {folder}", flush=True)
+    build_once(folder, spec, lambda tmp: write_litdata(tmp, unit.files, chunk_bytes="64MB"), "litdata chunks")
     return folder
+
+
+def write_mds(out: Path, files: list[Path], columns: dict[str, str], shard_per_file: bool = False) -> None:
+    """The rows of Parquet ``files`` written by MosaicML's ``MDSWriter`` into ``out`` (64 MB shards, or one
+    shard per file)."""
+    ms = mosaic()
+    if ms is None:
+        raise RuntimeError("mosaicml-streaming is not installed")
+    limit = 1 << 30 if shard_per_file else 1 << 26
+    with ms.MDSWriter(out=str(out), columns=columns, size_limit=limit) as writer:
+        for path in files:
+            for row in parquet_rows(str(path)):
+                writer.write(row)
+            if shard_per_file:
+                writer.flush_shard()  # one shard per Parquet file, whatever its bytes: what write() does
+                writer._reset_cache()  # when a shard is full (flush_shard alone keeps the samples)
+
+
+def write_litdata(out: Path, files: list[Path], **chunking: Any) -> None:
+    """The rows of Parquet ``files`` written by ``litdata.optimize`` into ``out`` (``chunk_bytes=`` or
+    ``chunk_size=``), files in order."""
+    ld = litdata()
+    if ld is None:
+        raise RuntimeError("litdata is not installed")
+    ld.optimize(
+        fn=parquet_rows,
+        inputs=[str(p) for p in files],
+        output_dir=str(out),
+        num_workers=min(2, len(files)),
+        reorder_files=False,
+        verbose=False,
+        **chunking,
+    )
 
 
 @dataclass
@@ -521,12 +501,12 @@ def breakdown(series: Series) -> str:
 def diagnose(sizes: list[Sized], unit: Unit, results: dict[tuple[str, int], Series]) -> list[str]:
     """Where headrace's peak goes, at the largest size: notes (the causes were found by patching headrace).
 
-    The buffer shuffle's window (``RowWindow.fill`` -> ``Cursor.take``) concatenates its parts, so while a
-    window is read its parts and their copy are both alive, next to the 4,096-row output block the batch
-    stage holds; the global order keeps ``max(8, 2 x window)`` = 32 decoded row groups in its piece cache
-    (``GlobalSourceNode``) and builds each 4,096-row block through two copies (``concat`` then ``take``).
-    Measured in development on 1.6 GB, without torch: a cache of 17 pieces and ``block_rows=1024`` took the
-    global order's Arrow peak from 299 to 145 MB and its peak RSS from 640 to 447 MB.
+    The buffer shuffle keeps its window as the decoded blocks it spans (``core/block.Parts``: no
+    concatenated copy) and cuts output blocks at 4 MiB; the global order's piece cache holds the pieces of
+    window + 1 chunks. Both used to hold about twice as much (a concatenated copy of the window, a cache of
+    ``max(8, 2 x window)`` pieces, 4,096-row blocks). What remains above the pyarrow floor is the window
+    itself and the memory allocator's retained pages (measured in development: with
+    ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` instead of mimalloc the buffer shuffle's peak is ~75 MB lower).
     """
     big = sizes[-1]
     floor = results["pyarrow", big.copies]
@@ -535,19 +515,17 @@ def diagnose(sizes: list[Sized], unit: Unit, results: dict[tuple[str, int], Seri
     for key, cause in (
         (
             "headrace",
-            f"the {SHUFFLE_BUFFER:,}-row window is {SHUFFLE_BUFFER * row_bytes / 1e6:,.0f} MB of text; while the "
-            "next one is read, its parts and their concatenated copy (Cursor.take -> concat) are both alive, "
-            f"next to the 4,096-row block ({4096 * row_bytes / 1e6:,.0f} MB) the batch stage holds. Fix: keep "
-            "the window's parts and take from each (no concatenated copy), and cap output blocks by bytes",
+            f"the {SHUFFLE_BUFFER:,}-row window is {SHUFFLE_BUFFER * row_bytes / 1e6:,.0f} MB of text, held as the "
+            "decoded blocks it spans (no concatenated copy since the fix of the first run's 190 MB), output blocks "
+            "are cut at 4 MiB; the rest above the pyarrow floor is the window and the allocator's retained pages "
+            "(mimalloc; jemalloc peaks ~75 MB lower). MosaicML and litdata have no buffer: they read sample by "
+            "sample at a permuted index",
         ),
         (
             "headrace_global",
-            f"the piece cache keeps max(8, 2 x window) = 32 decoded row groups ({ROW_GROUP:,} rows, "
-            f"{ROW_GROUP * row_bytes / 1e6:,.0f} MB of text each) where the order mixes 16 at a time, and "
-            f"each 4,096-row block ({4096 * row_bytes / 1e6:,.0f} MB) is built through two copies (concat, "
-            "then take). Fix: a cache of window + 1 pieces (or bounded by bytes) and blocks capped by bytes "
-            "(measured in development, without torch: 17 pieces and block_rows=1024 took the Arrow peak from "
-            "299 to 145 MB, the peak RSS from 640 to 447 MB)",
+            f"the piece cache holds the row groups of window + 1 = 17 chunks ({ROW_GROUP:,} rows, "
+            f"{ROW_GROUP * row_bytes / 1e6:,.0f} MB of text each; the first run held 32), blocks are cut at "
+            "4 MiB",
         ),
     ):
         series = results[key, big.copies]
@@ -567,8 +545,8 @@ def diagnose(sizes: list[Sized], unit: Unit, results: dict[tuple[str, int], Seri
             text += f"; Arrow memory peaked at {statistics.median(arrow) / 1e6:,.0f} MB: {cause}"
         if any(p.pandas for p in series.passes):
             text += (
-                "; pandas (about 40 MB) was imported by the batch conversion (pyarrow's Array.to_numpy("
-                "zero_copy_only=False) on the text column)"
+                "; pandas (about 40 MB) was imported (pyarrow imports it on the first pa.array() or "
+                "Array.to_numpy(zero_copy_only=False) call)"
             )
         notes.append(text + ".")
     return notes

@@ -37,7 +37,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -53,8 +52,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_core import HF_ENV, DataSpec, build_data, warm_page_cache  # noqa: E402 - the data builder, HF setup
-from bench_memory import LITDATA_ENV, litdata, mosaic  # noqa: E402 - the peers' imports
-from suite import Result  # noqa: E402
+from bench_memory import LITDATA_ENV, mosaic, write_litdata, write_mds  # noqa: E402 - the peers
+from suite import Result, build_once  # noqa: E402
 
 NAME = "startup"
 BATCH = 256
@@ -77,75 +76,34 @@ CONTENDERS = {  # key -> (label, role)
 
 
 # -- data ---------------------------------------------------------------------------------------------
-def _marked(folder: Path, want: dict[str, Any]) -> bool:
-    marker = folder / "_SPEC.json"
-    return marker.exists() and json.loads(marker.read_text()) == want
-
-
-def _publish(tmp: Path, folder: Path, want: dict[str, Any]) -> None:
-    (tmp / "_SPEC.json").write_text(json.dumps(want))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def parquet_rows(path: str) -> Any:
-    """The rows of one Parquet file as ``{"id", "text"}`` dicts (litdata's ``optimize`` function)."""
-    table = pq.read_table(path, columns=COLUMNS)
-    for i, text in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
-        yield {"id": i, "text": text}
-
-
 def build_mds(files: list[Path]) -> Path:
-    """The rows of ``files`` as one MDS shard per file (``flush_shard`` every 200 rows); reused if present."""
+    """The rows of ``files`` as one MDS shard per file (``flush_shard`` after each); reused if present."""
     folder = files[0].parent.with_name("mds-" + files[0].parent.name)
-    want = {"from": files[0].parent.name, "shards": len(files), "columns": {"id": "int64", "text": "str"}}
-    want["version"] = DATA_VERSION
-    if not _marked(folder, want):
-        ms = mosaic()
-        if ms is None:
-            raise RuntimeError("mosaicml-streaming is not installed")
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with ms.MDSWriter(out=str(tmp), columns=want["columns"], size_limit=1 << 30) as writer:
-            for path in files:
-                for row in parquet_rows(str(path)):
-                    writer.write(row)
-                writer.flush_shard()  # one shard per Parquet file, whatever its bytes: what write() does
-                writer._reset_cache()  # when a shard is full (flush_shard alone keeps the samples)
+    columns = {"id": "int64", "text": "str"}
+    spec = {"from": files[0].parent.name, "shards": len(files), "columns": columns, "version": DATA_VERSION}
+
+    def write(tmp: Path) -> None:
+        write_mds(tmp, files, columns, shard_per_file=True)
         shards = len(json.loads((tmp / "index.json").read_text())["shards"])
         if shards != len(files):
             raise RuntimeError(f"MDSWriter wrote {shards} shards, expected {len(files)}")
-        _publish(tmp, folder, want)
-        print(f"  wrote {shards:,} MDS shards in {time.perf_counter() - t0:.1f} s: {folder}", flush=True)
+
+    build_once(folder, spec, write, f"{len(files):,} MDS shards")
     return folder
 
 
 def build_litdata(files: list[Path]) -> Path:
     """The rows of ``files`` as litdata chunks of 200 rows (``optimize(chunk_size=200)``); reused if present."""
     folder = files[0].parent.with_name("litdata-" + files[0].parent.name)
-    want = {"from": files[0].parent.name, "chunk_size": ROWS_PER_SHARD, "version": DATA_VERSION}
-    if not _marked(folder, want):
-        ld = litdata()
-        if ld is None:
-            raise RuntimeError("litdata is not installed")
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ld.optimize(
-            fn=parquet_rows,
-            inputs=[str(p) for p in files],
-            output_dir=str(tmp),
-            chunk_size=ROWS_PER_SHARD,
-            num_workers=2,
-            reorder_files=False,
-            verbose=False,
-        )
+    spec = {"from": files[0].parent.name, "chunk_size": ROWS_PER_SHARD, "version": DATA_VERSION}
+
+    def write(tmp: Path) -> None:
+        write_litdata(tmp, files, chunk_size=ROWS_PER_SHARD)
         chunks = len(json.loads((tmp / "index.json").read_text())["chunks"])
         if chunks != len(files):
             raise RuntimeError(f"litdata.optimize wrote {chunks} chunks, expected {len(files)}")
-        _publish(tmp, folder, want)
-        print(f"  wrote {chunks:,} litdata chunks in {time.perf_counter() - t0:.1f} s: {folder}", flush=True)
+
+    build_once(folder, spec, write, f"{len(files):,} litdata chunks")
     return folder
 
 

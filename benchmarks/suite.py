@@ -23,7 +23,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -148,3 +151,29 @@ class Result:
         raw = json.loads(path.read_text())
         raw["measures"] = [Measure(**m) for m in raw["measures"]]
         return cls(**raw)
+
+
+def build_once(
+    folder: Path, spec: dict[str, Any], write: Callable[[Path], dict[str, Any] | None], what: str
+) -> dict[str, Any]:
+    """Generated data: ``folder`` as ``write(tmp)`` makes it, unless its ``_SPEC.json`` records ``spec``.
+
+    ``write`` fills an empty ``<folder>.tmp`` and may return facts to record with the spec (row counts,
+    sums); the folder is replaced only once it is complete, so an interrupted build is never taken for a
+    finished one. Returns the recorded spec and facts (``{"spec": ..., **facts}``).
+    """
+    marker = folder / "_SPEC.json"
+    if marker.exists():
+        got: dict[str, Any] = json.loads(marker.read_text())
+        if got.get("spec") == spec:
+            return got
+    started = time.perf_counter()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    recorded = {"spec": spec, **(write(tmp) or {})}
+    (tmp / "_SPEC.json").write_text(json.dumps(recorded))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    print(f"  wrote {what} in {time.perf_counter() - started:.1f} s: {folder}", flush=True)
+    return recorded
