@@ -63,6 +63,7 @@ from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_er
 from headrace.formats.tar_archive import members, unsafe
 from headrace.io.resolve import Shard, open_stream
 
+FIRST_PIECE_BYTES = 64 << 10  # the first piece of a shard; pieces double from there to chunk_bytes
 SCHEMA_SAMPLES = 1000  # the schema is the union of the extensions of this many first samples
 KEY = "__key__"
 INT_EXTENSIONS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "label"})
@@ -195,7 +196,7 @@ class TarFormat(Format):
         with open_stream(fs, shard) as f:
             try:
                 for sample in samples(f, byte, shard, wanted):
-                    if batch and sample.byte - byte >= opts.chunk_bytes:  # a pure function of where the piece starts
+                    if batch and sample.byte - byte >= piece_bytes(byte, opts.chunk_bytes):
                         yield from _piece(batch, first, byte, shard, opts, seek, log)
                         first, batch = first + len(batch), []
                     if not batch:
@@ -205,6 +206,17 @@ class TarFormat(Format):
                 yield from _piece(batch, first, byte, shard, opts, seek, log)
                 raise
             yield from _piece(batch, first, byte, shard, opts, seek, log)
+
+
+def piece_bytes(byte: int, chunk_bytes: int) -> int:
+    """Bytes of archive in the piece that starts at ``byte``: 64 KiB at the start of a shard, doubling to
+    ``chunk_bytes`` — small first pieces for a soon first batch; a pure function of where the piece starts,
+    so a resumed read cuts the same pieces.
+
+    >>> [piece_bytes(b, 1 << 20) >> 10 for b in (0, 70_000, 140_000, 600_000, 5_000_000)]
+    [64, 68, 136, 585, 1024]
+    """
+    return min(chunk_bytes, max(FIRST_PIECE_BYTES, byte))
 
 
 def _piece(
