@@ -103,17 +103,16 @@ def test_restoring_at_half_of_ten_million_reads_about_one_window(
     state = loader.state_dict()
     state["batches"], state["epoch"] = 610, 0  # 610 steps x 4096 x 2 ranks = 4,997,120 samples consumed
     reads: list[int] = []
-    original = PieceCache.find
+    original = PieceCache._read
 
-    def counting(self: PieceCache, shard: int, row: int) -> Any:
-        before = self.reads
-        found = original(self, shard, row)
-        reads.extend([found[1].end - found[1].start.slot] * (self.reads - before))
-        return found
+    def counting(self: PieceCache, shard: int, row: int) -> Any:  # every piece read, in parallel or not
+        piece = original(self, shard, row)
+        reads.append(piece.end - piece.start.slot)
+        return piece
 
     resumed = hr.Loader(ds, rank=1, world_size=4, prefetch=0)  # another world: the elastic path
     resumed.load_state_dict(state)
-    monkeypatch.setattr(PieceCache, "find", counting)
+    monkeypatch.setattr(PieceCache, "_read", counting)
     first = next(iter(resumed))
     order = GlobalOrder([2_500_000] * 4, seed=0, epoch=0, chunk_rows=1024, window=8)
     shards, rows = order.locate_array(4_997_120 + 1 + 4 * np.arange(4096))
@@ -135,16 +134,14 @@ def test_every_piece_is_read_once_per_epoch(
     rows = 3 * group_rows if group_rows > 1000 else 2000
     pq.write_table(pa.table({"id": np.arange(rows, dtype=np.int64)}), tmp_path / "a.parquet", row_group_size=group_rows)
     pieces: list[tuple[int, int]] = []
-    original = PieceCache.find
+    original = PieceCache._read
 
-    def counting(self: PieceCache, shard: int, row: int) -> Any:
-        before = self.reads
-        found = original(self, shard, row)
-        if self.reads > before:
-            pieces.append(found[0])
-        return found
+    def counting(self: PieceCache, shard: int, row: int) -> Any:  # every piece read, in parallel or not
+        piece = original(self, shard, row)
+        pieces.append((shard, piece.start.slot))
+        return piece
 
-    monkeypatch.setattr(PieceCache, "find", counting)
+    monkeypatch.setattr(PieceCache, "_read", counting)
     ds = hr.open(str(tmp_path)).shuffle(seed=3, buffer_size=None, window=window).batch(4096)
     got = np.concatenate([b["id"] for b in hr.Loader(ds)])
     assert sorted(got.tolist()) == list(range(rows))

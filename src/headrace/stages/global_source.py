@@ -9,7 +9,9 @@ so a consumer reads the pieces that hold its samples and memory stays bounded.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +36,8 @@ class PieceCache:
     It holds the pieces of ``chunks`` chunks of the order and no more: the order mixes a window of
     chunks at a time, so a window and one chunk more are enough for every piece to be read once per
     epoch. A chunk larger than the format's pieces (a row group above 65,536 rows) is several pieces:
-    the capacity counts them from the largest piece read so far.
+    the capacity counts them from the largest piece read so far. While ``hold`` is set nothing is
+    evicted (a block that straddles two windows needs the pieces of both); ``trim()`` evicts after.
     """
 
     def __init__(self, source: Source, log: ErrorLog, *, chunks: int, chunk_rows: int) -> None:
@@ -42,29 +45,64 @@ class PieceCache:
         self.pieces: OrderedDict[tuple[int, int], Piece] = OrderedDict()
         self.piece_rows = 0  # rows (slots) of the largest piece read
         self.reads = 0  # pieces read (for tests and stats)
+        self.hold = False
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def capacity(self) -> int:
         return self.chunks * max(1, -(-self.chunk_rows // max(self.piece_rows, 1)))
 
-    def find(self, shard: int, row: int) -> tuple[tuple[int, int], Piece]:
+    def lookup(self, shard: int, row: int) -> tuple[tuple[int, int], Piece] | None:
         for key, piece in self.pieces.items():
             if key[0] == shard and piece.start.slot <= row < piece.end:
-                self.pieces.move_to_end(key)
                 return key, piece
+        return None
+
+    def find(self, shard: int, row: int) -> tuple[tuple[int, int], Piece]:
+        found = self.lookup(shard, row)
+        if found is not None:
+            self.pieces.move_to_end(found[0])
+            return found
+        return self._add(shard, self._read(shard, row))
+
+    def load(self, wanted: list[tuple[int, int]]) -> None:
+        """Read the pieces holding these ``(shard, row)``s that are not cached, in parallel (Parquet decoding
+        releases the GIL): the first block of a window needs a piece of every chunk in it."""
+        missing = [w for w in wanted if self.lookup(*w) is None]
+        if len(missing) < 2:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="headrace-pieces")
+        futures = [self._pool.submit(self._read, shard, row) for shard, row in missing]
+        for (shard, _), future in zip(missing, futures, strict=True):
+            self._add(shard, future.result())
+
+    def trim(self) -> None:
+        while len(self.pieces) > self.capacity:
+            self.pieces.popitem(last=False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _read(self, shard: int, row: int) -> Piece:
         info = self.source.shards[shard]
         fmt = format_named(info.format)
         for piece in fmt.pieces(self.source.fs, info, self.source.opts, Start(), row, self.log):
             if piece.start.slot <= row < piece.end:
-                self.reads += 1
-                self.piece_rows = max(self.piece_rows, piece.end - piece.start.slot)
-                key = (shard, piece.start.slot)
-                self.pieces[key] = piece
-                while len(self.pieces) > self.capacity:
-                    self.pieces.popitem(last=False)
-                return key, piece
+                return piece
         raise SourceError(f"{info.url}: record {row} is past the end of the file; the file changed since it was "
                           "counted, or its metadata is wrong")  # fmt: skip
+
+    def _add(self, shard: int, piece: Piece) -> tuple[tuple[int, int], Piece]:
+        self.reads += 1
+        self.piece_rows = max(self.piece_rows, piece.end - piece.start.slot)
+        key = (shard, piece.start.slot)
+        self.pieces[key] = piece
+        if not self.hold:
+            self.trim()
+        return key, piece
 
 
 class GlobalSourceNode(Node[Block]):
@@ -98,12 +136,22 @@ class GlobalSourceNode(Node[Block]):
         if n <= 0:
             raise StopIteration
         positions = strided_positions(self.start, self.consumer, self.consumers, self._pos, n, self.order.total)
-        shards, rows = self.order.locate_array(positions)
+        shards, rows, chunks = self.order.locate_chunks(positions)
         # Blocks capped by bytes, at the size of the rows of the piece that holds the block's first sample: a
         # restored state starts its block there too, so blocks are cut where they were in the first run.
         _, first = self.cache.find(int(shards[0]), int(rows[0]))
         n = capped_rows(n, first.batch.nbytes, first.batch.num_rows)
-        shards, rows = shards[:n], rows[:n]
+        shards, rows, chunks = shards[:n], rows[:n], chunks[:n]
+        self.cache.hold = True
+        try:
+            return self._block(n, shards, rows, chunks)
+        finally:
+            self.cache.hold = False
+            self.cache.trim()
+
+    def _block(self, n: int, shards: np.ndarray, rows: np.ndarray, chunks: np.ndarray) -> Block:
+        _, firsts = np.unique(chunks, return_index=True)  # a row of every chunk in the block, in block order
+        self.cache.load([(int(shards[i]), int(rows[i])) for i in sorted(firsts)])
         parts: list[Block] = []
         where: list[np.ndarray] = []
         pending = np.ones(n, dtype=bool)
@@ -117,15 +165,18 @@ class GlobalSourceNode(Node[Block]):
                 raise SourceError(f"{self.source.shards[int(shards[i])].url}: a record of this indexed file is "
                                   "unreadable (malformed); the global order needs every record")  # fmt: skip
             batch = conform(piece.batch, self.source.schema, self.source.shards[int(shards[i])].url)
-            parts.append(_block(batch.take(arrow_numbers(at)), int(shards[i]), rows[idx]))
+            parts.append(_rows_block(batch.take(arrow_numbers(at)), int(shards[i]), rows[idx]))
             where.append(idx)
             pending[idx] = False
         block = concat(parts).take(np.argsort(np.concatenate(where), kind="stable"))
         self._pos += n
         return block
 
+    def close(self) -> None:
+        self.cache.close()
 
-def _block(batch: pa.RecordBatch, shard: int, rows: np.ndarray) -> Block:
+
+def _rows_block(batch: pa.RecordBatch, shard: int, rows: np.ndarray) -> Block:
     return Block(
         columns={name: batch.column(i) for i, name in enumerate(batch.schema.names)},
         shard=np.full(len(rows), shard, dtype=np.int32),

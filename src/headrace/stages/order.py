@@ -75,6 +75,11 @@ class GlobalOrder:
 
     def locate_array(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectorized ``locate``: arrays of shards and rows for an array of positions."""
+        shards, rows, _ = self.locate_chunks(pos)
+        return shards, rows
+
+    def locate_chunks(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``locate_array`` and the index of each position's chunk in this epoch's chunk order."""
         w = np.searchsorted(self.window_end, pos, side="right")
         flat = np.empty_like(pos)
         for wi in np.unique(w):
@@ -83,7 +88,7 @@ class GlobalOrder:
             flat[sel] = base + self._window_perm(int(wi))[pos[sel] - base]
         chunk = np.searchsorted(self.chunk_end, flat, side="right")
         chunk_base = self.chunk_end[chunk] - self.size_of[chunk]
-        return self.shard_of[chunk], self.start_of[chunk] + (flat - chunk_base)
+        return self.shard_of[chunk], self.start_of[chunk] + (flat - chunk_base), chunk
 
 
 @lru_cache(maxsize=4)
