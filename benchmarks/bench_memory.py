@@ -61,7 +61,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 import corpora  # noqa: E402 - tests/corpora.py: the real documents of ../shared/corpora
 from bench_core import HF_ENV, warm_page_cache  # noqa: E402 - the HF setup (offline, temporary cache)
+from peers import LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
 from suite import Result, build_once  # noqa: E402
 
 NAME = "memory"
@@ -86,7 +86,6 @@ FILES = 8  # Parquet files of the unit dataset
 ROW_GROUP = 1_000  # rows per Parquet row group (about 7 MB of text)
 COLUMNS = ["id", "text"]
 DATA_VERSION = 1  # bump when the generated data changes, so that stale .bench folders are rebuilt
-LITDATA_ENV = {"LITDATA_DISABLE_VERSION_CHECK": "1"}  # litdata asks PyPI for a newer version otherwise
 
 CONTENDERS = {  # key -> (label, role)
     "headrace": ("headrace, buffer shuffle 10,000", "headrace"),
@@ -99,33 +98,6 @@ CONTENDERS = {  # key -> (label, role)
 
 
 # -- the peers ----------------------------------------------------------------------------------------
-def mosaic() -> Any | None:
-    """``streaming``, or None if it is not installed (as ``mosaic()`` in ``bench_order.py``).
-
-    ``import streaming`` imports ``streaming.vision``, which needs ``torchvision``; the only torchvision
-    wheels here are CUDA builds that do not load with the CPU torch, so that unused subpackage is stubbed.
-    """
-    if importlib.util.find_spec("streaming") is None:
-        return None
-    if importlib.util.find_spec("torchvision") is None:
-        sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
-    import logging
-
-    import streaming
-
-    logging.getLogger("streaming").setLevel(logging.ERROR)
-    return streaming
-
-
-def litdata() -> Any | None:
-    if importlib.util.find_spec("litdata") is None:
-        return None
-    os.environ.update(LITDATA_ENV)
-    import litdata as ld
-
-    return ld
-
-
 # -- data ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Unit:
@@ -194,13 +166,6 @@ def build_unit(root: Path, text_mb: int) -> Unit:
     return Unit(folder, got["rows"], got["id_sum"], got["text_chars"], got["text_bytes"])
 
 
-def parquet_rows(path: str) -> Any:
-    """The rows of one Parquet file as ``{"id", "text"}`` dicts (litdata's ``optimize`` function)."""
-    for batch in pq.ParquetFile(path).iter_batches(ROW_GROUP, columns=COLUMNS):
-        for i, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
-            yield {"id": i, "text": text}
-
-
 def build_mds(unit: Unit) -> Path:
     """The unit's rows as MDS shards (``MDSWriter`` defaults: 64 MB shards, no compression); reused."""
     folder = unit.folder.with_name(unit.folder.name + "-mds")
@@ -216,39 +181,6 @@ def build_litdata(unit: Unit) -> Path:
     spec = {"from": unit.folder.name, "rows": unit.rows, "chunk_bytes": "64MB", "version": DATA_VERSION}
     build_once(folder, spec, lambda tmp: write_litdata(tmp, unit.files, chunk_bytes="64MB"), "litdata chunks")
     return folder
-
-
-def write_mds(out: Path, files: list[Path], columns: dict[str, str], shard_per_file: bool = False) -> None:
-    """The rows of Parquet ``files`` written by MosaicML's ``MDSWriter`` into ``out`` (64 MB shards, or one
-    shard per file)."""
-    ms = mosaic()
-    if ms is None:
-        raise RuntimeError("mosaicml-streaming is not installed")
-    limit = 1 << 30 if shard_per_file else 1 << 26
-    with ms.MDSWriter(out=str(out), columns=columns, size_limit=limit) as writer:
-        for path in files:
-            for row in parquet_rows(str(path)):
-                writer.write(row)
-            if shard_per_file:
-                writer.flush_shard()  # one shard per Parquet file, whatever its bytes: what write() does
-                writer._reset_cache()  # when a shard is full (flush_shard alone keeps the samples)
-
-
-def write_litdata(out: Path, files: list[Path], **chunking: Any) -> None:
-    """The rows of Parquet ``files`` written by ``litdata.optimize`` into ``out`` (``chunk_bytes=`` or
-    ``chunk_size=``), files in order."""
-    ld = litdata()
-    if ld is None:
-        raise RuntimeError("litdata is not installed")
-    ld.optimize(
-        fn=parquet_rows,
-        inputs=[str(p) for p in files],
-        output_dir=str(out),
-        num_workers=min(2, len(files)),
-        reorder_files=False,
-        verbose=False,
-        **chunking,
-    )
 
 
 @dataclass
@@ -343,7 +275,7 @@ elif lib == "hf":
     batches = iter(ds.shuffle(seed=0, buffer_size=cfg["buffer"]).iter(batch_size=cfg["batch"]))
 elif lib == "mosaic":
     import importlib.util, logging, types
-    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in bench_memory.py
+    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in peers.py
         sys.modules["streaming.vision"] = types.ModuleType("streaming.vision")
     import streaming
     logging.getLogger("streaming").setLevel(logging.ERROR)
@@ -639,15 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"headrace memory benchmark: peak RSS against dataset size; load average {os.getloadavg()[0]:.2f}")
     unit = build_unit(args.data_dir, args.unit_mb)
     skip: dict[str, str] = {}
-    mds = lit = None
-    try:
-        mds = build_mds(unit)
-    except Exception as e:
-        skip["mosaic"] = f"MosaicML streaming: {type(e).__name__}: {e}"
-    try:
-        lit = build_litdata(unit)
-    except Exception as e:
-        skip["litdata"] = f"litdata: {type(e).__name__}: {e}"
+    mds = peer_data(lambda: build_mds(unit), skip, ("mosaic",), "MosaicML streaming")
+    lit = peer_data(lambda: build_litdata(unit), skip, ("litdata",), "litdata")
     sizes = [replicate(unit, mds, lit, c) for c in args.copies]
     for size in sizes:  # every contender reads from the page cache, none pays the first read
         warm_page_cache(size.parquet[: len(unit.files)])

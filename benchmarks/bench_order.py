@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import shutil
@@ -61,7 +60,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +74,7 @@ from headrace.quality import shuffle_quality
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # the issue-2 benchmark: its data builder, HF setup and machine info are shared
 from bench_core import HF_ENV, DataSpec, build_data, corpora, hf, warm_page_cache
+from peers import litdata, mosaic
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
@@ -98,23 +97,6 @@ PEERS = ("hf", "hf_shuffle", "mosaic", "litdata")
 
 
 # -- MosaicML streaming -------------------------------------------------------------------------------
-def mosaic() -> Any | None:
-    """``streaming``, or None if it is not installed.
-
-    ``import streaming`` imports ``streaming.vision``, which needs ``torchvision``. The only
-    torchvision wheels available here are CUDA builds that do not load with the CPU torch of this
-    venv, so when torchvision is missing that subpackage (vision datasets, unused here) is stubbed.
-    """
-    if importlib.util.find_spec("streaming") is None:
-        return None
-    if importlib.util.find_spec("torchvision") is None:
-        sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
-    import logging
-
-    import streaming
-
-    logging.getLogger("streaming").setLevel(logging.ERROR)
-    return streaming
 
 
 def build_mds(files: list[Path], rows: int) -> Path:
@@ -164,14 +146,6 @@ def mosaic_close(ds: Any, it: Any) -> None:
 
 
 # -- litdata ------------------------------------------------------------------------------------------
-def litdata() -> Any | None:
-    """``litdata``, or None if it is not installed (its PyPI version check stays off, as by default)."""
-    if importlib.util.find_spec("litdata") is None:
-        return None
-    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
-    import litdata as ld
-
-    return ld
 
 
 def _litdata_rows(piece: tuple[str, int]) -> Iterator[dict[str, Any]]:
@@ -348,7 +322,7 @@ elif lib == "litdata":
     first = next(iter(loader))
 else:
     import importlib.util, logging, types
-    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in bench_order.py
+    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in peers.py
         sys.modules["streaming.vision"] = types.ModuleType("streaming.vision")
     import streaming
     logging.getLogger("streaming").setLevel(logging.ERROR)

@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_core import HF_ENV, DataSpec, build_data, warm_page_cache  # noqa: E402 - the data builder, HF setup
-from bench_memory import LITDATA_ENV, mosaic, write_litdata, write_mds  # noqa: E402 - the peers
+from peers import LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
 from suite import Result, build_once  # noqa: E402
 
 NAME = "startup"
@@ -157,7 +157,7 @@ elif lib.startswith("hf"):
     first = next(iter(ds.iter(batch_size=cfg["batch"])))
 elif lib.startswith("mosaic"):
     import importlib.util, logging, types
-    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in bench_memory.py
+    if importlib.util.find_spec("torchvision") is None:  # see mosaic() in peers.py
         sys.modules["streaming.vision"] = types.ModuleType("streaming.vision")
     import streaming
     logging.getLogger("streaming").setLevel(logging.ERROR)
@@ -330,15 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.shards * ROWS_PER_SHARD
     files = build_data(DataSpec(rows, args.shards, row_group_size=10_000, max_chars=None), args.data_dir)
     skip: dict[str, str] = {}
-    mds = lit = None
-    try:
-        mds = build_mds(files)
-    except Exception as e:
-        skip["mosaic"] = skip["mosaic_shuffle"] = f"MosaicML streaming: {type(e).__name__}: {e}"
-    try:
-        lit = build_litdata(files)
-    except Exception as e:
-        skip["litdata"] = skip["litdata_shuffle"] = f"litdata: {type(e).__name__}: {e}"
+    mds = peer_data(lambda: build_mds(files), skip, ("mosaic", "mosaic_shuffle"), "MosaicML streaming")
+    lit = peer_data(lambda: build_litdata(files), skip, ("litdata", "litdata_shuffle"), "litdata")
     warm_page_cache(files)
     for folder in (mds, lit):
         if folder is not None:

@@ -50,16 +50,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.util
 import io
 import json
-import logging
 import resource
 import shutil
 import statistics
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -79,6 +76,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench_tokens  # noqa: E402 - the tokenizer (trained once on the corpus) and the corpus table
 from bench_core import warm_page_cache  # noqa: E402
+from peers import mosaic, peer_data  # noqa: E402
 from suite import Result  # noqa: E402
 
 NAME = "windows"
@@ -190,18 +188,6 @@ def build_litdata(bin_path: Path) -> Path:
     chunks = len(list(folder.glob("*.bin")))
     print(f"  wrote {folder} ({chunks} chunks) in {time.perf_counter() - t0:.1f} s", flush=True)
     return folder
-
-
-def mosaic() -> Any | None:
-    """``streaming`` (MosaicML), or None if it is not installed; see ``bench_order.mosaic`` for the stub."""
-    if importlib.util.find_spec("streaming") is None:
-        return None
-    if importlib.util.find_spec("torchvision") is None:  # streaming.vision needs it; unused here
-        sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
-    import streaming
-
-    logging.getLogger("streaming").setLevel(logging.ERROR)
-    return streaming
 
 
 def build_mds(bin_path: Path) -> Path:
@@ -544,15 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in result.machine.items() if k != "versions"), flush=True)
     bin_path = build_bin(args.data_dir, args.rows, args.tokens)
     failed: dict[str, str] = {}
-    litdata_dir = mds_dir = None
-    try:
-        litdata_dir = build_litdata(bin_path)
-    except Exception as e:
-        failed["litdata"] = failed["litdata_shuffle"] = f"writing with litdata.optimize: {type(e).__name__}: {e}"
-    try:
-        mds_dir = build_mds(bin_path)
-    except Exception as e:
-        failed["mosaic"] = failed["mosaic_shuffle"] = f"writing with MDSWriter: {type(e).__name__}: {e}"
+    litdata_dir = peer_data(lambda: build_litdata(bin_path), failed, ("litdata", "litdata_shuffle"),
+                            "writing with litdata.optimize")  # fmt: skip
+    mds_dir = peer_data(lambda: build_mds(bin_path), failed, ("mosaic", "mosaic_shuffle"), "writing with MDSWriter")
     blocks = Blocks(bin_path)
     need = (args.batches + 1) * BATCH
     if len(blocks.blocks) < need:

@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from headrace.stages.batch import BatchOutput, Pad
 from headrace.stages.transform import BatchFormat
 
 
@@ -36,3 +39,16 @@ def count(n: int, what: str) -> int:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"{what}(n) needs an integer n >= 0, got {n!r}")
     return n
+
+
+def batch_options(size: int, pad: Pad, batch_format: Any) -> BatchOutput:
+    """``batch()``'s arguments checked together; returns the batch format."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    if pad is not None and pad != "longest" and not (isinstance(pad, int) and pad > 0):
+        raise ValueError(f"pad must be None, 'longest' or a positive length, got {pad!r}")
+    if batch_format not in ("numpy", "arrow"):
+        raise ValueError(f"batch_format must be 'numpy' or 'arrow', got {batch_format!r}")
+    if batch_format == "arrow" and pad is not None:
+        raise ValueError("pad applies to numpy batches: Arrow batches keep ragged columns as lists")
+    return batch_format  # type: ignore[no-any-return]

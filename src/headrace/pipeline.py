@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from headrace.checks import check_format, count, positive, size_pair
+from headrace.checks import batch_options, check_format, count, positive, size_pair
 from headrace.core.block import Block
 from headrace.core.node import Node
 from headrace.core.policy import check_policy
@@ -412,15 +412,7 @@ class Dataset:
         ``pyarrow.RecordBatch``es instead, the rows' Arrow columns without a conversion (ragged lists stay
         lists; no ``pad``): for consumers that compute with Arrow.
         """
-        if size < 1:
-            raise ValueError(f"batch size must be >= 1, got {size}")
-        if pad is not None and pad != "longest" and not (isinstance(pad, int) and pad > 0):
-            raise ValueError(f"pad must be None, 'longest' or a positive length, got {pad!r}")
-        if batch_format not in ("numpy", "arrow"):
-            raise ValueError(f"batch_format must be 'numpy' or 'arrow', got {batch_format!r}")
-        if batch_format == "arrow" and pad is not None:
-            raise ValueError("pad applies to numpy batches: Arrow batches keep ragged columns as lists")
-        return self._then(BatchStage(size, drop_last, pad, pad_value, batch_format))
+        return self._then(BatchStage(size, drop_last, pad, pad_value, batch_options(size, pad, batch_format)))
 
     def shard(self, num_shards: int, index: int) -> Dataset:
         """Keep part ``index`` of ``num_shards`` equal parts (on top of the rank split); right after open()."""
