@@ -100,8 +100,11 @@ def test_a_worker_exception_is_raised_here_with_its_place_and_no_worker_is_left(
 
 
 SIGINT_JOB = """
-import json, os, sys, time
+import json, os, signal, sys, time
 import headrace as hr
+
+# Python leaves SIGINT ignored when it starts with it ignored, as the background jobs of a shell script do
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def slow(row):
     time.sleep(0.01)
