@@ -11,6 +11,7 @@ import bz2
 import gzip
 import json
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -543,3 +544,133 @@ def test_unknown_format_names_the_path(tmp_path: Path) -> None:
     path.write_text('{"id": 1}\n')
     with pytest.raises(hr.SourceError, match=r"a\.jsonl.*unknown format 'nope'"):
         hr.open(str(path), format="nope")
+
+
+# -- lines over max_line_bytes ---------------------------------------------------------------------
+@pytest.mark.parametrize(("suffix", "compression"), [("", None), (".gz", "gzip"), (".zst", "zstd")])
+def test_a_jsonl_line_over_max_line_bytes_names_the_line_and_follows_the_policy(
+    tmp_path: Path, suffix: str, compression: str | None
+) -> None:
+    bad = {40: json.dumps({"id": 39, "text": "x" * 5000}), 41: json.dumps({"id": 40, "text": "y" * 1500})}
+    path = jsonl_with_bad_lines(tmp_path / f"data.jsonl{suffix}", 100, bad, compression)
+    options: dict[str, Any] = {"max_line_bytes": 1000, "chunk_bytes": 700, "block_rows": 8}
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:40: the line is 5022 bytes long") + ".*max_line_bytes"):
+        ids_of(hr.open(str(path), **options))
+    assert ids_of(hr.open(str(path), errors="skip", **options)) == (good_ids(100, bad), 2)
+    halves = [ids_of(hr.open(str(path), errors="skip", **options), rank=r, world_size=2) for r in (0, 1)]
+    assert halves == [(good_ids(100, bad)[:48], 2), (good_ids(100, bad)[48:], 0)]  # rank 0 holds lines 40 and 41
+    ds = hr.open(str(path), errors="skip", **options).batch(10)
+    check_resume(ds)
+    for step in (3, 4, 5):
+        resumed = hr.Loader(ds)
+        resumed.load_state_dict(state_after(hr.Loader(ds), step))
+        assert [i for b in resumed for i in b["id"].tolist()] == good_ids(100, bad)[step * 10 :]
+        assert resumed.skipped == 2, f"after a resume at step {step}"
+
+
+def test_a_text_line_over_max_line_bytes_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "lines.txt"
+    lines = [f"line {i}" for i in range(50)]
+    lines[7] = "z" * 300
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:8: the line is 300 bytes long")):
+        list(hr.open(str(path), max_line_bytes=100))
+    loader = hr.Loader(hr.open(str(path), max_line_bytes=100, errors="skip", chunk_bytes=64).batch(16))
+    assert [t for b in loader for t in b["text"].tolist()] == lines[:7] + lines[8:] and loader.skipped == 1
+
+
+def test_a_text_file_over_max_line_bytes_in_file_mode_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("short")
+    (tmp_path / "b.txt").write_text("long " * 100)
+    with pytest.raises(hr.RecordError, match=re.escape(f"{tmp_path / 'b.txt'}: the file is 500 bytes long")):
+        list(hr.open(str(tmp_path), text_mode="file", max_line_bytes=100))
+    loader = hr.Loader(hr.open(str(tmp_path), text_mode="file", max_line_bytes=100, errors="skip").batch(4))
+    assert [t for b in loader for t in b["text"].tolist()] == ["short"] and loader.skipped == 1
+
+
+@pytest.mark.parametrize("value", [0, -1, (1 << 30) + 1])
+def test_max_line_bytes_out_of_range_is_refused(tmp_path: Path, value: int) -> None:
+    path = jsonl_with_bad_lines(tmp_path / "a.jsonl", 3, {})
+    with pytest.raises(ValueError, match="max_line_bytes must be between 1 and 1073741824"):
+        hr.open(str(path), max_line_bytes=value)
+
+
+# -- invalid UTF-8 in CSV --------------------------------------------------------------------------
+def csv_with_invalid_utf8(path: Path, bad: set[int], n: int = 300) -> Path:
+    """``n`` rows ``id,text`` (with quoted newlines), rows ``bad`` holding a byte that is not UTF-8."""
+    rows = [f'{i},"text {i}\nline 2"'.encode() if i not in bad else f'{i},"caf'.encode() + b'\xe9"' for i in range(n)]
+    path.write_bytes(b"id,text\n" + b"\n".join(rows) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("bad", [{0, 150}, {150}, {299}, {5, 6, 200}])
+def test_invalid_utf8_in_csv_is_a_record_error_naming_the_row(tmp_path: Path, bad: set[int]) -> None:
+    path = csv_with_invalid_utf8(tmp_path / "data.csv", bad)
+    first = min(bad)
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:{first + 2}: column 'text' is not valid UTF-8")):
+        ids_of(hr.open(str(path), chunk_bytes=512))
+    ds = hr.open(str(path), errors="skip", chunk_bytes=512, block_rows=16)
+    want = [i for i in range(300) if i not in bad]
+    assert ids_of(ds) == (want, len(bad))
+    assert ids_of(hr.open(str(path), errors="skip", columns=["id"])) == (list(range(300)), 0)  # text not read
+    batches = ds.batch(10)
+    check_resume(batches, every=3)
+    for step in (1, 15, 20):
+        resumed = hr.Loader(batches)
+        resumed.load_state_dict(state_after(hr.Loader(batches), step))
+        assert [i for b in resumed for i in b["id"].tolist()] == want[step * 10 :]
+        assert resumed.skipped == len(bad), f"after a resume at step {step}"
+
+
+def test_invalid_utf8_and_short_rows_in_csv_are_counted_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"id,text\n0,a\n1\n2,\xff\n3,d\n4,e,f\n5,\xfe\n6,g\n")
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:3: expected 2 fields, got 1")):
+        ids_of(hr.open(str(path)))
+    ds = hr.open(str(path), errors="warn")
+    with pytest.warns(SkippedRecordWarning) as caught:
+        assert ids_of(ds) == ([0, 3, 6], 4)
+    assert [str(w.message).split(": ", 2)[1].rsplit(":", 1)[1] for w in caught] == ["3", "4", "6", "7"]
+
+
+# -- empty files among good ones -------------------------------------------------------------------
+def write_good_shard(path: Path, ids: range) -> None:
+    table = pa.table({"id": list(ids), "text": [f"t{i}" for i in ids]})
+    if path.suffix == ".parquet":
+        pq.write_table(table, path)
+    elif path.suffix == ".arrow":
+        with pa.ipc.new_file(str(path), table.schema) as writer:
+            writer.write_table(table)
+    elif path.suffix == ".csv":
+        path.write_text("id,text\n" + "".join(f"{i},t{i}\n" for i in ids))
+    elif path.suffix == ".txt":
+        path.write_text("".join(f"{i}\n" for i in ids))
+    else:
+        path.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in ids))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt", ".parquet", ".arrow", ".jsonl.gz"])
+@pytest.mark.parametrize("empty_at", [0, 1, 2])
+def test_an_empty_file_among_good_ones_is_quarantined_under_skip(tmp_path: Path, suffix: str, empty_at: int) -> None:
+    paths = [tmp_path / f"part-{i}{suffix}" for i in range(3)]
+    for i, path in enumerate(paths):
+        if i == empty_at:
+            path.write_bytes(b"")
+        elif suffix == ".jsonl.gz":
+            lines = "".join(json.dumps({"id": j}) + "\n" for j in range(i * 10, i * 10 + 10))
+            path.write_bytes(gzip.compress(lines.encode()))
+        else:
+            write_good_shard(path, range(i * 10, i * 10 + 10))
+    empty = str(paths[empty_at])
+    with pytest.raises(hr.SourceError, match=re.escape(empty) + r".*empty \(0 bytes\).*errors='skip'"):
+        hr.open(str(tmp_path))
+    want = [j for i in range(3) if i != empty_at for j in range(i * 10, i * 10 + 10)]
+    for errors in ("skip", "warn"):
+        ds = hr.open(str(tmp_path), errors=errors)
+        if suffix == ".txt":
+            ds = ds.map(lambda r: {"id": int(r["text"])})
+        warns = pytest.warns(SkippedRecordWarning, match=re.escape(empty) + r".*empty")
+        with warns if errors == "warn" else nullcontext():
+            assert ids_of(ds) == (want, 1)
+        ranks = [ids_of(ds, rank=r, world_size=2) for r in (0, 1)]  # counted once, by rank 0
+        assert ranks == [(want[:10], 1), (want[10:], 0)]

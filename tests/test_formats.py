@@ -361,3 +361,58 @@ def test_resume_json_array(tmp_path: Path, corpus: pa.Table) -> None:
 def test_resume_text_files_mode() -> None:
     ds = hr.open(str(SHAKESPEARE / "ham*.txt"), text_mode="file")
     assert check_resume(ds.batch(1)).steps == 2
+
+
+# -- long lines ------------------------------------------------------------------------------------
+LONG_LINES = (2 << 20, 5 << 20, 20 << 20)  # 2, 5 and 20 MiB: Arrow's JSON blocks are 1 MiB
+
+
+def long_records() -> list[dict[str, Any]]:
+    """Short records around lines of 2, 5 and 20 MiB, each long text different all along (no repeats)."""
+    rng = np.random.default_rng(7)
+    rows: list[dict[str, Any]] = [{"id": 0, "text": "short"}]
+    for n in LONG_LINES:
+        letters = rng.integers(ord("a"), ord("z") + 1, size=n, dtype=np.uint8).tobytes().decode()
+        rows += [{"id": len(rows), "text": letters}, {"id": len(rows) + 1, "text": f"after {n}"}]
+    return rows
+
+
+def write_compressed(data: bytes, path: Path, compression: str | None) -> Path:
+    if compression is None:
+        path.write_bytes(data)
+    else:
+        with pa.CompressedOutputStream(str(path), compression) as out:
+            out.write(data)
+    return path
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_jsonl_lines_of_2_5_and_20_mib_read_back_exactly(tmp_path: Path, compression: str | None) -> None:
+    rows = long_records()
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    suffix = {None: "", "gzip": ".gz", "zstd": ".zst"}[compression]
+    path = write_compressed(data, tmp_path / f"long.jsonl{suffix}", compression)
+    for errors in ("raise", "skip"):
+        loader = hr.Loader(hr.open(str(path), errors=errors, block_rows=2).batch(1))
+        got = [(b["id"][0], b["text"][0]) for b in loader]
+        assert got == [(r["id"], r["text"]) for r in rows] and loader.skipped == 0
+    report = check_resume(hr.open(str(path), block_rows=2, chunk_bytes=1 << 16).batch(2))
+    assert report.steps == 4 and report.restores == 5
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+def test_text_lines_of_2_5_and_20_mib_read_back_exactly(tmp_path: Path, compression: str | None) -> None:
+    texts = [r["text"] for r in long_records()]
+    suffix = {None: "", "gzip": ".gz", "zstd": ".zst"}[compression]
+    path = write_compressed("\n".join(texts).encode(), tmp_path / f"long.txt{suffix}", compression)
+    assert [r["text"] for r in hr.open(str(path))] == texts
+    report = check_resume(hr.open(str(path), block_rows=2, chunk_bytes=1 << 16).batch(2))
+    assert report.steps == 4 and report.restores == 5
+
+
+def test_a_line_of_exactly_max_line_bytes_is_read(tmp_path: Path) -> None:
+    lines = ["a" * 100, "b" * 99, "c" * 100]
+    (tmp_path / "edge.txt").write_text("\n".join(lines))  # the last line without "\n" at the end
+    for chunk_bytes in (7, 100, 101, 4096):
+        ds = hr.open(str(tmp_path / "edge.txt"), max_line_bytes=100, chunk_bytes=chunk_bytes)
+        assert [r["text"] for r in ds] == lines, chunk_bytes

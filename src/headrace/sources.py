@@ -9,11 +9,12 @@ from typing import Any
 import pyarrow as pa
 
 from headrace.checks import positive
-from headrace.core.errors import SchemaError, SourceError
+from headrace.core.errors import SourceError
 from headrace.core.policy import ErrorLog, check_policy
 from headrace.core.rng import DEFAULT_SEED
 from headrace.formats import format_named, format_of
 from headrace.formats.base import ReadOptions, project
+from headrace.formats.chunks import MAX_LINE_BYTES
 from headrace.io.cache import DiskCache
 from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard, fs_for, resolve, split_suffix
@@ -112,6 +113,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     delimiter: str | None = None,
     schema: pa.Schema | None = None,
     chunk_bytes: int = 1 << 20,
+    max_line_bytes: int = MAX_LINE_BYTES,
     format_options: Mapping[str, Any] | None = None,
     retry: Retry | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -124,7 +126,10 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
     ``.xz`` looked through) or from ``format=``: ``parquet``, ``jsonl``/``json``, ``csv``, ``tsv``,
     ``text``, ``arrow``, ``tar`` (WebDataset shards). ``columns`` projects (Parquet, Arrow and CSV read
     only those columns).
-    ``errors`` is the policy for malformed records: ``raise``, ``skip`` or ``warn``. Token shards:
+    ``errors`` is the policy for malformed records and unreadable files (corrupt, truncated, empty):
+    ``raise``, ``skip`` or ``warn``; a skipped file is counted once. A JSON Lines or text line longer
+    than ``max_line_bytes`` (default and most 1 GiB) is a malformed record, read through without being
+    kept in memory. Token shards:
     ``megatron`` (``x.bin`` with ``x.idx``), ``nanogpt`` (a ``.bin`` alone), ``npy``;
     ``format_options={"tokens_per_row": 2048}`` sets the row length of a raw token stream.
 
@@ -147,6 +152,8 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         raise ValueError(f"text_mode must be 'line' or 'file', got {text_mode!r}")
     if block_rows < 1 or chunk_bytes < 1:
         raise ValueError("block_rows and chunk_bytes must be positive")
+    if not 1 <= max_line_bytes <= MAX_LINE_BYTES:
+        raise ValueError(f"max_line_bytes must be between 1 and {MAX_LINE_BYTES} (1 GiB), got {max_line_bytes}")
     try:
         fmt = format_named(format) if format is not None else None
     except SourceError as e:
@@ -174,26 +181,36 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         if f is None:
             raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
                               "csv, tsv, text, arrow, tar)")  # fmt: skip
-        if size == 0:
-            raise SourceError(f"{url}: the file is empty (0 bytes); remove it or narrow the glob")
+        if size == 0 and policy == "raise":  # else quarantined and counted when the reader gets to it
+            raise SourceError(f"{url}: the file is empty (0 bytes); remove it, narrow the glob, or open with "
+                              "errors='skip' to leave it out")  # fmt: skip
         shards.append(Shard(url, size, f.name, split_suffix(url)[1]))
     fs = first_fs[0]
     opts = ReadOptions(
         columns=tuple(columns) if columns is not None else None, chunk_bytes=chunk_bytes, text_mode=text_mode,
-        text_column=text_column, delimiter=delimiter, schema=schema,
+        text_column=text_column, delimiter=delimiter, schema=schema, max_line_bytes=max_line_bytes,
         extra=tuple(sorted((format_options or {}).items())),
     )  # fmt: skip
-    if schema is not None:
-        full = schema
-    else:
-        first = shards[0]
-        full = format_named(first.format).schema(fs, first, opts, ErrorLog("skip"))
-    try:
-        projected = project(full, opts.columns, shards[0].url)
-    except SchemaError:
-        raise
+    full = schema if schema is not None else _first_schema(fs, shards, opts, policy)
+    projected = project(full, opts.columns, shards[0].url)
     source = Source(tuple(shards), opts, projected, policy, block_rows, None, fs)
     return Dataset(SourceStage(source))
+
+
+def _first_schema(fs: Any, shards: Sequence[Shard], opts: ReadOptions, policy: str) -> pa.Schema:
+    """The schema of the first shard; under ``errors="skip"``/``"warn"``, of the first one that can be read
+    (the others are quarantined when the readers get to them)."""
+    failed: SourceError | None = None
+    for shard in shards:
+        try:
+            if shard.size == 0:
+                raise SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or narrow the glob")
+            return format_named(shard.format).schema(fs, shard, opts, ErrorLog("skip"))
+        except SourceError as e:
+            if policy == "raise":
+                raise
+            failed = failed or e
+    raise SourceError(f"no file can be read, the first because {failed}; pass schema= to open them anyway")
 
 
 __all__ = ["STOPS", "from_hf", "mix", "open"]

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from headrace.core.errors import RecordError, SchemaError
 from headrace.core.policy import ErrorLog
+from headrace.formats.chunks import MAX_LINE_BYTES
 from headrace.io.resolve import Shard
 
 
@@ -38,6 +39,7 @@ class ReadOptions:
     text_column: str = "text"
     delimiter: str | None = None
     schema: pa.Schema | None = None
+    max_line_bytes: int = MAX_LINE_BYTES  # longer lines (JSON Lines, text) are malformed records
     extra: tuple[tuple[str, Any], ...] = field(default=())
 
 

@@ -7,6 +7,7 @@ the wrong number of fields sits *between* slots: it is reported (``file:row``, t
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -27,14 +28,21 @@ class _BadRows:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.found: list[tuple[int, RecordError]] = []  # (good rows before it, error), in file order
+        self.places: list[int] = []  # the place of every bad row found, taken or not
 
     def __call__(self, row: Any) -> str:
         number = int(row.number)  # records from 1 = the header (serial reading: always known)
-        self.found.append((number - 2 - len(self.found), RecordError(
+        place = number - 2 - len(self.places)
+        self.places.append(place)
+        self.found.append((place, RecordError(
             f"{self.shard.url}:{number}: expected {row.expected_columns} fields, got {row.actual_columns} "
             f"(row {number} counting the header as 1); fix the row or open with errors='skip'"
         )))  # fmt: skip
         return "skip"
+
+    def number(self, good: int) -> int:
+        """The row number (the header being 1) of the good row with index ``good``."""
+        return good + 2 + bisect.bisect_right(self.places, good)
 
     def take(self, before: int) -> list[tuple[int, RecordError]]:
         """The bad rows found so far whose place is before ``before``, forgotten here."""
@@ -58,6 +66,7 @@ class CsvFormat(Format):
                 convert_options=pc.ConvertOptions(
                     include_columns=list(columns) if columns is not None else None,
                     column_types=opts.schema,
+                    check_utf8=False,  # else invalid UTF-8 makes a binary column; _checked() finds the rows
                 ),
             )
         except pa.ArrowInvalid as e:
@@ -66,7 +75,8 @@ class CsvFormat(Format):
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
         # closing(): Arrow's streaming reader reads ahead on a thread of its own; closed before its file
         with open_stream(fs, shard) as f, closing(self._reader(f, shard, opts, _BadRows(shard))) as reader:
-            return reader.schema
+            schema: pa.Schema = reader.schema
+            return schema
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         first = self.schema(fs, shard, opts, ErrorLog()).names[:1]
@@ -81,8 +91,9 @@ class CsvFormat(Format):
         with open_stream(fs, shard) as f, closing(self._reader(f, shard, opts, bad, columns=opts.columns)) as reader:
             for batch in self._batches(reader, shard):
                 n = batch.num_rows
-                slots = np.arange(row, row + n, dtype=np.int64)
-                errors = bad.take(row + n)
+                batch, slots, invalid = _checked(batch, row, bad)
+                # a short row's place p is before the row at slot p: listed first (sorting is stable)
+                errors = sorted(bad.take(row + n) + invalid, key=lambda e: e[0])
                 yield from split_at_errors(batch, slots, (row, row + n), Start(row, -1, -1), errors, seek, log)
                 row += n
             end = [(min(p, row), e) for p, e in bad.take(1 << 62)]  # bad rows after the last good one
@@ -100,6 +111,45 @@ class CsvFormat(Format):
             raise SourceError(
                 f"{shard.url}: bad CSV after row {row} ({e}); fix the file or set column types with schema="
             ) from None
+
+
+Errors = list[tuple[int, RecordError]]
+
+
+def _checked(batch: pa.RecordBatch, row: int, bad: _BadRows) -> tuple[pa.RecordBatch, np.ndarray, Errors]:
+    """The rows of ``batch`` (slots ``row..``) whose strings are valid UTF-8, their slots, and ``(slot, error)``
+    of the others (Arrow reads the strings unchecked, else it would make a binary column of them)."""
+    slots = np.arange(row, row + batch.num_rows, dtype=np.int64)
+    culprit: dict[int, str] = {}  # row in batch -> the first column not valid UTF-8 in it
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        try:
+            column.validate(full=True)  # checks UTF-8: the fast path, for the usual valid column
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+        for i, value in enumerate(raw.to_pylist()):
+            if value is not None and i not in culprit and not _utf8(value):
+                culprit[i] = name
+    if not culprit:
+        return batch, slots, []
+    errors = [(row + i, RecordError(
+        f"{bad.shard.url}:{bad.number(row + i)}: column {culprit[i]!r} is not valid UTF-8 (row {bad.number(row + i)} "
+        "counting the header as 1); fix the row or open with errors='skip'"
+    )) for i in sorted(culprit)]  # fmt: skip
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[list(culprit)] = False
+    return batch.filter(pa.array(keep)), slots[keep], errors
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 class TsvFormat(CsvFormat):

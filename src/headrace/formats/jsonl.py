@@ -19,10 +19,11 @@ import pyarrow.json as pj
 from headrace.core.errors import RecordError, SchemaError, SourceError
 from headrace.core.policy import ErrorLog
 from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_errors
-from headrace.formats.chunks import chunks, split_lines
+from headrace.formats.chunks import chunks, split_lines, too_long
 from headrace.io.resolve import Shard, open_stream, split_suffix
 
 SCHEMA_PIECES = 16  # how far schema() looks for the type of a field that starts out null
+BLOCK_BYTES = 1 << 20  # Arrow's JSON block size, unless a line needs more
 
 
 class JsonlFormat(Format):
@@ -46,7 +47,7 @@ class JsonlFormat(Format):
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         if _is_array(fs, shard):
             return len(_load_array(fs, shard))
-        return sum(_records(c.data) for c in chunks(fs, shard, 1 << 22))
+        return sum(_records(c.data) if c.long < 0 else 1 for c in chunks(fs, shard, 1 << 22, 0, opts.max_line_bytes))
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
@@ -60,7 +61,14 @@ class JsonlFormat(Format):
             yield from _array_pieces(fs, shard, opts, seek, log, project)
             return
         slot, line_no = start.slot, max(start.line, 1)
-        for chunk in chunks(fs, shard, opts.chunk_bytes, max(start.byte, 0)):
+        for chunk in chunks(fs, shard, opts.chunk_bytes, max(start.byte, 0), opts.max_line_bytes):
+            if chunk.long >= 0:  # one line over the limit, not read: a malformed record at its own slot
+                error = too_long(shard, line_no, chunk.long, opts.max_line_bytes)
+                empty, none = pa.RecordBatch.from_pylist([]), np.arange(0, dtype=np.int64)
+                here = Start(slot, chunk.byte, line_no)
+                yield from split_at_errors(empty, none, (slot, slot + 1), here, [(slot, error)], seek, log)
+                slot, line_no = slot + 1, line_no + 1
+                continue
             lines = split_lines(chunk.data)
             records = [(line_no + i, line) for i, line in enumerate(lines) if line.strip()]
             if slot + len(records) <= seek:  # all before the first slot needed: count them, don't parse
@@ -79,7 +87,11 @@ def _records(data: bytes) -> int:
 
 def _read(lines: list[bytes], opts: ReadOptions) -> pa.Table:
     parse = pj.ParseOptions(explicit_schema=opts.schema) if opts.schema is not None else None
-    table = pj.read_json(io.BytesIO(b"\n".join(lines)), parse_options=parse)
+    # Arrow parses in blocks and refuses a line that straddles two block boundaries: a block must hold
+    # the longest line (the default block is 1 MiB; lines are at most max_line_bytes <= 1 GiB)
+    longest = max(map(len, lines), default=0)
+    read = pj.ReadOptions(block_size=longest + 2) if longest + 2 > BLOCK_BYTES else None
+    table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=read, parse_options=parse)
     table.validate(full=True)  # Arrow's JSON reader lets invalid UTF-8 through; json.loads then names the line
     return table
 

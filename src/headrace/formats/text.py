@@ -11,7 +11,7 @@ import pyarrow as pa
 from headrace.core.errors import RecordError
 from headrace.core.policy import ErrorLog
 from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_errors
-from headrace.formats.chunks import chunks, split_lines
+from headrace.formats.chunks import DROP_BYTES, chunks, split_lines, too_long
 from headrace.io.resolve import Shard, open_stream
 
 
@@ -24,25 +24,51 @@ class TextFormat(Format):
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         if opts.text_mode == "file":
             return 1
-        return sum(len(split_lines(c.data)) for c in chunks(fs, shard, 1 << 22))
+        return sum(
+            len(split_lines(c.data)) if c.long < 0 else 1 for c in chunks(fs, shard, 1 << 22, 0, opts.max_line_bytes)
+        )
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
         name = opts.text_column
+        limit = opts.max_line_bytes
         if opts.text_mode == "file":
             with open_stream(fs, shard) as f:
-                raw = f.read()
+                raw = f.read(limit + 1)
+                size = len(raw)
+                while size > limit and (more := f.read(DROP_BYTES)):  # read through, to say how long it is
+                    size += len(more)
+            if size > limit:  # the whole file is one record, over the limit
+                error = RecordError(
+                    f"{shard.url}: the file is {size} bytes long, over max_line_bytes={limit} (the longest record "
+                    "with text_mode='file'); pass a larger max_line_bytes= to hr.open(), or open with errors='skip'"
+                )
+                yield from split_at_errors(_empty(name), _NONE, (0, 1), Start(0, -1, -1), [(0, error)], seek, log)
+                return
             yield from _pieces(name, [raw], 0, 1, Start(0, -1, -1), shard, seek, log)
             return
         slot, line_no = start.slot, max(start.line, 1)
-        for chunk in chunks(fs, shard, opts.chunk_bytes, max(start.byte, 0)):
+        for chunk in chunks(fs, shard, opts.chunk_bytes, max(start.byte, 0), limit):
+            if chunk.long >= 0:  # one line over the limit, not read: a malformed record at its own slot
+                here = Start(slot, chunk.byte, line_no)
+                error = too_long(shard, line_no, chunk.long, limit)
+                yield from split_at_errors(_empty(name), _NONE, (slot, slot + 1), here, [(slot, error)], seek, log)
+                slot, line_no = slot + 1, line_no + 1
+                continue
             lines = split_lines(chunk.data)
             if slot + len(lines) > seek:  # else all before the first slot needed: skip decoding
                 lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
                 yield from _pieces(name, lines, slot, line_no, Start(slot, chunk.byte, line_no), shard, seek, log)
             slot += len(lines)
             line_no += len(lines)
+
+
+_NONE = np.arange(0, dtype=np.int64)
+
+
+def _empty(name: str) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=pa.string())], names=[name])
 
 
 def _pieces(

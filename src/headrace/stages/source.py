@@ -73,9 +73,27 @@ class Source:
         return permutation(n, self.shuffle_seed, epoch, stage=0, index=0)
 
     def counts(self) -> list[int]:
-        """Slots (records) per shard, each counted once per process (from the chunks where a format has them)."""
+        """Slots (records) per shard, each counted once per process (from the chunks where a format has them).
 
-        def one(shard: Shard) -> int:
+        A shard that cannot be read raises a :class:`SourceError`; under ``errors="skip"``/``"warn"`` it has no
+        records (:meth:`counted` says which, and why).
+        """
+        return [n if isinstance(n, int) else 0 for n in self.counted()]
+
+    def counted(self) -> list[int | SourceError]:
+        """Slots per shard, or under ``errors="skip"``/``"warn"`` the error of a shard that cannot be read."""
+
+        def one(shard: Shard) -> int | SourceError:
+            try:
+                if shard.size == 0:
+                    raise SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or narrow the glob")
+                return count(shard)
+            except SourceError as e:
+                if self.errors == "raise":
+                    raise
+                return e
+
+        def count(shard: Shard) -> int:
             chunks = self._chunks(shard)
             if chunks is not None:
                 return sum(chunks)
@@ -133,8 +151,12 @@ class SourceNode(Node[Block]):
         self.errors = ErrorLog(source.errors)
         self._order = source.order(epoch)
         self._cum: np.ndarray | None = None
+        self._unreadable: dict[int, SourceError] = {}  # counted by consumer 0 (they have no rows to split)
+        self._first = world.consumer == 0
         if world.consumers > 1:
-            counts = source.counts()
+            counted = source.counted()
+            counts = [n if isinstance(n, int) else 0 for n in counted]
+            self._unreadable = {i: n for i, n in enumerate(counted) if not isinstance(n, int)}
             self._cum = np.concatenate([[0], np.cumsum([counts[i] for i in self._order])]).astype(np.int64)
             total = int(self._cum[-1])
             lo, hi = consumer_range(total, world.consumer, world.consumers, remainder)
@@ -179,6 +201,12 @@ class SourceNode(Node[Block]):
         self._o, self._at, self._start = self._o + 1, 0, Start()
         self._pieces = self._piece = None
 
+    def _quarantine(self, index: int, error: SourceError, left: int) -> None:
+        """Count the shard ``index`` as one skipped record (raise under errors="raise") and leave it."""
+        self.errors.record(error, quarantine=True)
+        self._quarantined.add(index)
+        self._leave_shard(left)
+
     def _locate(self, position: int) -> tuple[int, int]:
         if self._cum is None or self._cum[-1] == 0:
             return 0, 0
@@ -188,6 +216,11 @@ class SourceNode(Node[Block]):
 
     def next(self) -> Block:
         src = self.source
+        if self._unreadable and self._first:  # each shard that could not be counted is skipped, counted once
+            for index, error in self._unreadable.items():
+                if index not in self._quarantined:
+                    self.errors.record(error, quarantine=True)
+                    self._quarantined.add(index)
         while True:
             left = self._length - self._pos if self._length >= 0 else 1 << 62
             if left <= 0 or len(self._order) == 0:
@@ -198,8 +231,12 @@ class SourceNode(Node[Block]):
                 self._o = 0  # "pad": the overhang repeats the order from its start
             index = int(self._order[self._o])
             shard = src.shards[index]
-            if index in self._quarantined:
+            if index in self._quarantined or index in self._unreadable:
                 self._leave_shard(left)
+                continue
+            if self._pieces is None and shard.size == 0:  # listed as empty: nothing to read, say so once
+                self._quarantine(index, SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or "
+                                                    "narrow the glob"), left)  # fmt: skip
                 continue
             if self._pieces is None:
                 if isinstance(src.fs, RemoteFS):  # the next shards download into the disk cache meanwhile
@@ -211,9 +248,7 @@ class SourceNode(Node[Block]):
                 try:
                     piece = next(self._pieces, None)
                 except SourceError as e:  # the shard cannot be read (corrupt, gone, forbidden, network down)
-                    self.errors.record(e, quarantine=True)  # raises under errors="raise"
-                    self._quarantined.add(index)
-                    self._leave_shard(left)
+                    self._quarantine(index, e, left)
                     continue
                 if piece is None:
                     self._o, self._at, self._start = self._o + 1, 0, Start()
