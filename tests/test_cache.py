@@ -245,3 +245,130 @@ def test_cache_settings_are_checked(s3_shards: Store, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="cannot create the cache directory"):
         read_ids(s3_shards, cache_dir=blocked / "sub")
     assert os.path.isfile(blocked)
+
+
+# -- the cache touches only its own files, and reclaims what dead processes left (issue #14, items 1 and 4)
+
+
+def user_files(folder: Path) -> dict[str, bytes]:
+    """A user's files put in the cache folder: a checkpoint, notes, a ``.part`` of their own, a name that starts
+    like an entry's, a file in a sub-folder; their contents by relative path."""
+    files = {
+        "model.ckpt": os.urandom(300),
+        "notes.txt": b"do not delete\n" * 10,
+        "video.part": b"p" * 200,
+        f"{DiskCache.key('s3://b/x')}-mine": b"m" * 50,
+        f"{'0' * 32}-{'1' * 16}.bak": b"b" * 70,
+        "runs/run1.log": b"l" * 500,
+    }
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_eviction_never_deletes_or_counts_files_the_cache_did_not_write(tmp_path: Path) -> None:
+    mine = user_files(tmp_path)
+    cache = DiskCache(tmp_path, limit=100)  # the user's files alone are 1,130 bytes
+    assert cache.usage() == 0
+    paths = []
+    for i in range(5):
+        paths.append(cache.put(f"s3://b/{i}", 40, "v", lambda out: out.write(b"e" * 40)))
+        os.utime(paths[-1], (1000 + i, 1000 + i))  # used in this order (file times are coarser than a put)
+    assert cache.stats.evictions == 3 and cache.usage() == 80
+    assert [os.path.exists(p) for p in paths] == [False, False, False, True, True]
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    # An older version of an object is removed when the new one lands: only the cache's entry, not a
+    # file whose name merely starts with the object's key.
+    assert cache.put("s3://b/x", 10, "v1", lambda out: out.write(b"1" * 10))
+    assert cache.put("s3://b/x", 10, "v2", lambda out: out.write(b"2" * 10))
+    assert len(list(tmp_path.glob(f"{DiskCache.key('s3://b/x')}-*"))) == 2  # v2 and the user's "-mine"
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+
+
+DIES_DOWNLOADING = """
+import os, signal, sys
+from headrace.io.cache import DiskCache
+
+def fill(out):
+    out.write(b"x" * 10)
+    out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DiskCache(sys.argv[1], limit=150).put("s3://b/dead", 100, "v1", fill)
+"""
+
+
+def test_a_download_killed_midway_is_reclaimed_by_the_next_process_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headrace.io.cache as module
+
+    monkeypatch.setattr(module, "WAIT_FOR_ROOM_S", 0.3)  # before the fix: a 60 s wait per object
+    killed = subprocess.run([sys.executable, "-c", DIES_DOWNLOADING, str(tmp_path)], capture_output=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    [part] = tmp_path.glob("*.part")
+    assert part.stat().st_size == 100  # reserved at full size, then the process died
+    cache = DiskCache(tmp_path, limit=150)
+    assert not part.exists() and cache.stats.reclaimed == 1 and cache.usage() == 0
+    part.write_bytes(b"y" * 100)  # one more left behind while this process runs: reclaimed when making room
+    path = cache.put("s3://b/live", 100, "v1", lambda out: out.write(b"z" * 100))
+    assert path is not None and Path(path).read_bytes() == b"z" * 100
+    assert cache.stats.reclaimed == 2 and cache.stats.waited == 0 and cache.usage() == 100
+    assert not list(tmp_path.glob("*.part"))
+
+
+WAITS_DOWNLOADING = """
+import sys
+from headrace.io.cache import DiskCache
+
+def fill(out):
+    out.write(b"a" * 60)
+    print("downloading", flush=True)
+    sys.stdin.readline()
+    out.write(b"b" * 40)
+
+print(DiskCache(sys.argv[1], limit=1000).put("s3://b/slow", 100, "v1", fill), flush=True)
+"""
+
+
+def test_a_download_in_flight_in_another_process_or_thread_is_never_reclaimed(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", WAITS_DOWNLOADING, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "downloading\n"
+        started, finish = threading.Event(), threading.Event()
+
+        def slow(out: Any) -> None:
+            out.write(b"c" * 30)
+            started.set()
+            finish.wait(60)
+
+        here = DiskCache(tmp_path, limit=1000)
+        thread = threading.Thread(target=here.put, args=("s3://b/thread", 30, "v1", slow))
+        thread.start()
+        assert started.wait(60)
+        other = DiskCache(tmp_path, limit=1000)  # opening the cache reclaims dead downloads only
+        assert sorted(p.stat().st_size for p in tmp_path.glob("*.part")) == [30, 100]
+        assert other.stats.reclaimed == 0 and other.usage() == 130
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        finish.set()
+        thread.join()
+        path = child.stdout.readline().strip()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert Path(path).read_bytes() == b"a" * 60 + b"b" * 40
+    assert not list(tmp_path.glob("*.part")) and other.usage() == 130
+
+
+def test_an_entry_cut_short_is_downloaded_again(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    path = cache.put("s3://b/x", 8, "v1", lambda out: out.write(b"12345678"))
+    assert path is not None
+    os.truncate(path, 3)  # what a power cut before the disk had the data can leave
+    assert cache.put("s3://b/x", 8, "v1", lambda out: out.write(b"abcdefgh")) == path
+    assert Path(path).read_bytes() == b"abcdefgh" and (cache.stats.hits, cache.stats.misses) == (0, 2)

@@ -6,9 +6,15 @@ so a changed object gets a new name and is fetched again, never served stale; th
 removed. A download goes to a ``.part`` file created at its full size, then is renamed into place
 (atomic: a reader sees a whole entry or none). Two processes wanting the same object take the same
 ``flock``; one downloads, the other then finds it. Room is made under a cache-wide ``flock`` before a
-download starts, counting the ``.part`` files of downloads in flight, so the files in the directory
-never add up to more than ``limit`` bytes. A read touches the entry (its mtime), and eviction removes
-the entries touched longest ago. All locks and files live in ``directory``: nothing in ``/dev/shm``.
+download starts, counting the ``.part`` files of downloads in flight, so the cache's files never add
+up to more than ``limit`` bytes. A read touches the entry (its mtime), and eviction removes the
+entries touched longest ago. All locks and files live in ``directory``: nothing in ``/dev/shm``.
+
+The cache only ever touches its own files, which it knows by their exact names (:data:`ENTRY`,
+:data:`PART`): anything else in ``directory`` (a checkpoint, notes, a folder) is ignored, never
+counted against ``limit`` and never deleted. A download holds an ``flock`` on its ``.part`` file
+until it is renamed into place; a ``.part`` whose lock nobody holds was left by a process that died
+(SIGKILL, a crash, a power cut) and is removed by the next process that opens the cache or makes room.
 
 >>> import tempfile
 >>> from headrace.io.cache import DiskCache
@@ -25,6 +31,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,20 +46,39 @@ from headrace.core.redact import redact
 log = logging.getLogger("headrace.io")
 STRIPES = 64  # per-entry download locks, shared by hash: a bounded number of lock files
 WAIT_FOR_ROOM_S = 60.0
+ENTRY = re.compile(r"[0-9a-f]{32}-[0-9a-f]{16}")  # <hash of url>-<hash of size and version>
+PART = re.compile(r"(?P<entry>[0-9a-f]{32}-[0-9a-f]{16})\.(?P<pid>\d+)\.(?P<thread>\d+)\.part")  # a download
+# The downloads in flight in this process, by path: never taken for a dead process's, even where flock is
+# emulated by POSIX locks (NFS), which a process does not conflict with itself on.
+_MINE: set[str] = set()
+_MINE_LOCK = threading.Lock()
 
 
 @dataclass
 class CacheStats:
+    """What one :class:`DiskCache` object did: ``waited`` counts downloads that had to wait for room
+    (others' downloads in flight filled the cache), ``reclaimed`` the dead processes' ``.part`` files removed."""
+
     hits: int = 0
     misses: int = 0
     evictions: int = 0
     bytes_fetched: int = 0
+    waited: int = 0
+    reclaimed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    size: int
+    mtime: float
+    part: bool
 
 
 class DiskCache:
@@ -69,6 +96,12 @@ class DiskCache:
             raise SourceError(
                 f"cannot create the cache directory {self.directory} ({e}); pass a writable cache_dir"
             ) from None
+        try:
+            with self._locked(self.directory / ".locks" / "cache.lock"):
+                self._reclaim()  # a killed run's downloads, before anything counts them
+        except OSError as e:
+            raise SourceError(f"cannot write in the cache directory {self.directory} ({e}); pass a writable "
+                              "cache_dir") from None  # fmt: skip
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.directory)!r}, limit={self.limit})"
@@ -103,7 +136,7 @@ class DiskCache:
         the caller then reads the object remotely.
         """
         path = self.entry(url, size, version)
-        if self.touch(path):
+        if self._whole(path, size):
             self.stats.add(hits=1)
             return str(path)
         if self.limit is not None and size > self.limit:
@@ -112,59 +145,128 @@ class DiskCache:
                 "above the largest shard, or read without cache_dir"
             )
         with self._locked(self.directory / ".locks" / f"{int(self.key(url), 16) % STRIPES}.lock"):
-            if self.touch(path):  # another process or thread downloaded it meanwhile
+            if self._whole(path, size, repair=True):  # another process or thread downloaded it meanwhile
                 self.stats.add(hits=1)
                 return str(path)
-            part = self._reserve(path, size)
-            if part is None:
+            out = self._reserve(path, size)
+            if out is None:
                 log.warning("%s: no room in the cache at %s; reading it without caching", redact(url), self.directory)
                 return None
+            part = Path(out.name)
             try:
-                with open(part, "r+b") as out:
-                    fill(out)
-                    written = out.tell()
+                fill(out)
+                written = out.tell()
                 if written != size:
                     raise SourceError(f"{redact(url)}: downloaded {written} bytes, expected {size}; the object "
                                       "changed while being read: list the dataset again")  # fmt: skip
+                out.flush()
                 # Names change only under the cache-wide lock: a directory scan racing a rename can miss
                 # the file, and a reservation counting too little would let the cache pass its limit.
                 with self._locked(self.directory / ".locks" / "cache.lock"):
                     os.replace(part, path)
-                    for stale in self.directory.glob(f"{self.key(url)}-*"):  # older versions of the object
-                        if stale != path and not stale.name.endswith(".part"):
+                    for stale in self._own():  # older versions of the object
+                        if not stale.part and stale.path.name.startswith(f"{self.key(url)}-") and stale.path != path:
                             with contextlib.suppress(OSError):
-                                stale.unlink()
+                                stale.path.unlink()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(part)
                 raise
+            finally:
+                with _MINE_LOCK:
+                    _MINE.discard(str(part))
+                out.close()  # and so its lock: after the rename, never a moment as an unlocked .part
             self.stats.add(misses=1, bytes_fetched=size)
             return str(path)
 
     def usage(self) -> int:
-        """Bytes on disk in entries and downloads in flight."""
-        return sum(size for _, size, _ in self._files())
+        """Bytes on disk in the cache's entries and downloads (the files of others in ``directory`` not counted)."""
+        return sum(f.size for f in self._own())
 
-    def _files(self) -> Iterator[tuple[Path, int, float]]:
+    def _whole(self, path: Path, size: int, repair: bool = False) -> bool:
+        """Whether ``path`` is an entry of ``size`` bytes, touched now. One of another size (cut short by a
+        power cut before the disk had it all) is removed with ``repair`` (under the entry's lock, which a
+        new copy is renamed into place under), to be downloaded again."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False  # not the cache's (a folder or a link someone made): left alone
+        if st.st_size != size:
+            if not repair:
+                return False
+            log.warning("%s: a cache entry of %d bytes, expected %d; downloading it again", path, st.st_size, size)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return False
+        return self.touch(path)
+
+    def _own(self) -> Iterator[_File]:
+        """The cache's entries and downloads in ``directory``: regular files with the names it gives, only."""
         with os.scandir(self.directory) as it:
             for e in it:
-                if e.is_file(follow_symlinks=False):
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    yield Path(e.path), st.st_size, st.st_mtime
+                part = PART.fullmatch(e.name) is not None
+                if not (part or ENTRY.fullmatch(e.name)) or not e.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield _File(Path(e.path), st.st_size, st.st_mtime, part)
 
-    def _reserve(self, path: Path, size: int) -> Path | None:
-        """A ``.part`` file of ``size`` bytes, after evicting least-recently-used entries to make room."""
+    def _reclaim(self) -> int:
+        """Remove the ``.part`` files whose download lock nobody holds (their process died); the count.
+        Called under the cache-wide lock, which every ``.part`` is created and renamed under."""
+        gone = 0
+        for f in self._own():
+            if not f.part:
+                continue
+            with _MINE_LOCK:
+                if str(f.path) in _MINE:
+                    continue
+            try:
+                with open(f.path, "rb") as probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a download in flight
+                    f.path.unlink()
+            except FileNotFoundError:
+                continue
+            gone += 1
+            log.info("removed %s from the cache at %s: its download's process died", f.path.name, self.directory)
+        if gone:
+            self.stats.add(reclaimed=gone)
+        return gone
+
+    def _reserve(self, path: Path, size: int) -> BinaryIO | None:
+        """A ``.part`` file of ``size`` bytes, open for writing with its lock held, after evicting
+        least-recently-used entries to make room; None if there is no room within ``WAIT_FOR_ROOM_S``."""
         part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         deadline = time.monotonic() + WAIT_FOR_ROOM_S
+        waited = False
         while True:
             with self._locked(self.directory / ".locks" / "cache.lock"):
+                self._reclaim()
                 if self.limit is None or self._evict(size):
-                    with open(part, "wb") as f:
-                        f.truncate(size)  # counted at full size from now on
-                    return part
+                    out = open(part, "wb")  # noqa: SIM115 - closed by put once renamed into place
+                    try:
+                        fcntl.flock(out, fcntl.LOCK_EX)  # held until renamed: a .part nobody locks is a dead one's
+                        with _MINE_LOCK:
+                            _MINE.add(str(part))
+                        out.truncate(size)  # counted at full size from now on
+                    except BaseException:
+                        with _MINE_LOCK:
+                            _MINE.discard(str(part))
+                        with contextlib.suppress(OSError):
+                            os.unlink(part)
+                        out.close()
+                        raise
+                    return out
+            if not waited:
+                waited = True
+                self.stats.add(waited=1)
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.05)
@@ -173,15 +275,14 @@ class DiskCache:
         """Remove entries, least recently used first, until ``size`` more bytes fit; False if they cannot
         (the rest is downloads in flight)."""
         assert self.limit is not None
-        files = list(self._files())
-        used = sum(s for _, s, _ in files)
-        entries = sorted((mtime, p, s) for p, s, mtime in files if not p.name.endswith(".part"))
-        for _, p, s in entries:
+        files = list(self._own())
+        used = sum(f.size for f in files)
+        for f in sorted((f for f in files if not f.part), key=lambda f: (f.mtime, f.path)):
             if used + size <= self.limit:
                 break
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()  # an open copy stays readable: unlinking frees the name, not the reader's data
-                used -= s
+                f.path.unlink()  # an open copy stays readable: unlinking frees the name, not the reader's data
+                used -= f.size
                 self.stats.add(evictions=1)
         return used + size <= self.limit
 
