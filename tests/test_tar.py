@@ -16,6 +16,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,9 +350,72 @@ def test_a_corrupt_header_is_a_source_error_naming_the_shard_and_byte(tmp_path: 
     shard.write_bytes(bytes(data))
     with pytest.raises(SourceError, match=rf"bad\.tar: corrupt tar data at byte {at}: not a valid tar header"):
         list(hr.open(str(shard)))
-    rows, run = rows_of(hr.open(str(shard), errors="skip").batch(5))  # samples 0-8, then the shard is quarantined
-    assert [r["__key__"] for r in rows] == keys(9)  # sample 9 may lack members after the damage: not delivered
+    delivered = []
+    with pytest.raises(SourceError, match=rf"bad\.tar: corrupt tar data at byte {at}"):
+        delivered.extend(r["__key__"] for r in hr.open(str(shard)))
+    assert delivered == keys(10)  # every member of samples 0-9 is whole: the damage is in sample 10's header
+    rows, run = rows_of(hr.open(str(shard), errors="skip").batch(5))  # samples 0-9, then the shard is quarantined
+    assert [r["__key__"] for r in rows] == keys(10)
     assert run.skipped == 1 and "quarantined shard" in run.skipped_where[0]
+
+
+def test_a_member_cut_short_loses_only_its_own_sample(tmp_path: Path) -> None:
+    shard = write_shard(tmp_path / "cut.tar", range(12))
+    with tarfile.open(shard) as tar:
+        json_member = tar.getmember("digit-0009.json")  # sample 9's last member, cut inside its data
+    shard.write_bytes(shard.read_bytes()[: json_member.offset_data + 10])
+    delivered = []
+    with pytest.raises(SourceError, match=r"cut\.tar: corrupt tar data at byte \d+: the data ends inside member "
+                                          r"'digit-0009\.json'"):  # fmt: skip
+        delivered.extend(r["__key__"] for r in hr.open(str(shard)))
+    assert delivered == keys(9)
+    rows, run = rows_of(hr.open(str(shard), errors="skip").batch(4))
+    assert [r["__key__"] for r in rows] == keys(9)
+    assert run.skipped == 1 and f"quarantined shard: {shard}" in run.skipped_where[0]
+
+
+def crafted_header(name: str, size_field: bytes) -> bytes:
+    """A ustar header for ``name`` whose size field is ``size_field`` (12 bytes), its checksum recomputed."""
+    info = tarfile.TarInfo(name)
+    buf = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    buf[124:136] = size_field
+    buf[148:156] = b" " * 8
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def pax_size_header(size: int) -> bytes:
+    """A pax extended header holding one record, ``size=<size>``."""
+    body = f" size={size}\n".encode()
+    n = len(body) + len(str(len(body) + 2))
+    records = str(n).encode() + body
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(records)
+    return info.tobuf(tarfile.USTAR_FORMAT) + records + bytes(-len(records) % 512)
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+@pytest.mark.parametrize("crafted", ["pax size 10**30", "base-256 size 2**62"])
+def test_a_crafted_member_size_is_a_source_error_after_every_good_sample(
+    tmp_path: Path, crafted: str, suffix: str
+) -> None:
+    good = write_shard(tmp_path / "good.tar", range(10)).read_bytes()
+    end = len(good.rstrip(b"\0"))
+    end += -end % 512  # the end-of-archive blocks (and the record padding) dropped
+    if crafted == "pax size 10**30":
+        tail = pax_size_header(10**30) + crafted_header("digit-0010.png", b"%011o\0" % 1) + b"\x89" * 512
+    else:
+        tail = crafted_header("digit-0010.png", b"\x80" + (2**62).to_bytes(11, "big")) + b"\x89" * 512
+    data = good[:end] + tail + bytes(1024)
+    shard = tmp_path / f"crafted{suffix}"
+    shard.write_bytes(gzip.compress(data) if suffix == ".tar.gz" else data)
+    delivered = []
+    with pytest.raises(SourceError, match=rf"crafted\.tar(\.gz)?: corrupt tar data at byte {end}\b.*'digit-0010\.png'"):
+        delivered.extend(r["__key__"] for r in hr.open(str(shard)))
+    assert delivered == keys(10)
+    rows, run = rows_of(hr.open(str(shard), errors="skip").batch(4))
+    assert [r["__key__"] for r in rows] == keys(10)
+    assert run.skipped == 1 and f"quarantined shard: {shard}" in run.skipped_where[0]
 
 
 def test_a_truncated_shard_is_a_source_error(tmp_path: Path) -> None:
@@ -410,3 +475,68 @@ def test_directories_metadata_and_files_without_extension_are_ignored(tmp_path: 
     assert [r["__key__"] for r in hr.open(str(shard))] == [f"train/digit-{i:04d}" for i in range(3)]
     src = hr.open(str(shard)).source
     assert TarFormat().count(src.fs, src.shards[0], ReadOptions()) == 3
+
+
+# -- member sizes --------------------------------------------------------------------------------------------------
+
+GIB = 1 << 30
+BIG_MEMBER_JOB = """
+import json, sys
+import headrace as hr
+path, columns = sys.argv[1], json.loads(sys.argv[2])
+run = hr.Loader(hr.open(path, columns=columns, errors="skip").batch(4, batch_format="arrow"))
+rows = [{k: len(v) if isinstance(v, bytes) else v for k, v in r.items()} for b in run for r in b.to_pylist()]
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(json.dumps({"rows": rows, "skipped": run.skipped, "where": run.skipped_where,
+                  "peak": int(status.split()[0]) * 1024}))
+"""
+
+
+def tar_member(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(tarfile.USTAR_FORMAT)
+
+
+def write_gigabyte_member_shard(path: Path) -> None:
+    """Samples 0-5 (``.cls``) around sample ``big`` (``.cls`` and a 1 GiB ``.bin`` of zeros), zstd-compressed
+    as it is written: neither the member nor the archive is ever held in memory (the file is ~40 KB)."""
+    import pyarrow as pa
+
+    zeros = bytes(1 << 20)
+    with pa.CompressedOutputStream(str(path), "zstd") as out:
+        for key in ["s0", "s1", "s2", "big", "s3", "s4", "s5"]:
+            label = str(len(key)).encode()
+            out.write(tar_member(f"{key}.cls", len(label)) + label + bytes(512 - len(label)))
+            if key == "big":
+                out.write(tar_member("big.bin", GIB))
+                for _ in range(GIB // len(zeros)):
+                    out.write(zeros)
+        out.write(bytes(1024))
+
+
+def stream_in_a_subprocess(path: Path, columns: list[str] | None) -> dict[str, Any]:
+    """Read ``path`` with ``errors="skip"`` in a fresh process; its rows, skips and peak memory (VmHWM, as
+    tests/test_memory.py measures it)."""
+    run = subprocess.run([sys.executable, "-c", BIG_MEMBER_JOB, str(path), json.dumps(columns)],
+                         capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc (Linux)")
+def test_a_gigabyte_member_is_never_held_in_memory(tmp_path: Path) -> None:
+    shard = tmp_path / "big.tar.zst"
+    write_gigabyte_member_shard(shard)
+    assert shard.stat().st_size < 1 << 20
+    labels = [{"__key__": k, "cls": len(k)} for k in ["s0", "s1", "s2", "big", "s3", "s4", "s5"]]
+    unselected = stream_in_a_subprocess(shard, ["__key__", "cls"])  # the 1 GiB member is skipped, not read
+    assert unselected["rows"] == labels and unselected["skipped"] == 0
+    selected = stream_in_a_subprocess(shard, None)  # over the default max_member_bytes: a counted skip
+    assert selected["rows"] == [{**r, "bin": None} for r in labels if r["__key__"] != "big"]
+    assert selected["skipped"] == 1
+    where = selected["where"][0]
+    assert where.startswith(f"{shard}: sample 'big': member 'big.bin'") and f"{GIB} bytes" in where
+    assert "max_member_bytes" in where
+    for peak in (unselected["peak"], selected["peak"]):
+        assert peak < GIB // 4, peak  # the interpreter, numpy, pyarrow and 1 MiB reads: never the member

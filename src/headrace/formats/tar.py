@@ -30,9 +30,20 @@ directory if it were — an absolute name, a ``..`` component, a symbolic or har
 FIFO, or a type headrace does not read — makes its sample a malformed record (a
 :class:`RecordError` naming the shard and the member; ``errors="skip"``/``"warn"`` skip and count
 it), as do an integer or JSON member that does not parse and a sample with the same extension twice.
-A header with a bad checksum and data that ends inside a member are a :class:`SourceError` naming the
-shard and the byte, raised after the samples before the damage were delivered (under ``errors="skip"``
-the rest of the shard is then quarantined).
+A header with a bad checksum, a size past the end of the file and data that ends inside a member are a
+:class:`SourceError` naming the shard and the byte, raised after every sample before the damage was
+delivered — the sample just before a damaged header too, all of whose members were read whole; a
+sample whose member the damage cuts is lost with the rest of the shard (under ``errors="skip"`` the
+rest of the shard is quarantined and counted as one skip).
+
+Member sizes are not trusted either. A member is held in memory only when its column is read (others
+are skipped by a seek, or read and dropped 1 MiB at a time in a compressed stream), and only up to
+``format_options={"max_member_bytes": N}`` bytes, :data:`MAX_MEMBER_BYTES` (256 MiB) by default: a
+larger member, or a larger pax or GNU long-name header, makes its sample a malformed record (a
+:class:`RecordError` naming the shard, the member and its size; ``errors="skip"`` skips and counts it)
+and is skipped without being read. 256 MiB holds any image, audio clip or short video a training
+sample carries, and bounds what one sample costs a worker: the member, its Arrow column and its
+decoded form, several samples in flight per worker; raise it for longer videos or whole documents.
 
 >>> import io, tarfile, tempfile, pathlib, headrace as hr
 >>> path = pathlib.Path(tempfile.mkdtemp(), "shard-0.tar")
@@ -60,11 +71,12 @@ import pyarrow as pa
 from headrace.core.errors import RecordError, SourceError
 from headrace.core.policy import ErrorLog
 from headrace.formats.base import Format, Piece, ReadOptions, Start, split_at_errors
-from headrace.formats.tar_archive import members, unsafe
+from headrace.formats.tar_archive import TarDamage, members, unsafe
 from headrace.io.resolve import Shard, open_stream
 
 FIRST_PIECE_BYTES = 64 << 10  # the first piece of a shard; pieces double from there to chunk_bytes
 SCHEMA_SAMPLES = 1000  # the schema is the union of the extensions of this many first samples
+MAX_MEMBER_BYTES = 256 << 20  # the largest member read into memory, unless format_options says otherwise
 KEY = "__key__"
 INT_EXTENSIONS = frozenset({"cls", "cls2", "class", "count", "index", "inx", "id", "label"})
 TEXT_EXTENSIONS = frozenset({"txt", "text"})
@@ -107,8 +119,11 @@ class Sample:
     problem: str | None = None
 
 
-def samples(f: BinaryIO, start: int, shard: Shard, wanted: frozenset[str] | None) -> Iterator[Sample]:
-    """The samples from byte ``start``, their values read for the extensions ``wanted`` (None: all)."""
+def samples(
+    f: BinaryIO, start: int, shard: Shard, wanted: frozenset[str] | None, max_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[Sample]:
+    """The samples from byte ``start``, their values read for the extensions ``wanted`` (None: all), members
+    of up to ``max_bytes``. On damage, the sample before it is yielded when all its members were whole."""
 
     split = lru_cache(maxsize=2)(split_name)  # each name is split to choose what to read, then to group
 
@@ -117,28 +132,49 @@ def samples(f: BinaryIO, start: int, shard: Shard, wanted: frozenset[str] | None
         return parts is not None and (wanted is None or parts[1] in wanted)
 
     sample: Sample | None = None
-    for m in members(f, start, shard, want):
-        problem = unsafe(m.name, m.kind, m.link)
-        parts = split(m.name)
-        if problem is None and (m.kind == tarfile.DIRTYPE or parts is None or _metadata(m.name)):
-            continue  # what WebDataset ignores
-        key, extension = parts if parts is not None else (m.name, "")
-        if sample is None or key != sample.key:
-            if sample is not None:
-                yield sample
-            sample = Sample(key, m.byte)
-        if problem is not None:
-            sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) is {problem}"
-        elif extension in sample.values:
-            sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) repeats extension {extension!r}"
-        else:
-            sample.values[extension] = m.data
+    try:
+        for m in members(f, start, shard, want, max_bytes):
+            problem = unsafe(m.name, m.kind, m.link)
+            parts = split(m.name)
+            ignored = m.kind == tarfile.DIRTYPE or parts is None or _metadata(m.name)
+            if ignored and problem is None and m.problem is None:
+                continue  # what WebDataset ignores
+            key, extension = parts if parts is not None else (m.name, "")
+            if sample is None or key != sample.key:
+                if sample is not None:
+                    yield sample
+                sample = Sample(key, m.byte)
+            if problem is not None:
+                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) is {problem}"
+            elif m.problem is not None:
+                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) {m.problem}"
+            elif extension in sample.values:
+                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) repeats extension {extension!r}"
+            else:
+                sample.values[extension] = m.data
+    except TarDamage as e:
+        cut = None if e.member is None else (split(e.member) or (e.member, ""))[0]
+        if sample is not None and cut != sample.key:
+            yield sample  # the damage is after its last member: it is whole
+        raise
     if sample is not None:
         yield sample
 
 
 def _metadata(name: str) -> bool:
     return "/" not in name and name.startswith("__") and name.split(".", 1)[0].endswith("__")
+
+
+def max_member_bytes(opts: ReadOptions) -> int:
+    """``format_options={"max_member_bytes": N}``, checked; :data:`MAX_MEMBER_BYTES` when not given.
+
+    >>> max_member_bytes(ReadOptions()) >> 20, max_member_bytes(ReadOptions(extra=(("max_member_bytes", 10),)))
+    (256, 10)
+    """
+    value = dict(opts.extra).get("max_member_bytes", MAX_MEMBER_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"format_options: max_member_bytes must be a positive number of bytes, got {value!r}")
+    return value
 
 
 def _value(extension: str, raw: bytes) -> Any:
@@ -166,9 +202,10 @@ class TarFormat(Format):
         found: set[str] = set()
         needed = None if opts.columns is None else set(opts.columns) - {KEY}
         seen = 0
+        max_bytes = max_member_bytes(opts)
         with open_stream(fs, shard) as f:
             try:
-                for sample in samples(f, 0, shard, frozenset()):
+                for sample in samples(f, 0, shard, frozenset(), max_bytes):
                     if sample.problem is None:
                         found.update(sample.values)
                         seen += 1
@@ -185,17 +222,18 @@ class TarFormat(Format):
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         with open_stream(fs, shard) as f:
-            return sum(1 for _ in samples(f, 0, shard, frozenset()))
+            return sum(1 for _ in samples(f, 0, shard, frozenset(), max_member_bytes(opts)))
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
     ) -> Iterator[Piece]:
         wanted = None if opts.columns is None else frozenset(opts.columns)
+        max_bytes = max_member_bytes(opts)
         first, byte = start.slot, max(start.byte, 0)
         batch: list[Sample] = []
         with open_stream(fs, shard) as f:
             try:
-                for sample in samples(f, byte, shard, wanted):
+                for sample in samples(f, byte, shard, wanted, max_bytes):
                     if batch and sample.byte - byte >= piece_bytes(byte, opts.chunk_bytes):
                         yield from _piece(batch, first, byte, shard, opts, seek, log)
                         first, batch = first + len(batch), []

@@ -4,7 +4,13 @@ This layer knows tar, not WebDataset: :func:`members` walks an archive from the 
 its end, folding pax and GNU long-name headers into the member they describe, and reads a member's
 data only when asked; :func:`unsafe` says why a member could escape a directory if it were extracted
 (nothing is ever extracted, but such a member makes its sample a malformed record). Damage (a bad
-checksum, data that ends inside a member) is a :class:`SourceError` naming the shard and the byte.
+checksum, data that ends inside a member, a size past the end of the file) is a :class:`TarDamage`
+naming the shard and the byte.
+
+Sizes come from the archive and are not trusted: a member is read into memory only when it is wanted
+and at most ``max_bytes`` long (larger ones are skipped and given a ``problem``); the data of a member
+not read is skipped by a seek, or, in a compressed stream, read and dropped 1 MiB at a time, so that no
+size a header claims (a pax ``size=10**30``, a base-256 ``2**62``) is ever allocated.
 
 >>> import io, tarfile, tempfile, pathlib
 >>> from headrace.io.resolve import Shard
@@ -16,7 +22,7 @@ checksum, data that ends inside a member) is a :class:`SourceError` naming the s
 ...         tar.addfile(info, io.BytesIO(data))
 >>> shard = Shard(str(path), path.stat().st_size, "tar")
 >>> with open(path, "rb") as f:
-...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: name.endswith(".txt"))]
+...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: name.endswith(".txt"), 1 << 20)]
 [('a.cls', 0, None), ('a.txt', 1024, b'three')]
 """
 
@@ -68,13 +74,31 @@ def unsafe(name: str, kind: bytes, link: str) -> str | None:
 
 
 class Member(NamedTuple):
-    """One archive member: its name, type, the byte of its first header, and its data if it was read."""
+    """One archive member: its name, type, the byte of its first header, and its data if it was read.
+
+    ``problem`` says why a wanted member was not read (its data or an extended header before it is over
+    ``max_bytes``): its sample is then a malformed record.
+    """
 
     name: str
     kind: bytes
     byte: int  # where its headers start (a pax or GNU long-name header before the member's own included)
     link: str = ""
     data: bytes | None = None
+    problem: str | None = None
+
+
+class TarDamage(SourceError):
+    """Corrupt tar data; ``member`` names the member whose data it cuts (None: the damage is in a header,
+    so every member before it was read whole)."""
+
+    member: str | None = None
+
+
+def _damage(message: str, member: str | None) -> TarDamage:
+    error = TarDamage(message)
+    error.member = member  # an instance attribute: pickled with the error (BaseException keeps __dict__)
+    return error
 
 
 class Header(NamedTuple):
@@ -156,8 +180,12 @@ class _Reader:
         self.seekable = shard.compression is None and f.seekable()
         self._buf, self._i = b"", 0
 
+    def fits(self, n: int) -> bool:
+        """Whether ``n`` more bytes may be there (always, when the size of the data is not known)."""
+        return self.size is None or self.pos + n <= self.size
+
     def read(self, n: int) -> bytes:
-        """``n`` bytes, or fewer at the end of the data."""
+        """``n`` bytes, or fewer at the end of the data; ``n`` was checked to be a size worth holding."""
         if self._i + n <= len(self._buf):
             out = self._buf[self._i : self._i + n]
             self._i += n
@@ -177,41 +205,58 @@ class _Reader:
         self.pos += len(out)
         return out
 
-    def skip(self, n: int) -> None:
-        """Past ``n >= 0`` bytes: within the buffer, by a seek, or by reading them."""
+    def skip(self, n: int) -> bool:
+        """Past ``n >= 0`` bytes (within the buffer, by a seek, or read and dropped a block at a time: never
+        ``n`` bytes in memory at once); False when the data ends first."""
         if n <= len(self._buf) - self._i:
             self._i += n
             self.pos += n
-            return
-        if not self.seekable:
-            if len(self.read(n)) < n:
-                raise self.corrupt("the data ends inside a member")
-            return
-        self.pos += n
+            return True
+        if not self.fits(n):
+            return False
+        if self.seekable:
+            self.pos += n
+            self._buf, self._i = b"", 0
+            self.f.seek(self.pos)
+            return True
+        n -= len(self._buf) - self._i
+        self.pos += len(self._buf) - self._i
         self._buf, self._i = b"", 0
-        if self.size is not None and self.pos > self.size:
-            raise self.corrupt(f"the data ends inside a member (the file has {self.size} bytes)")
-        self.f.seek(self.pos)
+        readinto = getattr(self.f, "readinto", None)  # io's streams have it; BinaryIO does not promise it
+        scratch = memoryview(bytearray(min(n, READ_BYTES)))  # one block, refilled: no allocation per read
+        while n > 0:
+            step = min(n, len(scratch))
+            got = readinto(scratch[:step]) if readinto is not None else len(self.f.read(step))
+            if not got:
+                return False
+            n -= got
+            self.pos += got
+        return True
 
-    def corrupt(self, what: str) -> SourceError:
-        where = f"byte {self.pos}" + (" of the decompressed data" if self.shard.compression else "")
-        return SourceError(
+    def corrupt(self, what: str, at: int | None = None, member: str | None = None) -> TarDamage:
+        """The damage at byte ``at`` (default: here); ``member``: the member whose data it cuts."""
+        where = f"byte {self.pos if at is None else at}" + (
+            " of the decompressed data" if self.shard.compression else ""
+        )
+        return _damage(
             f"{self.shard.url}: corrupt tar data at {where}: {what}; the shard is truncated or damaged: "
-            "re-write or remove it"
+            "re-write or remove it",
+            member,
         )
 
 
-def members(f: BinaryIO, start: int, shard: Shard, wanted: Callable[[str], bool]) -> Iterator[Member]:
-    """The members from byte ``start`` (a header) to the end of the archive; data read where ``wanted(name)``."""
+def members(f: BinaryIO, start: int, shard: Shard, wanted: Callable[[str], bool], max_bytes: int) -> Iterator[Member]:
+    """The members from byte ``start`` (a header) to the end of the archive; data read where ``wanted(name)``
+    and at most ``max_bytes`` long. Damage raises :class:`TarDamage` once the members before it are out."""
     reader = _Reader(f, start, shard)
-    while (member := _member(reader, wanted)) is not None:
+    while (member := _member(reader, wanted, max_bytes)) is not None:
         yield member
 
 
-def _member(reader: _Reader, wanted: Callable[[str], bool]) -> Member | None:
+def _member(reader: _Reader, wanted: Callable[[str], bool], max_bytes: int) -> Member | None:
     """The next member, its pax and GNU long-name headers folded in; None at the end of the archive."""
     first = reader.pos
-    long_name = long_link = None
+    long_name = long_link = problem = None
     pax: dict[bytes, bytes] = {}
     while True:  # extended headers, then the member's own
         at = reader.pos
@@ -219,23 +264,28 @@ def _member(reader: _Reader, wanted: Callable[[str], bool]) -> Member | None:
         if len(buf) < BLOCK:
             if not buf and at == first:
                 return None  # the end of the data at a member boundary (no end-of-archive blocks): as tar does
-            raise reader.corrupt("the data ends inside a header")
+            raise reader.corrupt("the data ends inside a header", at)
         if buf == _ZEROS:
             if at != first:
-                raise reader.corrupt("an extended header is followed by the end of the archive")
+                raise reader.corrupt("an extended header is followed by the end of the archive", at)
             return None
         kind = buf[156:157]
         try:
             info, size = _parsed(buf, kind)
         except ValueError as e:
-            reader.pos = at
-            raise reader.corrupt(f"not a valid tar header ({e})") from None
-        if b"size" in pax:
-            size = int(_text(pax[b"size"]))  # checked by _pax_records
-        if info is None:
+            raise reader.corrupt(f"not a valid tar header ({e})", at) from None
+        if info is None:  # an extended header: checked and folded in, never more than max_bytes in memory
+            if not reader.fits(size):
+                raise reader.corrupt(f"the data ends inside an extended header (its header says {size} bytes, "
+                                     f"the file ends {(reader.size or 0) - reader.pos} bytes on)", at)  # fmt: skip
+            if size > max_bytes:
+                if not reader.skip(size + (-size % BLOCK)):
+                    raise reader.corrupt("the data ends inside an extended header", at)
+                problem = problem or f"has an extended header (byte {at}) of {size} bytes, {_over(max_bytes)}"
+                continue
             extended = reader.read(size)
             if len(extended) < size:
-                raise reader.corrupt("the data ends inside an extended header")
+                raise reader.corrupt("the data ends inside an extended header", at)
             reader.skip(-size % BLOCK)
             if kind == tarfile.GNUTYPE_LONGNAME:
                 long_name = _text(extended.split(b"\0", 1)[0])
@@ -244,17 +294,28 @@ def _member(reader: _Reader, wanted: Callable[[str], bool]) -> Member | None:
             elif kind != tarfile.XGLTYPE:  # global headers set defaults this reader has no use for
                 pax.update(_pax_records(extended, reader, at))
             continue
+        if b"size" in pax:  # a pax size is the member's, never an extended header's
+            size = int(_text(pax[b"size"]))  # checked by _pax_records
         name = _text(pax[b"path"]) if b"path" in pax else long_name if long_name is not None else info.name
         link = _text(pax[b"linkpath"]) if b"linkpath" in pax else long_link if long_link is not None else info.link
+        if not reader.fits(size):
+            raise reader.corrupt(f"the data ends inside member {name!r} (its header says {size} bytes, the file "
+                                 f"ends {(reader.size or 0) - reader.pos} bytes on)", first, name)  # fmt: skip
         data = None
-        if info.type in REGULAR and wanted(name):
+        if info.type in REGULAR and wanted(name) and problem is None and size > max_bytes:
+            problem = f"has {size} bytes, {_over(max_bytes)}"
+        if info.type in REGULAR and wanted(name) and problem is None:
             data = reader.read(size)
             if len(data) < size:
-                raise reader.corrupt(f"the data ends inside member {name!r}")
+                raise reader.corrupt(f"the data ends inside member {name!r}", first, name)
             reader.skip(-size % BLOCK)
-        else:
-            reader.skip(size + (-size % BLOCK))
-        return Member(name, info.type, first, link, data)
+        elif not reader.skip(size + (-size % BLOCK)):
+            raise reader.corrupt(f"the data ends inside member {name!r} (of {size} bytes)", first, name)
+        return Member(name, info.type, first, link, data, problem)
+
+
+def _over(max_bytes: int) -> str:
+    return f"over max_member_bytes={max_bytes} (open with format_options={{'max_member_bytes': N}} to read it)"
 
 
 def _parsed(buf: bytes, kind: bytes) -> tuple[Header | None, int]:
@@ -286,15 +347,13 @@ def _pax_records(data: bytes, reader: _Reader, at: int) -> dict[bytes, bytes]:
         except ValueError:
             length = 0
         record = data[space + 1 : i + length]
-        if space < 0 or length <= 0 or not record.endswith(b"\n") or b"=" not in record:
-            reader.pos = at
-            raise reader.corrupt("a malformed pax extended header")
+        if space < 0 or length <= 0 or i + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            raise reader.corrupt("a malformed pax extended header", at)
         key, _, value = record[:-1].partition(b"=")
         out[key] = value
         i += length
     if b"size" in out and not _natural(_text(out[b"size"])):
-        reader.pos = at
-        raise reader.corrupt(f"a malformed pax extended header (size {_text(out[b'size'])!r})")
+        raise reader.corrupt(f"a malformed pax extended header (size {_text(out[b'size'])[:40]!r})", at)
     return out
 
 
