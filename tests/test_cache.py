@@ -372,3 +372,26 @@ def test_an_entry_cut_short_is_downloaded_again(tmp_path: Path) -> None:
     os.truncate(path, 3)  # what a power cut before the disk had the data can leave
     assert cache.put("s3://b/x", 8, "v1", lambda out: out.write(b"abcdefgh")) == path
     assert Path(path).read_bytes() == b"abcdefgh" and (cache.stats.hits, cache.stats.misses) == (0, 2)
+
+
+DISK_REFUSES = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # files over 1,000 bytes fail with EFBIG, like a full disk
+from headrace.io.cache import DiskCache
+cache = DiskCache(sys.argv[1])
+print(cache.put("s3://b/big", 2000, "v", lambda out: out.write(b"x" * 2000)))  # its reservation fails
+print(cache.put("s3://b/grew", 1000, "v", lambda out: out.write(b"y" * 1500)))  # its writes fail
+print(cache.put("s3://b/fits", 1000, "v", lambda out: out.write(b"z" * 1000)) is not None, cache.stats.uncached)
+"""
+
+
+def test_a_disk_that_refuses_the_download_means_reading_it_uncached_not_failing(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", DISK_REFUSES, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["None", "None", "True 2"]
+    for url in ("s3://b/big", "s3://b/grew"):
+        assert f"{url}: cannot keep it in the cache at {tmp_path} ([Errno 27] File too large); reading it without " \
+               "caching" in run.stderr  # fmt: skip
+    assert not list(tmp_path.glob("*.part")) and len(list(tmp_path.glob("*-*"))) == 1

@@ -186,3 +186,29 @@ def test_user_files_in_the_cache_folder_survive_eviction_byte_identical(
     assert {name: (cache / name).read_bytes() for name in mine} == mine
     entries, parts = own(cache)
     assert parts == [] and sum(p.stat().st_size for p in entries) == disk.usage()
+
+
+DISK_REFUSES = """
+import json, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # bigger files fail with EFBIG, like a full disk
+import headrace as hr
+ds = hr.open(json.loads(sys.argv[1]), columns=["id"], cache_dir=sys.argv[2],
+             retry=hr.Retry(backoff=0.01, max_wait=0.05))
+print(json.dumps([i for b in ds.batch(100) for i in b["id"].tolist()]))
+"""
+
+
+def test_a_cache_disk_that_refuses_every_download_is_read_around_exactly(
+    served: tuple[list[str], int], tmp_path: Path
+) -> None:
+    urls, total = served
+    cache = tmp_path / "cache"
+    run = subprocess.run([sys.executable, "-c", DISK_REFUSES, json.dumps(urls), str(cache), str(total // (3 * FILES))],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == ROWS  # every shard read remotely instead
+    for url in urls:
+        assert f"{url}: cannot keep it in the cache at {cache} ([Errno 27] File too large)" in run.stderr
+    assert own(cache) == ([], [])

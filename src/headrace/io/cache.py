@@ -27,8 +27,10 @@ until it is renamed into place; a ``.part`` whose lock nobody holds was left by 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import re
@@ -38,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from headrace.core.errors import SourceError
 from headrace.core.redact import redact
@@ -57,13 +59,15 @@ _MINE_LOCK = threading.Lock()
 @dataclass
 class CacheStats:
     """What one :class:`DiskCache` object did: ``waited`` counts downloads that had to wait for room
-    (others' downloads in flight filled the cache), ``reclaimed`` the dead processes' ``.part`` files removed."""
+    (others' downloads in flight filled the cache), ``uncached`` the objects read remotely instead (no room
+    in time, or the disk failed: full, over quota), ``reclaimed`` the dead processes' ``.part`` files removed."""
 
     hits: int = 0
     misses: int = 0
     evictions: int = 0
     bytes_fetched: int = 0
     waited: int = 0
+    uncached: int = 0
     reclaimed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -71,6 +75,32 @@ class CacheStats:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+
+
+class _DiskError(Exception):
+    """The cache's own file failed (disk full, over quota, file size limit), not the download."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _PartFile(io.FileIO):
+    """A download's ``.part`` file: each write writes all its bytes, and its ``OSError`` comes out as
+    :class:`_DiskError`, told apart from the download's own errors."""
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                n = super().write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "the disk took no bytes")
+                done += n
+        except OSError as e:
+            raise _DiskError(e) from e
+        return done
 
 
 @dataclass(frozen=True)
@@ -132,8 +162,8 @@ class DiskCache:
     def put(self, url: str, size: int, version: str, fill: Callable[[BinaryIO], None]) -> str | None:
         """The path of ``url``'s entry, calling ``fill(file)`` to download it when it is missing.
 
-        None when the entry cannot get room within a minute (other processes' downloads fill the cache):
-        the caller then reads the object remotely.
+        None when the entry cannot get room within a minute (other processes' downloads fill the cache)
+        or the disk fails (full, over quota: logged): the caller then reads the object remotely.
         """
         path = self.entry(url, size, version)
         if self._whole(path, size):
@@ -148,36 +178,51 @@ class DiskCache:
             if self._whole(path, size, repair=True):  # another process or thread downloaded it meanwhile
                 self.stats.add(hits=1)
                 return str(path)
-            out = self._reserve(path, size)
-            if out is None:
-                log.warning("%s: no room in the cache at %s; reading it without caching", redact(url), self.directory)
-                return None
-            part = Path(out.name)
             try:
-                fill(out)
+                reserved = self._reserve(path, size)
+            except OSError as e:
+                self._uncached(url, str(e))
+                return None
+            if reserved is None:
+                self._uncached(url, "no room")
+                return None
+            part, out = reserved
+            try:
+                fill(cast(BinaryIO, out))
                 written = out.tell()
                 if written != size:
                     raise SourceError(f"{redact(url)}: downloaded {written} bytes, expected {size}; the object "
                                       "changed while being read: list the dataset again")  # fmt: skip
-                out.flush()
                 # Names change only under the cache-wide lock: a directory scan racing a rename can miss
                 # the file, and a reservation counting too little would let the cache pass its limit.
-                with self._locked(self.directory / ".locks" / "cache.lock"):
-                    os.replace(part, path)
-                    for stale in self._own():  # older versions of the object
-                        if not stale.part and stale.path.name.startswith(f"{self.key(url)}-") and stale.path != path:
-                            with contextlib.suppress(OSError):
-                                stale.path.unlink()
-            except BaseException:
+                try:
+                    with self._locked(self.directory / ".locks" / "cache.lock"):
+                        os.replace(part, path)
+                        older = f"{self.key(url)}-"  # older versions of the object
+                        for stale in self._own():
+                            if not stale.part and stale.path.name.startswith(older) and stale.path != path:
+                                with contextlib.suppress(OSError):
+                                    stale.path.unlink()
+                except OSError as e:
+                    raise _DiskError(e) from e
+            except BaseException as e:
                 with contextlib.suppress(OSError):
                     os.unlink(part)
-                raise
+                if not isinstance(e, _DiskError):
+                    raise
+                self._uncached(url, str(e.error))
+                return None
             finally:
                 with _MINE_LOCK:
                     _MINE.discard(str(part))
                 out.close()  # and so its lock: after the rename, never a moment as an unlocked .part
             self.stats.add(misses=1, bytes_fetched=size)
             return str(path)
+
+    def _uncached(self, url: str, why: str) -> None:
+        log.warning("%s: cannot keep it in the cache at %s (%s); reading it without caching", redact(url),
+                    self.directory, why)  # fmt: skip
+        self.stats.add(uncached=1)
 
     def usage(self) -> int:
         """Bytes on disk in the cache's entries and downloads (the files of others in ``directory`` not counted)."""
@@ -240,7 +285,7 @@ class DiskCache:
             self.stats.add(reclaimed=gone)
         return gone
 
-    def _reserve(self, path: Path, size: int) -> BinaryIO | None:
+    def _reserve(self, path: Path, size: int) -> tuple[Path, _PartFile] | None:
         """A ``.part`` file of ``size`` bytes, open for writing with its lock held, after evicting
         least-recently-used entries to make room; None if there is no room within ``WAIT_FOR_ROOM_S``."""
         part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
@@ -250,7 +295,7 @@ class DiskCache:
             with self._locked(self.directory / ".locks" / "cache.lock"):
                 self._reclaim()
                 if self.limit is None or self._evict(size):
-                    out = open(part, "wb")  # noqa: SIM115 - closed by put once renamed into place
+                    out = _PartFile(part, "w")  # closed by put once renamed into place
                     try:
                         fcntl.flock(out, fcntl.LOCK_EX)  # held until renamed: a .part nobody locks is a dead one's
                         with _MINE_LOCK:
@@ -263,7 +308,7 @@ class DiskCache:
                             os.unlink(part)
                         out.close()
                         raise
-                    return out
+                    return part, out
             if not waited:
                 waited = True
                 self.stats.add(waited=1)
