@@ -223,6 +223,17 @@ def test_crafted_headers_raise_naming_the_shard_after_every_good_sample(tmp_path
     assert [r["__key__"] for r in unselected.rows] == keys(range(GOOD)) and names_shard(unselected.error, path)
 
 
+def test_damage_read_by_worker_processes_is_the_same_error_and_the_same_count(tmp_path: Path) -> None:
+    write(tmp_path, samples(range(GOOD)) + END, name="a-good")
+    bad = write(tmp_path, samples(range(GOOD, 2 * GOOD)) + CRAFTED["base-256 size 2**62"](), name="b-bad")
+    ds = hr.open(str(tmp_path / "*.tar"), errors="skip").batch(4, batch_format="arrow")
+    run = hr.Loader(ds, num_workers=2, worker_type="process")
+    assert sorted(r["__key__"] for b in run for r in b.to_pylist()) == keys(range(2 * GOOD))
+    assert run.skipped == 1 and run.skipped_where[0].startswith(f"quarantined shard: {bad}: corrupt tar data")
+    with pytest.raises(SourceError, match=rf"{bad}: corrupt tar data at byte \d+: the data ends inside member"):
+        list(hr.Loader(hr.open(str(tmp_path / "*.tar")).batch(4), num_workers=2, worker_type="process"))
+
+
 def test_a_member_over_max_member_bytes_is_a_record_error_and_reading_goes_on(tmp_path: Path) -> None:
     body = samples(range(3)) + member("big.bin", b"\x01" * 5000) + member("big.cls", b"7") + samples(range(3, 6))
     path = write(tmp_path, body + END, ".tar.gz")
@@ -238,6 +249,24 @@ def test_a_member_over_max_member_bytes_is_a_record_error_and_reading_goes_on(tm
     skipped = read(path, errors="skip", **options)
     assert skipped.rows == [row(i) for i in range(6)] and skipped.skipped == 1 and "'big.bin'" in skipped.where[0]
     assert key_list(read(path, columns=["__key__", "cls"], **options)) == [*keys(range(3)), "big", *keys(range(3, 6))]
+
+
+def test_a_sample_whose_members_add_up_past_max_member_bytes_is_a_record_error(tmp_path: Path) -> None:
+    many = b"".join(member(f"many.part{k}", bytes([k]) * 1000) for k in range(100))  # 100 kB in 1 kB members
+    path = write(tmp_path, samples(range(3)) + many + samples(range(3, 6)) + END, ".tar.zst")
+    options = {"format_options": {"max_member_bytes": 4096}}
+    raised = read(path, **options)
+    assert isinstance(raised.error, RecordError) and names_shard(raised.error, path)
+    assert "member 'many.part4' (byte" in str(raised.error)
+    assert "has 1000 bytes, over the 96 bytes its sample's other members leave of max_member_bytes=4096" in str(
+        raised.error
+    )
+    assert key_list(raised) == keys(range(3))
+    skipped = read(path, errors="skip", **options)
+    assert key_list(skipped) == keys(range(6)) and skipped.skipped == 1
+    few = read(path, columns=["__key__", "part0", "part99"], **options)  # the members not read take no room
+    assert [r["__key__"] for r in few.rows] == [*keys(range(3)), "many", *keys(range(3, 6))] and few.error is None
+    assert few.rows[3] == {"__key__": "many", "part0": b"\0" * 1000, "part99": b"\x63" * 1000}
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "1 GiB", True])

@@ -38,8 +38,9 @@ rest of the shard is quarantined and counted as one skip).
 
 Member sizes are not trusted either. A member is held in memory only when its column is read (others
 are skipped by a seek, or read and dropped 1 MiB at a time in a compressed stream), and only up to
-``format_options={"max_member_bytes": N}`` bytes, :data:`MAX_MEMBER_BYTES` (256 MiB) by default: a
-larger member, or a larger pax or GNU long-name header, makes its sample a malformed record (a
+``format_options={"max_member_bytes": N}`` bytes, :data:`MAX_MEMBER_BYTES` (256 MiB) by default, for
+a member and for the members of one sample together: a larger member, one that would take its sample
+past that, or a pax or GNU long-name header over it makes its sample a malformed record (a
 :class:`RecordError` naming the shard, the member and its size; ``errors="skip"`` skips and counts it)
 and is skipped without being read. 256 MiB holds any image, audio clip or short video a training
 sample carries, and bounds what one sample costs a worker: the member, its Arrow column and its
@@ -122,18 +123,26 @@ class Sample:
 def samples(
     f: BinaryIO, start: int, shard: Shard, wanted: frozenset[str] | None, max_bytes: int = MAX_MEMBER_BYTES
 ) -> Iterator[Sample]:
-    """The samples from byte ``start``, their values read for the extensions ``wanted`` (None: all), members
-    of up to ``max_bytes``. On damage, the sample before it is yielded when all its members were whole."""
+    """The samples from byte ``start``, their values read for the extensions ``wanted`` (None: all), up to
+    ``max_bytes`` for each sample. On damage, the sample before it is yielded when all its members were whole.
+    """
 
     split = lru_cache(maxsize=2)(split_name)  # each name is split to choose what to read, then to group
 
-    def want(name: str) -> bool:
+    def room(name: str) -> int | None:
+        """How many bytes of member ``name`` may be read: what its sample's members read so far leave."""
         parts = split(name)
-        return parts is not None and (wanted is None or parts[1] in wanted)
+        if parts is None or (wanted is not None and parts[1] not in wanted):
+            return None
+        if sample is None or parts[0] != sample.key:
+            return max_bytes
+        if sample.problem is not None:
+            return None  # a malformed sample: its values are never used
+        return max_bytes - sum(len(v) for v in sample.values.values() if v is not None)
 
     sample: Sample | None = None
     try:
-        for m in members(f, start, shard, want, max_bytes):
+        for m in members(f, start, shard, room, max_bytes):
             problem = unsafe(m.name, m.kind, m.link)
             parts = split(m.name)
             ignored = m.kind == tarfile.DIRTYPE or parts is None or _metadata(m.name)

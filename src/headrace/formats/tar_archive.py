@@ -8,9 +8,10 @@ checksum, data that ends inside a member, a size past the end of the file) is a 
 naming the shard and the byte.
 
 Sizes come from the archive and are not trusted: a member is read into memory only when it is wanted
-and at most ``max_bytes`` long (larger ones are skipped and given a ``problem``); the data of a member
-not read is skipped by a seek, or, in a compressed stream, read and dropped 1 MiB at a time, so that no
-size a header claims (a pax ``size=10**30``, a base-256 ``2**62``) is ever allocated.
+and fits the room its caller gives it (larger ones are skipped and given a ``problem``), an extended
+header only up to ``max_bytes``; the data of a member not read is skipped by a seek, or, in a
+compressed stream, read and dropped 1 MiB at a time, so that no size a header claims (a pax
+``size=10**30``, a base-256 ``2**62``) is ever allocated.
 
 >>> import io, tarfile, tempfile, pathlib
 >>> from headrace.io.resolve import Shard
@@ -22,7 +23,7 @@ size a header claims (a pax ``size=10**30``, a base-256 ``2**62``) is ever alloc
 ...         tar.addfile(info, io.BytesIO(data))
 >>> shard = Shard(str(path), path.stat().st_size, "tar")
 >>> with open(path, "rb") as f:
-...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: name.endswith(".txt"), 1 << 20)]
+...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: 99 if name.endswith(".txt") else None, 99)]
 [('a.cls', 0, None), ('a.txt', 1024, b'three')]
 """
 
@@ -76,8 +77,8 @@ def unsafe(name: str, kind: bytes, link: str) -> str | None:
 class Member(NamedTuple):
     """One archive member: its name, type, the byte of its first header, and its data if it was read.
 
-    ``problem`` says why a wanted member was not read (its data or an extended header before it is over
-    ``max_bytes``): its sample is then a malformed record.
+    ``problem`` says why a wanted member was not read (its data is over the room it had, or an extended
+    header before it over ``max_bytes``): its sample is then a malformed record.
     """
 
     name: str
@@ -245,15 +246,19 @@ class _Reader:
         )
 
 
-def members(f: BinaryIO, start: int, shard: Shard, wanted: Callable[[str], bool], max_bytes: int) -> Iterator[Member]:
-    """The members from byte ``start`` (a header) to the end of the archive; data read where ``wanted(name)``
-    and at most ``max_bytes`` long. Damage raises :class:`TarDamage` once the members before it are out."""
+def members(
+    f: BinaryIO, start: int, shard: Shard, room: Callable[[str], int | None], max_bytes: int
+) -> Iterator[Member]:
+    """The members from byte ``start`` (a header) to the end of the archive, the data of a regular member
+    read when it has at most ``room(name)`` bytes (None: not wanted), extended headers of up to ``max_bytes``
+    (the limit the user set, named in problems). Damage raises :class:`TarDamage` once the members before
+    it are out."""
     reader = _Reader(f, start, shard)
-    while (member := _member(reader, wanted, max_bytes)) is not None:
+    while (member := _member(reader, room, max_bytes)) is not None:
         yield member
 
 
-def _member(reader: _Reader, wanted: Callable[[str], bool], max_bytes: int) -> Member | None:
+def _member(reader: _Reader, room: Callable[[str], int | None], max_bytes: int) -> Member | None:
     """The next member, its pax and GNU long-name headers folded in; None at the end of the archive."""
     first = reader.pos
     long_name = long_link = problem = None
@@ -281,7 +286,9 @@ def _member(reader: _Reader, wanted: Callable[[str], bool], max_bytes: int) -> M
             if size > max_bytes:
                 if not reader.skip(size + (-size % BLOCK)):
                     raise reader.corrupt("the data ends inside an extended header", at)
-                problem = problem or f"has an extended header (byte {at}) of {size} bytes, {_over(max_bytes)}"
+                problem = (
+                    problem or f"has an extended header (byte {at}) of {size} bytes, {_over(max_bytes, max_bytes)}"
+                )
                 continue
             extended = reader.read(size)
             if len(extended) < size:
@@ -302,9 +309,10 @@ def _member(reader: _Reader, wanted: Callable[[str], bool], max_bytes: int) -> M
             raise reader.corrupt(f"the data ends inside member {name!r} (its header says {size} bytes, the file "
                                  f"ends {(reader.size or 0) - reader.pos} bytes on)", first, name)  # fmt: skip
         data = None
-        if info.type in REGULAR and wanted(name) and problem is None and size > max_bytes:
-            problem = f"has {size} bytes, {_over(max_bytes)}"
-        if info.type in REGULAR and wanted(name) and problem is None:
+        budget = room(name) if info.type in REGULAR and problem is None else None
+        if budget is not None and size > budget:
+            problem, budget = f"has {size} bytes, {_over(max_bytes, budget)}", None
+        if budget is not None:
             data = reader.read(size)
             if len(data) < size:
                 raise reader.corrupt(f"the data ends inside member {name!r}", first, name)
@@ -314,8 +322,12 @@ def _member(reader: _Reader, wanted: Callable[[str], bool], max_bytes: int) -> M
         return Member(name, info.type, first, link, data, problem)
 
 
-def _over(max_bytes: int) -> str:
-    return f"over max_member_bytes={max_bytes} (open with format_options={{'max_member_bytes': N}} to read it)"
+def _over(max_bytes: int, room: int) -> str:
+    """Why a member of more than ``room`` bytes was not read."""
+    what = f"max_member_bytes={max_bytes}"
+    if room < max_bytes:
+        what = f"the {room} bytes its sample's other members leave of {what}"
+    return f"over {what} (open with format_options={{'max_member_bytes': N}} to read it)"
 
 
 def _parsed(buf: bytes, kind: bytes) -> tuple[Header | None, int]:
