@@ -223,6 +223,23 @@ def test_crafted_headers_raise_naming_the_shard_after_every_good_sample(tmp_path
     assert [r["__key__"] for r in unselected.rows] == keys(range(GOOD)) and names_shard(unselected.error, path)
 
 
+@pytest.mark.parametrize("how", ["one pax header of 2 MiB", "300 pax headers of 4 KiB", "a GNU long name of 2 MiB"])
+def test_extended_headers_over_a_mebibyte_make_their_member_a_record_error(tmp_path: Path, how: str) -> None:
+    if how == "one pax header of 2 MiB":  # 2 MiB of distinct records: a dict of 200,000 keys if it were read
+        headers = pax(b"".join(record(f"k{i}", "v") for i in range(200_000)))
+    elif how == "300 pax headers of 4 KiB":
+        headers = b"".join(pax({f"k{i}": "v" * 4000}) for i in range(300))
+    else:
+        headers = gnu_long("n" * (2 << 20) + ".cls")
+    path = write(tmp_path, samples(range(3)) + headers + member("big.cls", b"1") + samples(range(3, 6)) + END)
+    raised = read(path)
+    assert isinstance(raised.error, RecordError) and names_shard(raised.error, path)
+    assert "member 'big.cls' (byte" in str(raised.error) and "of over 1048576 bytes" in str(raised.error)
+    assert key_list(raised) == keys(range(3))
+    skipped = read(path, errors="skip")
+    assert skipped.rows == [row(i) for i in range(6)] and skipped.skipped == 1
+
+
 def test_damage_read_by_worker_processes_is_the_same_error_and_the_same_count(tmp_path: Path) -> None:
     write(tmp_path, samples(range(GOOD)) + END, name="a-good")
     bad = write(tmp_path, samples(range(GOOD, 2 * GOOD)) + CRAFTED["base-256 size 2**62"](), name="b-bad")

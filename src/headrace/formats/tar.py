@@ -40,7 +40,7 @@ Member sizes are not trusted either. A member is held in memory only when its co
 are skipped by a seek, or read and dropped 1 MiB at a time in a compressed stream), and only up to
 ``format_options={"max_member_bytes": N}`` bytes, :data:`MAX_MEMBER_BYTES` (256 MiB) by default, for
 a member and for the members of one sample together: a larger member, one that would take its sample
-past that, or a pax or GNU long-name header over it makes its sample a malformed record (a
+past that, or pax and GNU long-name headers of over 1 MiB make its sample a malformed record (a
 :class:`RecordError` naming the shard, the member and its size; ``errors="skip"`` skips and counts it)
 and is skipped without being read. 256 MiB holds any image, audio clip or short video a training
 sample carries, and bounds what one sample costs a worker: the member, its Arrow column and its
@@ -142,11 +142,11 @@ def samples(
 
     sample: Sample | None = None
     try:
-        for m in members(f, start, shard, room, max_bytes):
+        for m in members(f, start, shard, room):
             problem = unsafe(m.name, m.kind, m.link)
             parts = split(m.name)
             ignored = m.kind == tarfile.DIRTYPE or parts is None or _metadata(m.name)
-            if ignored and problem is None and m.problem is None:
+            if ignored and problem is None and m.problem is None:  # (m.over is None: it was not wanted)
                 continue  # what WebDataset ignores
             key, extension = parts if parts is not None else (m.name, "")
             if sample is None or key != sample.key:
@@ -157,6 +157,10 @@ def samples(
                 sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) is {problem}"
             elif m.problem is not None:
                 sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) {m.problem}"
+            elif m.over is not None:
+                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) has {m.size} bytes, " + _over(
+                    max_bytes, m.over
+                )
             elif extension in sample.values:
                 sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) repeats extension {extension!r}"
             else:
@@ -172,6 +176,14 @@ def samples(
 
 def _metadata(name: str) -> bool:
     return "/" not in name and name.startswith("__") and name.split(".", 1)[0].endswith("__")
+
+
+def _over(max_bytes: int, room: int) -> str:
+    """Why a member of more than ``room`` bytes was not read."""
+    what = f"max_member_bytes={max_bytes}"
+    if room < max_bytes:
+        what = f"the {room} bytes its sample's other members leave of {what}"
+    return f"over {what} (open with format_options={{'max_member_bytes': N}} to read it)"
 
 
 def max_member_bytes(opts: ReadOptions) -> int:

@@ -8,10 +8,10 @@ checksum, data that ends inside a member, a size past the end of the file) is a 
 naming the shard and the byte.
 
 Sizes come from the archive and are not trusted: a member is read into memory only when it is wanted
-and fits the room its caller gives it (larger ones are skipped and given a ``problem``), an extended
-header only up to ``max_bytes``; the data of a member not read is skipped by a seek, or, in a
-compressed stream, read and dropped 1 MiB at a time, so that no size a header claims (a pax
-``size=10**30``, a base-256 ``2**62``) is ever allocated.
+and fits the room its caller gives it, and the extended headers of one member only up to
+:data:`EXTENDED_BYTES` (a larger one is skipped and makes the member unreadable); the data of a member
+not read is skipped by a seek, or, in a compressed stream, read and dropped 1 MiB at a time, so that no
+size a header claims (a pax ``size=10**30``, a base-256 ``2**62``) is ever allocated.
 
 >>> import io, tarfile, tempfile, pathlib
 >>> from headrace.io.resolve import Shard
@@ -23,7 +23,7 @@ compressed stream, read and dropped 1 MiB at a time, so that no size a header cl
 ...         tar.addfile(info, io.BytesIO(data))
 >>> shard = Shard(str(path), path.stat().st_size, "tar")
 >>> with open(path, "rb") as f:
-...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: 99 if name.endswith(".txt") else None, 99)]
+...     [(m.name, m.byte, m.data) for m in members(f, 0, shard, lambda name: 99 if name.endswith(".txt") else None)]
 [('a.cls', 0, None), ('a.txt', 1024, b'three')]
 """
 
@@ -41,6 +41,7 @@ from headrace.io.resolve import Shard
 
 BLOCK = 512
 READ_BYTES = 1 << 20  # how much is read from the stream at a time
+EXTENDED_BYTES = 1 << 20  # the most pax and GNU long-name header data one member may have (tar's own are <1 KiB)
 REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 PAX = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
 GNU_LONG = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
@@ -77,8 +78,9 @@ def unsafe(name: str, kind: bytes, link: str) -> str | None:
 class Member(NamedTuple):
     """One archive member: its name, type, the byte of its first header, and its data if it was read.
 
-    ``problem`` says why a wanted member was not read (its data is over the room it had, or an extended
-    header before it over ``max_bytes``): its sample is then a malformed record.
+    ``problem`` says why it cannot be read (its extended headers are over :data:`EXTENDED_BYTES`), and
+    ``over`` is the room a wanted member did not fit in (its data was not read): either makes its sample
+    a malformed record.
     """
 
     name: str
@@ -87,6 +89,8 @@ class Member(NamedTuple):
     link: str = ""
     data: bytes | None = None
     problem: str | None = None
+    size: int = 0
+    over: int | None = None
 
 
 class TarDamage(SourceError):
@@ -246,23 +250,21 @@ class _Reader:
         )
 
 
-def members(
-    f: BinaryIO, start: int, shard: Shard, room: Callable[[str], int | None], max_bytes: int
-) -> Iterator[Member]:
+def members(f: BinaryIO, start: int, shard: Shard, room: Callable[[str], int | None]) -> Iterator[Member]:
     """The members from byte ``start`` (a header) to the end of the archive, the data of a regular member
-    read when it has at most ``room(name)`` bytes (None: not wanted), extended headers of up to ``max_bytes``
-    (the limit the user set, named in problems). Damage raises :class:`TarDamage` once the members before
-    it are out."""
+    read when it has at most ``room(name)`` bytes (None: it is not wanted). Damage raises
+    :class:`TarDamage` once the members before it are out."""
     reader = _Reader(f, start, shard)
-    while (member := _member(reader, room, max_bytes)) is not None:
+    while (member := _member(reader, room)) is not None:
         yield member
 
 
-def _member(reader: _Reader, room: Callable[[str], int | None], max_bytes: int) -> Member | None:
+def _member(reader: _Reader, room: Callable[[str], int | None]) -> Member | None:
     """The next member, its pax and GNU long-name headers folded in; None at the end of the archive."""
     first = reader.pos
     long_name = long_link = problem = None
     pax: dict[bytes, bytes] = {}
+    extended = 0  # bytes of extended headers so far
     while True:  # extended headers, then the member's own
         at = reader.pos
         buf = reader.read(BLOCK)
@@ -279,27 +281,19 @@ def _member(reader: _Reader, room: Callable[[str], int | None], max_bytes: int) 
             info, size = _parsed(buf, kind)
         except ValueError as e:
             raise reader.corrupt(f"not a valid tar header ({e})", at) from None
-        if info is None:  # an extended header: checked and folded in, never more than max_bytes in memory
-            if not reader.fits(size):
-                raise reader.corrupt(f"the data ends inside an extended header (its header says {size} bytes, "
-                                     f"the file ends {(reader.size or 0) - reader.pos} bytes on)", at)  # fmt: skip
-            if size > max_bytes:
-                if not reader.skip(size + (-size % BLOCK)):
-                    raise reader.corrupt("the data ends inside an extended header", at)
+        if info is None:  # an extended header
+            raw = _extended(reader, size, at, room=EXTENDED_BYTES - extended)
+            extended += size
+            if raw is None:
                 problem = (
-                    problem or f"has an extended header (byte {at}) of {size} bytes, {_over(max_bytes, max_bytes)}"
+                    f"has extended headers (pax or GNU long-name, from byte {first}) of over {EXTENDED_BYTES} bytes"
                 )
-                continue
-            extended = reader.read(size)
-            if len(extended) < size:
-                raise reader.corrupt("the data ends inside an extended header", at)
-            reader.skip(-size % BLOCK)
-            if kind == tarfile.GNUTYPE_LONGNAME:
-                long_name = _text(extended.split(b"\0", 1)[0])
+            elif kind == tarfile.GNUTYPE_LONGNAME:
+                long_name = _text(raw.split(b"\0", 1)[0])
             elif kind == tarfile.GNUTYPE_LONGLINK:
-                long_link = _text(extended.split(b"\0", 1)[0])
+                long_link = _text(raw.split(b"\0", 1)[0])
             elif kind != tarfile.XGLTYPE:  # global headers set defaults this reader has no use for
-                pax.update(_pax_records(extended, reader, at))
+                pax.update(_pax_records(raw, reader, at))
             continue
         if b"size" in pax:  # a pax size is the member's, never an extended header's
             size = int(_text(pax[b"size"]))  # checked by _pax_records
@@ -308,26 +302,40 @@ def _member(reader: _Reader, room: Callable[[str], int | None], max_bytes: int) 
         if not reader.fits(size):
             raise reader.corrupt(f"the data ends inside member {name!r} (its header says {size} bytes, the file "
                                  f"ends {(reader.size or 0) - reader.pos} bytes on)", first, name)  # fmt: skip
-        data = None
         budget = room(name) if info.type in REGULAR and problem is None else None
         if budget is not None and size > budget:
-            problem, budget = f"has {size} bytes, {_over(max_bytes, budget)}", None
-        if budget is not None:
-            data = reader.read(size)
-            if len(data) < size:
-                raise reader.corrupt(f"the data ends inside member {name!r}", first, name)
-            reader.skip(-size % BLOCK)
-        elif not reader.skip(size + (-size % BLOCK)):
-            raise reader.corrupt(f"the data ends inside member {name!r} (of {size} bytes)", first, name)
-        return Member(name, info.type, first, link, data, problem)
+            return _skipped(reader, Member(name, info.type, first, link, None, problem, size, budget))
+        if budget is None:
+            return _skipped(reader, Member(name, info.type, first, link, None, problem, size))
+        data = reader.read(size)
+        if len(data) < size:
+            raise reader.corrupt(f"the data ends inside member {name!r}", first, name)
+        reader.skip(-size % BLOCK)
+        return Member(name, info.type, first, link, data, problem, size)
 
 
-def _over(max_bytes: int, room: int) -> str:
-    """Why a member of more than ``room`` bytes was not read."""
-    what = f"max_member_bytes={max_bytes}"
-    if room < max_bytes:
-        what = f"the {room} bytes its sample's other members leave of {what}"
-    return f"over {what} (open with format_options={{'max_member_bytes': N}} to read it)"
+def _extended(reader: _Reader, size: int, at: int, room: int) -> bytes | None:
+    """The data of the extended header at byte ``at``, or None (skipped) when it has over ``room`` bytes."""
+    if not reader.fits(size):
+        raise reader.corrupt(f"the data ends inside an extended header (its header says {size} bytes, the file "
+                             f"ends {(reader.size or 0) - reader.pos} bytes on)", at)  # fmt: skip
+    if size > room:
+        if not reader.skip(size + (-size % BLOCK)):
+            raise reader.corrupt("the data ends inside an extended header", at)
+        return None
+    raw = reader.read(size)
+    if len(raw) < size:
+        raise reader.corrupt("the data ends inside an extended header", at)
+    reader.skip(-size % BLOCK)
+    return raw
+
+
+def _skipped(reader: _Reader, member: Member) -> Member:
+    """``member``, its data skipped."""
+    if not reader.skip(member.size + (-member.size % BLOCK)):
+        raise reader.corrupt(f"the data ends inside member {member.name!r} (of {member.size} bytes)",
+                             member.byte, member.name)  # fmt: skip
+    return member
 
 
 def _parsed(buf: bytes, kind: bytes) -> tuple[Header | None, int]:
