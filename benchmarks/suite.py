@@ -140,10 +140,12 @@ class Result:
         return m
 
     def write(self, folder: Path) -> Path:
-        """Write ``folder/<name>.json``; the path."""
+        """Write ``folder/<name>.json`` (its notes redacted: they may quote errors naming URLs); the path."""
+        from headrace.core.redact import redacted
+
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.name}.json"
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        path.write_text(json.dumps(redacted(asdict(self)), indent=1) + "\n")
         return path
 
     @classmethod

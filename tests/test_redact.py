@@ -40,8 +40,16 @@ FAST = hr.Retry(attempts=4, backoff=0.01, max_wait=0.02)
 class Outputs:
     """Everything a scenario let out, to be searched."""
 
-    def __init__(self) -> None:
+    def __init__(self, caplog: pytest.LogCaptureFixture, caught: list[warnings.WarningMessage]) -> None:
         self.texts: list[str] = []
+        self.caplog, self.caught = caplog, caught
+
+    def everything(self) -> list[str]:
+        """The texts added, every log record so far (of any logger) and every warning."""
+        records = self.caplog.get_records("setup") + self.caplog.get_records("call")
+        assert records  # the scenarios log (fsspec at DEBUG at least): the search has something to search
+        logs = [self.caplog.handler.format(r) for r in records]
+        return self.texts + logs + [str(w.message) for w in self.caught]
 
     def error(self, run: Callable[[], Any]) -> BaseException:
         with pytest.raises(Exception) as e:  # any error: its text is what is checked
@@ -56,17 +64,16 @@ class Outputs:
 @pytest.fixture
 def outputs(caplog: pytest.LogCaptureFixture) -> Any:
     caplog.set_level(logging.DEBUG)  # every logger, every level: ours, fsspec's, the SDKs'
-    out = Outputs()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield out
-    out.texts += [caplog.text] + [str(w.message) for w in caught]
+        yield Outputs(caplog, caught)
 
 
 def assert_nowhere(outputs: Outputs, *secrets: str) -> None:
+    texts = outputs.everything()
     assert outputs.texts
     for secret in secrets:
-        leaks = [t[max(0, t.find(secret) - 200) : t.find(secret) + 50] for t in outputs.texts if secret in t]
+        leaks = [t[max(0, t.find(secret) - 200) : t.find(secret) + 50] for t in texts if secret in t]
         assert not leaks, f"{secret!r} leaked: {leaks[:3]}"
 
 
@@ -180,3 +187,87 @@ def test_redact_masks_urls_and_registered_secrets() -> None:
         "https://h/x?X-Amz-Signature=***&X-Amz-Credential=***&x=1"
     )
     assert redact("abfs://c@acct.dfs.core.windows.net/x") == "abfs://c@acct.dfs.core.windows.net/x"
+
+
+def test_redact_notes_masks_notes_and_a_worker_processes_traceback_text() -> None:
+    from concurrent.futures.process import _RemoteTraceback
+
+    from headrace.core.redact import redact_notes
+
+    register({"token": "late-registered-0123"})
+    error = ValueError("the user's own message stays: late-registered-0123")
+    error.add_note("headrace: at http://u:pw-in-note@h/x.jsonl?sig=s1g (record 3) late-registered-0123")
+    error.__cause__ = _RemoteTraceback('\n"""\nValueError\nat http://u:pw-in-tb@h/x late-registered-0123\n"""')
+    assert redact_notes(error) is error
+    assert error.__notes__ == ["headrace: at http://u:***@h/x.jsonl?sig=*** (record 3) ***"]
+    assert str(error.__cause__) == '\n"""\nValueError\nat http://u:***@h/x ***\n"""'
+    assert str(error) == "the user's own message stays: late-registered-0123"
+
+
+def test_redacted_masks_every_string_of_a_json_document() -> None:
+    from headrace.core.redact import redacted
+
+    report = {"pipeline": [{"files": ["x.bin?X-Amz-Signature=abc", "y.bin"]}], "rows": 3, "name": ("s3://b/k",)}
+    assert redacted(report) == {"pipeline": [{"files": ["x.bin?X-Amz-Signature=***", "y.bin"]}], "rows": 3,
+                                "name": ("s3://b/k",)}  # fmt: skip
+
+
+def test_an_authorization_header_masks_its_token_alone() -> None:
+    register({"client_kwargs": {"headers": {"Authorization": "Bearer hf_abcdefghij0123"}}})
+    assert redact("401 for token hf_abcdefghij0123") == "401 for token ***"
+
+
+def test_headrace_log_records_are_redacted_with_their_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    register({"secret": "log-secret-0123456"})
+    try:
+        raise OSError("GET http://u:pw-in-exc@h/x?X-Amz-Signature=s1g failed")
+    except OSError:
+        logging.getLogger("headrace.io").warning("%s: retry", "http://u:pw-in-log@h/x log-secret-0123456",
+                                                 exc_info=True)  # fmt: skip
+    logging.getLogger("fsspec.http").debug("Retrieve file size for %s", "http://u:pw-fsspec@h/y?sig=s1g")
+    assert [r.getMessage() for r in caplog.records] == [
+        "http://u:***@h/x ***: retry",
+        "Retrieve file size for http://u:***@h/y?sig=***",
+    ]
+    assert "OSError: GET http://u:***@h/x?X-Amz-Signature=*** failed" in caplog.text
+    for secret in ("pw-in-exc", "pw-in-log", "log-secret-0123456", "pw-fsspec", "s1g"):
+        assert secret not in caplog.text
+
+
+def test_a_worker_forked_while_the_secrets_lock_is_held_can_still_redact() -> None:
+    """Another thread may hold the lock when a worker forks: the child gets a lock of its own."""
+    import headrace.core.redact as module
+
+    with module._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: a deadlock here is ended by the alarm
+            import signal
+
+            signal.alarm(10)
+            os._exit(0 if redact("http://u:pw@h/x") == "http://u:***@h/x" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_skipped_where_and_warnings_mask_secrets_registered_after_the_error() -> None:
+    from headrace.core.errors import RecordError
+    from headrace.core.policy import ErrorLog, SkippedRecordWarning
+
+    error = RecordError("s3://bucket/tok-after-0123456/x.jsonl:3: malformed JSON line")
+    register({"token": "tok-after-0123456"})
+    log = ErrorLog(policy="warn")
+    with pytest.warns(SkippedRecordWarning) as caught:
+        log.record(error)
+    assert log.where == ["s3://bucket/***/x.jsonl:3: malformed JSON line"]
+    assert [str(w.message) for w in caught] == ["skipped: s3://bucket/***/x.jsonl:3: malformed JSON line"]
+
+
+def test_the_repr_of_a_dataset_masks_the_arguments_of_its_functions(tmp_path: Path) -> None:
+    import functools
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": 1}\n')
+    fetch = functools.partial(dict, base="https://u:pw-in-partial@h/api?token=tok123")
+    shown = repr(hr.open(str(path)).map(fetch).batch(2))
+    assert "base='https://u:***@h/api?token=***'" in shown and "pw-in-partial" not in shown

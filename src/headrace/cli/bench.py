@@ -15,7 +15,7 @@ from typing import Any
 import headrace as hr
 from headrace.cli.display import common_root, human_size
 from headrace.cli.options import add_remote_options, non_negative, parse_columns, positive_count, remote_options
-from headrace.core.redact import redact
+from headrace.core.redact import redact, redacted
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def run_bench(args: argparse.Namespace) -> int:
     report = bench.run(loader, batches=args.batches, quality=quality, step_time=args.step_time)
     report["pipeline"] = loader.dataset.describe()
     if args.json:
-        print(json.dumps(report, default=str))
+        print(json.dumps(redacted(report), default=str))
         return 0
     _print_bench(report, name, loader)
     return 0

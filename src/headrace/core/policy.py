@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from headrace.core.errors import HeadraceError
+from headrace.core.redact import redact
 
 Policy = Literal["raise", "skip", "warn"]
 POLICIES: tuple[str, ...] = ("raise", "skip", "warn")
@@ -45,6 +46,6 @@ class ErrorLog:
             raise error
         self.skipped += 1
         if len(self.where) < MAX_REMEMBERED:
-            self.where.append(f"quarantined shard: {error}" if quarantine else str(error))
+            self.where.append(redact(f"quarantined shard: {error}" if quarantine else str(error)))
         if self.policy == "warn":
-            warnings.warn(f"skipped: {error}", SkippedRecordWarning, stacklevel=3)
+            warnings.warn(redact(f"skipped: {error}"), SkippedRecordWarning, stacklevel=3)

@@ -3,8 +3,12 @@
 :func:`redact` replaces, in any text, the password of ``scheme://user:password@host``, the values of
 query parameters that carry signatures or tokens (S3 presigned URLs, Azure SAS, ``?token=``), and every
 secret value of ``storage_options`` seen by :func:`register` (keys, secrets, tokens, connection strings).
-headrace's errors (:class:`~headrace.core.errors.HeadraceError`), logs, reprs, states and
-``headrace inspect`` pass their text through it.
+headrace's errors (:class:`~headrace.core.errors.HeadraceError`) and the notes it adds to other
+exceptions (:func:`redact_notes`), its log records (the ``headrace`` loggers carry a :class:`LogFilter`),
+warnings, lineage, reprs, states, benchmark reports and ``headrace inspect`` pass their text through it.
+
+The registered secrets live in this process; forked workers inherit them, and a pipeline unpickled in a
+spawned process registers its filesystems' ``storage_options`` again (``RemoteFS.__setstate__``).
 
 >>> from headrace.core.redact import redact, register
 >>> register({"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMI/K7MDENG"})
@@ -16,6 +20,8 @@ headrace's errors (:class:`~headrace.core.errors.HeadraceError`), logs, reprs, s
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -25,6 +31,10 @@ MASK = "***"
 SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "key", "sas", "signature", "auth",
                 "connection_string", "private")  # fmt: skip
 MIN_SECRET = 6  # shorter values would mask ordinary words
+# The loggers whose records are redacted: headrace's, and those of the filesystems it reads through,
+# which log URLs at DEBUG. (A logger's filter does not apply to its children's records: each is named.)
+LOGGERS = ("headrace", "headrace.io", "fsspec", "fsspec.http", "fsspec.asyn", "fsspec.caching", "fsspec.cached",
+           "s3fs", "gcsfs", "gcsfs.credentials", "adlfs.spec", "huggingface_hub")  # fmt: skip
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):([^/@\s]+)@")
 _QUERY = re.compile(
     r"([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
@@ -33,6 +43,16 @@ _QUERY = re.compile(
 )
 _secrets: set[str] = set()
 _lock = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """In a forked child: a new lock (the parent's may have been held by another thread at the fork)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
 
 
 def _secret_name(name: str) -> bool:
@@ -59,6 +79,9 @@ def register(options: Mapping[str, Any] | None) -> None:
                 name, sep, inner = part.partition("=")
                 if sep and _secret_name(name) and len(inner) >= MIN_SECRET:
                     found.append(inner)
+            scheme, sep, credentials = value.partition(" ")  # "Bearer <token>", "Basic <base64>"
+            if sep and scheme.isalpha() and len(credentials) >= MIN_SECRET:
+                found.append(credentials)
 
     walk(options, False)
     with _lock:
@@ -77,3 +100,62 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, tuples, strings, numbers) with every string redacted.
+
+    >>> redacted({"path": "http://u:pw@h/x", "rows": [1, "s3://b/y?token=abc"]})
+    {'path': 'http://u:***@h/x', 'rows': [1, 's3://b/y?token=***']}
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redacted(k): redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redacted(v) for v in value)
+    return value
+
+
+def redact_notes(error: BaseException) -> BaseException:
+    """Redact, in place, the notes of ``error`` and of the exceptions it was raised from, and the text of a
+    worker process's traceback (``concurrent.futures``' ``_RemoteTraceback``) among them; returns ``error``.
+
+    For exceptions that cross from a worker: the notes were written there, and a secret registered here
+    after the worker started is masked here.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        notes = getattr(current, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [redact(n) if isinstance(n, str) else n for n in notes]
+        tb = getattr(current, "tb", None)
+        if type(current).__name__ == "_RemoteTraceback" and isinstance(tb, str):
+            current.tb = redact(tb)  # type: ignore[attr-defined]
+            current.args = tuple(redact(a) if isinstance(a, str) else a for a in current.args)
+        current = current.__cause__ or current.__context__
+    return error
+
+
+class LogFilter(logging.Filter):
+    """Redacts a record's message, its exception's traceback and its stack (set on the :data:`LOGGERS`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:  # what formatters print, formatted once here
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FILTER = LogFilter()
+for _name in LOGGERS:
+    logging.getLogger(_name).addFilter(_FILTER)
