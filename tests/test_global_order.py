@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import headrace as hr
+from headrace.core.state import digest
 from headrace.stages.global_source import PieceCache
 from headrace.stages.order import GlobalOrder
 
@@ -102,6 +103,7 @@ def test_restoring_at_half_of_ten_million_reads_about_one_window(
     loader = hr.Loader(ds, rank=0, world_size=2)
     state = loader.state_dict()
     state["batches"], state["epoch"] = 610, 0  # 610 steps x 4096 x 2 ranks = 4,997,120 samples consumed
+    state["digest"] = digest(state)  # an edited state is refused unless signed again
     reads: list[int] = []
     original = PieceCache._read
 

@@ -176,3 +176,131 @@ def test_prefetch_eight_resumes_at_random_steps(workers: int, jsonl_dir: Path) -
         rest = list(resumed)
         assert len(rest) == len(full) - step - 1
         assert all(same(a, b) for a, b in zip(rest, full[step + 1 :], strict=True))
+
+
+# -- tampered and malformed states (issue 14, items 8 and 9) ---------------------------------------
+
+
+def _rows_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": "x" * (i % 7)}) + "\n" for i in range(300)))
+    return path
+
+
+def _tampered_dataset(path: Path) -> hr.Dataset:
+    return hr.open(str(path), chunk_bytes=1024, block_rows=64).map(words).batch(10)
+
+
+def _saved_and_rest(ds: hr.Dataset, steps: int, num_workers: int = 0) -> tuple[dict[str, Any], list[Any]]:
+    loader = hr.Loader(ds, num_workers=num_workers)
+    it = iter(loader)
+    for _ in range(steps):
+        next(it)
+    state = json.loads(json.dumps(loader.state_dict()))
+    return state, list(it)
+
+
+def _edit(state: dict[str, Any], dotted: str, value: Any, *, sign: bool = True) -> dict[str, Any]:
+    """A copy of ``state`` with the field at ``dotted`` set to ``value`` (``...`` deletes it), signed again."""
+    from headrace.core.state import digest
+
+    out = json.loads(json.dumps(state))
+    *parents, key = dotted.split(".")
+    at = out
+    for p in parents:
+        at = at[p]
+    if value is ...:
+        del at[key]
+    else:
+        at[key] = value
+    if sign:
+        out["digest"] = digest(out)
+    return out
+
+
+SOURCE = "node.cursor.upstream.upstream"  # the source's state in open(...).map(...).batch(...)
+
+
+def test_an_edited_state_is_refused_by_its_checksum(tmp_path: Path) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    assert state[SOURCE.split(".")[0]]["cursor"]["upstream"]["upstream"]["at"] == 119
+    for dotted, value in [("node.cursor.offset", 2), (f"{SOURCE}.at", 118), ("batches", 12)]:
+        with pytest.raises(hr.StateError, match="checksum does not match: it was edited or truncated"):
+            hr.Loader(ds).load_state_dict(_edit(state, dotted, value, sign=False))
+
+
+def test_a_truncated_state_is_refused_by_its_checksum(tmp_path: Path) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    text = json.dumps(state)
+    cut = json.loads(text[: text.index('"offset"')].rstrip(", ") + "}}}")  # written only up to the offset
+    assert "offset" not in cut["node"]["cursor"]
+    with pytest.raises(hr.StateError, match="checksum does not match"):
+        hr.Loader(ds).load_state_dict(cut)
+
+
+def test_a_state_saved_before_checksums_is_still_resumed_exactly(tmp_path: Path) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, rest = _saved_and_rest(ds, 13)
+    del state["digest"]
+    loader = hr.Loader(ds)
+    loader.load_state_dict(state)
+    got = list(loader)
+    assert [b["id"].tolist() for b in got] == [b["id"].tolist() for b in rest] and got[0]["id"][0] == 130
+
+
+TAMPERED = [  # the edits of issue 14 (each silently repeated or lost rows), signed again: the fields catch them
+    ("node.cursor", None, r"state field node\.cursor: must be an object \(a JSON dict\), got null"),
+    (f"{SOURCE}.byte", 10**12, r"upstream\.byte: 1000000000000 is past the end of shard \S*rows\.jsonl \(\d+ bytes\)"),
+    (f"{SOURCE}.byte", 2065, r"upstream\.byte: 2065 is not at the start of a line of shard \S*rows\.jsonl"),
+    (f"{SOURCE}.at", -100, r"upstream\.at: must be an int >= 0, got int -100"),
+    (f"{SOURCE}.at", 100_000, r"upstream\.at: 100000 is past the end of shard \S*rows\.jsonl \(300 records\)"),
+    (f"{SOURCE}.slot", 5000, r"upstream\.slot: must be an int in \[0, 119\], got int 5000"),
+    (f"{SOURCE}.shard", 3, r"upstream\.shard: must be an int in \[-1, 0\], got int 3"),
+    ("node.cursor.offset", -3, r"node\.cursor\.offset: must be an int >= 0, got int -3"),
+    ("node.cursor.offset", 10**6, r"node\.cursor\.offset: 1000000 rows past its upstream position, but the stream"),
+    ("batches", -1, r"state field batches: must be an int >= 0, got int -1"),
+]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(("dotted", "value", "match"), TAMPERED, ids=[f"{d}={v}" for d, v, _ in TAMPERED])
+def test_tampered_positions_are_refused_naming_the_field(
+    tmp_path: Path, dotted: str, value: Any, match: str, num_workers: int
+) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    loader = hr.Loader(ds, num_workers=num_workers)
+    with pytest.raises(hr.StateError, match=match):
+        loader.load_state_dict(_edit(state, dotted, value))
+        list(loader)
+
+
+MALFORMED = [  # were KeyError 'cursor', ValueError int('x'), RuntimeError: generator raised StopIteration
+    ("node.cursor.offset", ..., r"state field node\.cursor\.offset: is missing \(the fields are \['upstream'\]\)"),
+    ("node.cursor", ..., r"state field started: True does not go with a node state of 0 field\(s\)"),
+    ("node.cursor.offset", "x", r"node\.cursor\.offset: must be an int >= 0, got str 'x'"),
+    ("node.cursor.offset", 1.5, r"node\.cursor\.offset: must be an int >= 0, got float 1\.5"),
+    ("node.cursor.offset", True, r"node\.cursor\.offset: must be an int >= 0, got bool True"),
+    (f"{SOURCE}.quarantined", [[1]], r"upstream\.quarantined\[0\]: must be a shard index in \[0, 1\), got \[1\]"),
+    ("node.cursor.upstream", [], r"node\.cursor\.upstream: must be an object \(a JSON dict\), got list \[\]"),
+    ("epoch", "1", r"state field epoch: must be an int >= 0, got str '1'"),
+    ("started", "yes", r"state field started: must be true or false, got str 'yes'"),
+    ("started", False, r"state field started: False does not go with a node state of 1 field"),
+    ("weights", {"a": 1.0}, r"state field weights: must be null \(this pipeline has no mix\(\) at its root\)"),
+    ("elastic", ..., r"state field elastic: is missing"),
+]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(("dotted", "value", "match"), MALFORMED, ids=[f"{d}={v}" for d, v, _ in MALFORMED])
+def test_malformed_states_are_state_errors_naming_the_field(
+    tmp_path: Path, dotted: str, value: Any, match: str, num_workers: int
+) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    loader = hr.Loader(ds, num_workers=num_workers)
+    with pytest.raises(hr.StateError, match=match):
+        loader.load_state_dict(_edit(state, dotted, value))
+        list(loader)

@@ -137,23 +137,43 @@ class Loader:
             self._load_elastic(state)
             return
         states.check(state, pipeline=self.dataset.describe(), world=self._world_description())
-        try:
-            self._epoch = int(state["epoch"])
-            self._batches = int(state["batches"])
-            self._node_state = dict(state["node"]) if state["started"] else None
-            self._weights = dict(state["weights"]) if state.get("weights") else None
-            self._start = int(state["elastic"]["start"])
-            self._start_batches = int(state["elastic"]["start_batches"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise StateError(f"malformed loader state (missing or bad field {e}); pass Loader.state_dict()") from None
+        field = states.field
+        epoch, batches, started = field(state, "epoch"), field(state, "batches"), field(state, "started", bool)
+        node = field(state, "node", dict)
+        if started != bool(node):  # a started epoch has a node state; one not started (yet, or again) has none
+            raise states.refuse("started", f"{started} does not go with a node state of {len(node)} field(s)")
+        elastic = field(state, "elastic", dict)
+        with states.within("elastic"):
+            start, start_batches = field(elastic, "start"), field(elastic, "start_batches", hi=batches)
+        weights = self._saved_weights(state)
+        self._epoch, self._batches, self._node_state = epoch, batches, dict(node) if started else None
+        self._weights, self._start, self._start_batches = weights, start, start_batches
+
+    def _saved_weights(self, state: dict[str, Any]) -> dict[str, float] | None:
+        """The mixture's weights of ``state`` (``None``: as built), checked against this pipeline's mixture."""
+        saved = state.get("weights")
+        if saved is None:
+            return None
+        weights = states.field(state, "weights", dict)
+        names = getattr(self.dataset.root, "names", None)
+        if names is None or set(weights) != set(names):
+            want = "null (this pipeline has no mix() at its root)" if names is None else f"one per source {names}"
+            raise states.refuse("weights", f"must be {want}, got {states.shown(weights)}")
+        with states.within("weights"):
+            values = {n: float(states.field(weights, n, float, hi=1)) for n in names}
+        if abs(sum(values.values()) - 1) > 1e-9:  # set_weights() normalizes them
+            raise states.refuse("weights", f"must sum to 1, got {values}")
+        return values
 
     def _load_elastic(self, state: dict[str, Any]) -> None:
         def any_batch_size(pipeline: list[Any]) -> list[Any]:  # a new world may batch the same global batch
             return [{**s, "size": None} if s.get("stage") == "batch" else s for s in pipeline]
 
         saved_pipeline = list(state.get("pipeline", [])) if isinstance(state.get("pipeline"), list) else []
-        states.check({**state, "pipeline": any_batch_size(saved_pipeline)},
+        unsigned = {k: v for k, v in state.items() if k != states.DIGEST}
+        states.check({**unsigned, "pipeline": any_batch_size(saved_pipeline)},
                      pipeline=any_batch_size(self.dataset.describe()), world=None)  # fmt: skip
+        states.check_digest(state)
         saved, now = state.get("world", {}), self._world_description()
         reason = self.dataset.elastic()
         if reason is not None:
@@ -162,16 +182,17 @@ class Loader:
                 f"the state was saved on another world ({changed}); this pipeline cannot resume on another "
                 f"world because {reason}. Resume on the same world, or start afresh"
             )
-        try:
-            consumers = int(saved["world_size"]) * int(saved["num_workers"])
-            batches, elastic = int(state["batches"]), state["elastic"]
-            size = int(saved_pipeline[-1]["size"])
-            consumed = (batches - int(elastic["start_batches"])) * size * consumers
-            self._epoch, self._batches = int(state["epoch"]), batches
-            self._start, self._start_batches = int(elastic["start"]) + consumed, batches
-            self._weights = dict(state["weights"]) if state.get("weights") else None
-        except (KeyError, TypeError, ValueError) as e:
-            raise StateError(f"malformed loader state (missing or bad field {e}); pass Loader.state_dict()") from None
+        field = states.field
+        with states.within("world"):
+            consumers = field(saved, "world_size", lo=1, hi=1 << 24) * field(saved, "num_workers", lo=1, hi=1 << 16)
+        with states.within("pipeline[-1]"):
+            size = field(saved_pipeline[-1] if saved_pipeline else {}, "size", lo=1)
+        epoch, batches, elastic = field(state, "epoch"), field(state, "batches"), field(state, "elastic", dict)
+        with states.within("elastic"):
+            start, start_batches = field(elastic, "start"), field(elastic, "start_batches", hi=batches)
+        self._epoch, self._batches = epoch, batches
+        self._start, self._start_batches = start + (batches - start_batches) * size * consumers, batches
+        self._weights = self._saved_weights(state)
         self._node_state = None  # a fresh start at the global position, on this world
 
     def set_epoch(self, epoch: int) -> None:
@@ -243,7 +264,12 @@ class Loader:
         if not self.dataset.batched:
             node = RowNode(node)
         if self._node_state is not None:
-            node.load_state_dict(self._node_state)
+            try:
+                with states.within("node"):
+                    node.load_state_dict(self._node_state)
+            except BaseException:
+                node.close()
+                raise
         if self._weights is not None:
             mixer: Any = node
             while mixer is not None and not hasattr(mixer, "set_weights"):
@@ -262,7 +288,12 @@ class Loader:
     def __iter__(self) -> Iterator[Any]:
         pool = self._pool()
         self._began, self._stats, self._queue = time.perf_counter(), Stats(), None
-        node = self._build(pool)
+        try:
+            node = self._build(pool)
+        except BaseException:  # a state refused while restoring: no worker left behind
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            raise
         if isinstance(pool, ProcessExecutor):
             pool.start()  # fork now, from this thread, with every function registered by the build
         self._node, self._timers = node, instrument(node)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from headrace.core import state as states
 from headrace.core.block import Block, Parts, concat
 from headrace.core.node import Node, State
 
@@ -37,11 +38,17 @@ class Cursor:
             self.upstream.reset(None)
             self._before = self.upstream.state_dict()
             return
-        self.upstream.reset(state["upstream"])
-        self._before = state["upstream"]
-        offset = int(state["offset"])
+        upstream = states.field(state, "upstream", dict)
+        offset = saved = states.field(state, "offset")
+        with states.within("upstream"):
+            self.upstream.reset(dict(upstream))
+        self._before = dict(upstream)
         while offset:  # rows past the upstream position; more than a block when blocks were cut differently
-            block = self.upstream.next()
+            try:
+                block = self.upstream.next()
+            except StopIteration:
+                raise states.refuse("offset", f"{saved} rows past its upstream position, but the stream ends "
+                                    f"{saved - offset} rows after it") from None  # fmt: skip
             if offset < block.num_rows:
                 self._block, self._offset = block, offset
                 break
@@ -103,9 +110,19 @@ class RowWindow:
             self.cursor.reset(None)
             self.start, self.index, self.emitted = self.cursor.state_dict(), 0, 0
             return False
-        self.cursor.reset(state["start"])
-        self.start, self.index, self.emitted = state["start"], int(state["window"]), int(state["emitted"])
+        start = states.field(state, "start", dict)
+        self.index, self.emitted = states.field(state, "window"), states.field(state, "emitted")
+        with states.within("start"):
+            self.cursor.reset(dict(start))
+        self.start = dict(start)
         return self.emitted > 0
+
+    def check_filled(self) -> None:
+        """After re-filling a restored window: refuse an ``emitted`` count it does not have."""
+        if self.emitted >= self.total:
+            problem = "the window there is past the end of the stream" if self.rows is None else (
+                f"the window there makes only {self.total}, and a saved window is never wholly emitted")  # fmt: skip
+            raise states.refuse("emitted", f"{self.emitted} of the window's units were emitted, but {problem}")
 
     def fill(self) -> Block | None:
         """Read the window as one block (``None`` at the end)."""

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from headrace.core import state as states
 from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.cursor import Cursor
 from headrace.core.errors import SchemaError
@@ -37,7 +38,10 @@ class BatchNode(Node[Batch]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.cursor.reset(None if state is None else state["cursor"])
+        if state is None:
+            self.cursor.reset(None)
+        else:
+            states.load_child(self.cursor.reset, state, "cursor")
 
     def state_dict(self) -> State:
         return {"cursor": self.cursor.state_dict()}
@@ -60,7 +64,10 @@ class RowNode(Node[dict[str, Any]]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.cursor.reset(None if state is None else state["cursor"])
+        if state is None:
+            self.cursor.reset(None)
+        else:
+            states.load_child(self.cursor.reset, state, "cursor")
 
     def state_dict(self) -> State:
         return {"cursor": self.cursor.state_dict()}

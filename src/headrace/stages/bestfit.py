@@ -55,6 +55,7 @@ class BestFitNode(Node[Block]):
         self._bins: list[list[int]] = []
         if self.window.reset(state):
             self._fill()
+            self.window.check_filled()
 
     def state_dict(self) -> State:
         return self.window.state_dict()

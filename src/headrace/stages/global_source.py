@@ -24,7 +24,7 @@ from headrace.core.world import World
 from headrace.formats import format_named
 from headrace.formats.base import Piece, Start, conform
 from headrace.stages.order import GlobalOrder
-from headrace.stages.partition import Remainder, strided_length, strided_positions
+from headrace.stages.partition import Remainder, strided_length, strided_positions, strided_state
 from headrace.stages.source import Source
 
 DEFAULT_CHUNK_ROWS = 1024  # chunks of formats without natural read units
@@ -123,10 +123,7 @@ class GlobalSourceNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        if state is not None and (int(state["start"]), int(state["stride"])) != (self.start, self.consumers):
-            raise SourceError(f"this state reads the global order from {state['start']} in steps of {state['stride']}, "
-                              f"this world from {self.start} in steps of {self.consumers}")  # fmt: skip
-        self._pos = 0 if state is None else int(state["pos"])
+        self._pos = 0 if state is None else strided_state(state, self.start, self.consumers, self.length)
 
     def state_dict(self) -> State:
         return {"start": self.start, "stride": self.consumers, "pos": self._pos}

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from headrace.core import state as states
 from headrace.core.block import Block
 from headrace.core.node import Node, State
 from headrace.core.state import fingerprint
@@ -46,9 +47,14 @@ class HFNode(Node[Block]):
     def reset(self, state: State | None) -> None:
         self.ds = self.base.with_format("arrow")  # a fresh copy: HF keeps the position on the object
         self.ds.set_epoch(self.epoch)
+        self._rows = 0 if state is None else states.field(state, "rows")
         if state is not None:
-            self.ds.load_state_dict(json.loads(state["hf"]))
-        self._rows = 0 if state is None else int(state["rows"])
+            saved = states.field(state, "hf", str)
+            try:
+                self.ds.load_state_dict(json.loads(saved))
+            except Exception as e:  # HF's own checks: KeyError, TypeError, ValueError, IndexError, ...
+                raise states.refuse("hf", f"the Hugging Face dataset refuses this state ({type(e).__name__}: {e})"
+                                    ) from None  # fmt: skip
         self._it: Any = None
 
     def state_dict(self) -> State:

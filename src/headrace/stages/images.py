@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from headrace.core import state as states
 from headrace.core.block import Block, Column, to_pylist
 from headrace.core.errors import RecordError, SchemaError
 from headrace.core.node import Node, State
@@ -143,8 +144,12 @@ class RejectNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.upstream.reset(None if state is None else state["upstream"])
-        self.errors.skipped = 0 if state is None else int(state["skipped"])
+        if state is None:
+            self.upstream.reset(None)
+            self.errors.skipped = 0
+        else:
+            self.errors.skipped = states.field(state, "skipped")
+            states.load_child(self.upstream.reset, state, "upstream")
 
     def state_dict(self) -> State:
         return {"upstream": self.upstream.state_dict(), "skipped": self.errors.skipped}

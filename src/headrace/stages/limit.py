@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from headrace.core import state as states
 from headrace.core.block import Block
 from headrace.core.cursor import Cursor
 from headrace.core.node import Node, State
@@ -17,8 +18,13 @@ class LimitNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.cursor.reset(None if state is None else state["cursor"])
-        self._count = 0 if state is None else int(state["count"])
+        if state is None:
+            self.cursor.reset(None)
+            self._count = 0
+            return
+        end = self.skip + self.take if self.take >= 0 else states.MAX_COUNT
+        self._count = states.field(state, "count", hi=end)
+        states.load_child(self.cursor.reset, state, "cursor")
 
     def state_dict(self) -> State:
         return {"cursor": self.cursor.state_dict(), "count": self._count}

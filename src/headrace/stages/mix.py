@@ -33,12 +33,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from headrace.core import state as states
 from headrace.core.block import Block, concat
 from headrace.core.cursor import Cursor
-from headrace.core.errors import SchemaError, SourceError, StateError
+from headrace.core.errors import SchemaError, SourceError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
 from headrace.core.rng import rng
@@ -46,6 +48,7 @@ from headrace.core.rng import rng
 STOPS = ("first_exhausted", "all_exhausted", "never")
 # One row of credit: divisible by 1..16, 2**16 and 10**6, so weights like 0.7, 1/3 or 1/2048 are exact.
 UNIT = 2**16 * 3**4 * 5**6 * 7**2 * 11 * 13
+CREDIT_BOUND = 16 * UNIT  # credits stay within about a row of zero (a few rows just after a re-weight)
 
 
 def normalized(weights: Sequence[float], what: str) -> list[float]:
@@ -151,23 +154,43 @@ class MixNode(Node[Block]):
     # -- state -------------------------------------------------------------------------------------
     def reset(self, state: State | None) -> None:
         n = len(self.names)
-        try:
-            saved: list[State | None] = [None] * n if state is None else [state["sources"][k] for k in self.names]
-            epochs = [self.epoch if s is None else int(s["epoch"]) for s in saved]
-            cursors = [None if s is None else s["cursor"] for s in saved]
-            self._exhausted = [False if s is None else bool(s["exhausted"]) for s in saved]
-            self._out = [False if s is None else bool(s["out"]) for s in saved]
-            self._rows = [0 if s is None else int(s["rows"]) for s in saved]
-            self._credits = [0 if s is None else int(s["credit"]) for s in saved]
-            self._weights = [self.initial[i] if s is None else float(s["weight"]) for i, s in enumerate(saved)]
-            self._blocks = 0 if state is None else int(state["blocks"])
-            self._done = False if state is None else bool(state["done"])
-        except (KeyError, TypeError, ValueError) as e:
-            what = f"mix state lacks or garbles {e} for sources {list(self.names)}"
-            raise StateError(f"{what}; pass the state this pipeline saved") from None
+        if state is None:
+            epochs, cursors = [self.epoch] * n, [None] * n
+            self._exhausted, self._out, self._rows, self._credits = [False] * n, [False] * n, [0] * n, [0] * n
+            self._weights, self._blocks, self._done = list(self.initial), 0, False
+        else:
+            epochs, cursors = self._check(state)
         for i in range(n):
             self._open(i, epochs[i])
-            self._cursors[i].reset(cursors[i])
+            with states.within("sources"), states.within(self.names[i]), states.within("cursor"):
+                self._cursors[i].reset(cursors[i])
+
+    def _check(self, state: State) -> tuple[list[int], list[State | None]]:
+        """The saved epochs and cursors of ``state``, after checking every field of it (then taken)."""
+        self._blocks, self._done = states.field(state, "blocks"), states.field(state, "done", bool)
+        sources = states.field(state, "sources", dict)
+        names = ("epoch", "cursor", "exhausted", "out", "rows", "credit", "weight")
+        fields: dict[str, list[Any]] = {k: [] for k in names}
+        with states.within("sources"):
+            for name, cap in zip(self.names, self.budgets, strict=True):
+                s = states.field(sources, name, dict)
+                with states.within(name):
+                    rows = states.field(s, "rows", hi=states.MAX_COUNT if cap is None else cap)
+                    fields["rows"].append(rows)
+                    # a source restarts (next epoch) only after giving rows: at most once per row taken
+                    fields["epoch"].append(states.field(s, "epoch", lo=self.epoch, hi=self.epoch + rows + 1))
+                    fields["cursor"].append(dict(states.field(s, "cursor", dict)))
+                    for flag in ("exhausted", "out"):
+                        fields[flag].append(states.field(s, flag, bool))
+                    fields["credit"].append(states.field(s, "credit", lo=-CREDIT_BOUND, hi=CREDIT_BOUND))
+                    fields["weight"].append(float(states.field(s, "weight", float, hi=1)))
+            if sum(fields["credit"]) != 0:  # every row adds shares summing to UNIT and takes UNIT from one source
+                raise states.refuse("*.credit", f"the credits must sum to 0, got {fields['credit']}")
+            if abs(sum(fields["weight"]) - 1) > 1e-9:  # normalized by mix() and set_weights()
+                raise states.refuse("*.weight", f"the weights must sum to 1, got {fields['weight']}")
+        self._exhausted, self._out, self._rows = fields["exhausted"], fields["out"], fields["rows"]
+        self._credits, self._weights = fields["credit"], fields["weight"]
+        return fields["epoch"], fields["cursor"]
 
     def state_dict(self) -> State:
         sources = {

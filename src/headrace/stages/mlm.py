@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from headrace.core import state as states
 from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.errors import SchemaError
 from headrace.core.node import Node, State
@@ -98,8 +99,12 @@ class MaskNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.upstream.reset(None if state is None else state["upstream"])
-        self._blocks = 0 if state is None else int(state["blocks"])
+        if state is None:
+            self.upstream.reset(None)
+            self._blocks = 0
+        else:
+            self._blocks = states.field(state, "blocks")
+            states.load_child(self.upstream.reset, state, "upstream")
 
     def state_dict(self) -> State:
         return {"upstream": self.upstream.state_dict(), "blocks": self._blocks}

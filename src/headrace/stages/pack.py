@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from headrace.core import state as states
 from headrace.core.block import Block, arrow_numbers
 from headrace.core.node import Node, State
 from headrace.core.rng import rng
@@ -56,9 +57,12 @@ class WindowNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self.stream.reset(None if state is None else state["stream"])
-        self._blocks = 0 if state is None else int(state["blocks"])
-        self._done = False if state is None else bool(state["done"])
+        if state is None:
+            self.stream.reset(None)
+            self._blocks, self._done = 0, False
+            return
+        self._blocks, self._done = states.field(state, "blocks"), states.field(state, "done", bool)
+        states.load_child(self.stream.reset, state, "stream")
 
     def state_dict(self) -> State:
         return {"stream": self.stream.state_dict(), "blocks": self._blocks, "done": self._done}

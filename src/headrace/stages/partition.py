@@ -13,9 +13,11 @@ repeating the order from its start.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from headrace.core import state as states
 
 Remainder = Literal["drop", "pad"]
 REMAINDERS = ("drop", "pad")
@@ -46,3 +48,12 @@ def strided_positions(start: int, consumer: int, consumers: int, first: int, n: 
     """
     k = np.arange(first, first + n, dtype=np.int64)
     return (start + consumer + k * consumers) % max(total, 1)
+
+
+def strided_state(state: dict[str, Any], start: int, consumers: int, length: int) -> int:
+    """The position in a strided state ``{"start", "stride", "pos"}``, checked against this world's reading."""
+    saved = (states.field(state, "start"), states.field(state, "stride", lo=1))
+    if saved != (start, consumers):
+        raise states.refuse("start", f"the state reads the global order from {saved[0]} in steps of {saved[1]}, "
+                            f"this world from {start} in steps of {consumers}")  # fmt: skip
+    return int(states.field(state, "pos", hi=length))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from headrace.core import state as states
 from headrace.core.node import Node, State
 
 
@@ -20,10 +21,11 @@ class RepeatNode(Node[Any]):
     def reset(self, state: State | None) -> None:
         if self.upstream is not None:
             self.upstream.close()
-        self._rep = 0 if state is None else int(state["repetition"])
+        last = states.MAX_COUNT if self.times is None else max(0, self.times - 1)
+        self._rep = 0 if state is None else states.field(state, "repetition", hi=last)
         self.upstream = self.build(self._rep)
         if state is not None:
-            self.upstream.reset(state["upstream"])
+            states.load_child(self.upstream.reset, state, "upstream")
 
     def state_dict(self) -> State:
         assert self.upstream is not None

@@ -32,6 +32,7 @@ class ShuffleNode(Node[Block]):
         self._block = self.block_rows
         if self.window.reset(state):
             self._fill()
+            self.window.check_filled()
 
     def _fill(self) -> None:
         # A large window stays in its parts (no concatenated copy next to them), a small one is copied into one.

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from headrace.core import state as states
 from headrace.core.block import Block
-from headrace.core.errors import SourceError, StateError
+from headrace.core.errors import SourceError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import permutation
@@ -27,6 +28,7 @@ from headrace.core.state import fingerprint
 from headrace.core.world import World
 from headrace.formats import format_named
 from headrace.formats.base import Piece, ReadOptions, Start, conform
+from headrace.formats.chunks import Chunk, chunks, split_lines
 from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard
 from headrace.stages.partition import Remainder, consumer_range
@@ -128,6 +130,7 @@ class Source:
         return chunks
 
 
+LINE_FORMATS = ("jsonl", "text", "tar")  # readers that resume at a byte: past a shard's first record it is >= 0
 FIRST_BLOCK_ROWS = 64  # a consumer's first block; blocks double from there to block_rows
 
 
@@ -172,17 +175,70 @@ class SourceNode(Node[Block]):
             self._pos = 0
             self._o, self._at = self._locate(self._lo)
             self._start = Start()
+        self._verify: tuple[str, int] | None = None  # a restored position to check against the shard's end
+        self._where = states.here()  # the state's place, for the checks made while reading
+        if state is None:
+            self.errors.skipped = 0
+            self._quarantined: set[int] = set()
         else:
-            self._pos = int(state["pos"])
-            self._o, self._at = int(state["order"]), int(state["at"])
-            if self._o < len(self._order) and int(self._order[self._o]) != int(state["shard"]):
-                raise StateError(
-                    f"the state reads shard {state['shard']} at position {self._o} of the shard order, but this "
-                    f"epoch's order has shard {int(self._order[self._o])} there; the state belongs to another epoch"
-                )
-            self._start = Start(int(state["slot"]), int(state["byte"]), int(state["line"]))
-        self.errors.skipped = int(state["skipped"]) if state else 0
-        self._quarantined: set[int] = {int(i) for i in state.get("quarantined", [])} if state else set()
+            self._restore(state)
+
+    def _restore(self, state: State) -> None:
+        """Take the position of ``state``, checking every field against the shards and this epoch's order."""
+        field, n, shards = states.field, len(self._order), self.source.shards
+        self._o = field(state, "order", hi=n)
+        self._pos = field(state, "pos", hi=self._length if self._length >= 0 else states.MAX_COUNT)
+        shard = field(state, "shard", lo=-1, hi=len(shards) - 1)
+        index = int(self._order[self._o]) if self._o < n else -1
+        if shard != index:
+            there = f"shard {index}" if index >= 0 else "the end"
+            raise states.refuse("shard", f"the state reads shard {shard} at position {self._o} of the shard "
+                                f"order, but this epoch's order has {there} there; the state belongs to another "
+                                "epoch")  # fmt: skip
+        if self._cum is not None and self._o < n:
+            records = int(self._cum[self._o + 1] - self._cum[self._o])
+        else:
+            records = 0 if self._o == n else states.MAX_COUNT
+        self._at = field(state, "at", hi=records)
+        slot = field(state, "slot", hi=self._at)  # a piece starts at or before the position in it
+        url = shards[index].url if index >= 0 else ""
+        compressed = index < 0 or shards[index].compression is not None or shards[index].size < 0
+        byte = field(state, "byte", lo=-1)
+        if not compressed and byte > shards[index].size:
+            raise states.refuse("byte", f"{byte} is past the end of shard {url} ({shards[index].size} bytes)")
+        fmt = shards[index].format if index >= 0 else ""
+        if byte < 0 and slot > 0 and fmt in LINE_FORMATS:
+            raise states.refuse("byte", f"{byte} with slot {slot}: a {fmt} piece of shard {url} past its first "
+                                "record starts at a byte >= 0")  # fmt: skip
+        if fmt == "tar" and byte % 512:
+            raise states.refuse("byte", f"{byte} is not at a tar header of shard {url} (a multiple of 512)")
+        self._start = Start(slot, byte, field(state, "line", lo=-1))
+        total = int(self._cum[-1]) if self._cum is not None else 0
+        if total and self._pos < self._length and (int(self._cum[self._o]) + self._at) % total != (  # type: ignore[index]
+            self._lo + self._pos
+        ) % total:  # a consumer's position and where it reads are one and the same
+            raise states.refuse("pos", f"{self._pos} rows into this consumer's range is not where the state "
+                                f"reads (record {self._at} at position {self._o} of the shard order)")  # fmt: skip
+        self.errors.skipped = field(state, "skipped")
+        self._quarantined = set(self._check_quarantined(state.get("quarantined", []), self.errors.skipped))
+        if self._o < n and self._at > slot and self._cum is None:  # past the shard's end? known when it ends
+            self._verify = (url, self._o)
+
+    def _check_quarantined(self, saved: Any, skipped: int) -> list[int]:
+        """Quarantined shards: each a shard the reading already passed (older states: none saved)."""
+        quarantined = states.field({"quarantined": saved}, "quarantined", list)
+        where = {int(s): o for o, s in enumerate(self._order)}
+        for k, i in enumerate(quarantined):
+            if not isinstance(i, int) or isinstance(i, bool) or i not in where:
+                raise states.refuse(f"quarantined[{k}]", f"must be a shard index in [0, {len(self._order)}), "
+                                    f"got {states.shown(i)}")  # fmt: skip
+            if self._cum is None and where[i] >= self._o:  # one consumer reads the order once, in order
+                raise states.refuse(f"quarantined[{k}]", f"shard {i} is not before the state's position in the "
+                                    "shard order, so it cannot have been quarantined yet")  # fmt: skip
+        if len(set(quarantined)) != len(quarantined) or len(quarantined) > skipped:
+            raise states.refuse("quarantined", f"{quarantined}: each shard once, and each counted in skipped "
+                                f"({skipped})")  # fmt: skip
+        return quarantined
 
     def state_dict(self) -> State:
         return {
@@ -191,6 +247,24 @@ class SourceNode(Node[Block]):
             "slot": self._start.slot, "byte": self._start.byte, "line": self._start.line,
             "skipped": self.errors.skipped, "quarantined": sorted(self._quarantined),
         }  # fmt: skip
+
+    def _check_end(self, shard: Shard) -> None:
+        """The shard ended without a piece past a restored position: refuse it if the shard has fewer records."""
+        self._verify = None
+        start, fmt = self._start, format_named(shard.format)
+        if shard.format in ("jsonl", "text") and start.byte >= 0 and self.source.opts.text_mode != "file":
+            blank = shard.format == "jsonl"  # blank JSON lines are no records; blank text lines are
+
+            def records_in(c: Chunk) -> int:  # an over-long line is a chunk without data, and one record
+                lines = split_lines(c.data)
+                return 1 if getattr(c, "long", -1) >= 0 else sum(1 for line in lines if not blank or line.strip())
+
+            records = start.slot + sum(records_in(c) for c in chunks(self.source.fs, shard, 1 << 22, start.byte))
+        else:
+            records = fmt.count(self.source.fs, shard, self.source.opts)
+        if self._at > records:
+            raise states.FieldError(f"{self._where}.at", f"{self._at} is past the end of shard {shard.url} "
+                                    f"({records} records)")  # fmt: skip
 
     def _leave_shard(self, left: int) -> None:
         """Skip the rest of a quarantined shard. A consumer with a range counts the rows it skips, so that
@@ -247,16 +321,21 @@ class SourceNode(Node[Block]):
             if self._piece is None or self._at >= self._piece.end:
                 try:
                     piece = next(self._pieces, None)
+                except states.FieldError as e:  # a restored position the shard does not have (formats/chunks.py)
+                    raise states.FieldError(f"{self._where}.{e.path}", e.problem) from None
                 except SourceError as e:  # the shard cannot be read (corrupt, gone, forbidden, network down)
                     self._quarantine(index, e, left)
                     continue
                 if piece is None:
+                    if self._verify is not None and self._verify[1] == self._o:
+                        self._check_end(shard)
                     self._o, self._at, self._start = self._o + 1, 0, Start()
                     self._pieces = self._piece = None
                     continue
                 self._piece = piece
                 if piece.end <= self._at:
                     continue
+                self._verify = None  # the restored position is inside the shard
                 self._start = piece.start
             piece = self._piece
             stop = min(self._at + first_blocks(self._pos, src.block_rows), piece.end, self._at + left)

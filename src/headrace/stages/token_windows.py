@@ -19,7 +19,7 @@ from headrace.core.node import Node, State
 from headrace.core.world import World
 from headrace.formats.tokens import TokenShards
 from headrace.stages.order import GlobalOrder
-from headrace.stages.partition import Remainder, strided_length, strided_positions
+from headrace.stages.partition import Remainder, strided_length, strided_positions, strided_state
 
 if TYPE_CHECKING:
     from headrace.stages.source import Source
@@ -62,7 +62,7 @@ class TokenWindowNode(Node[Block]):
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
-        self._pos = 0 if state is None else int(state["pos"])
+        self._pos = 0 if state is None else strided_state(state, self.start, self.consumers, self.length)
 
     def state_dict(self) -> State:
         return {"start": self.start, "stride": self.consumers, "pos": self._pos}

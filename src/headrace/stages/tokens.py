@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from headrace.core import state as states
 from headrace.core.block import Block
 from headrace.core.errors import SchemaError
 from headrace.core.node import Node, State
@@ -57,10 +58,17 @@ class TokenStream:
         self.entries: list[tuple[State, int]] = []  # (upstream state before a block, its first buffer position)
         self.pos = 0
         self.ended = False
-        self.upstream.reset(None if state is None else state["upstream"])
-        if state is not None and int(state["skip"]):
-            self._pull()
-            self.pos = int(state["skip"])
+        if state is None:
+            self.upstream.reset(None)
+            return
+        skip = states.field(state, "skip")
+        states.load_child(self.upstream.reset, state, "upstream")
+        if skip:  # tokens past the upstream position: within its first block, or further where blocks were cut
+            while len(self.buf) < skip:  # differently (a tampered source position can make smaller blocks)
+                if not self._pull():
+                    raise states.refuse("skip", f"{skip} tokens past its upstream position, but the stream "
+                                        f"ends {len(self.buf)} tokens after it")  # fmt: skip
+            self.pos = skip
 
     def state_dict(self) -> State:
         for before, start in reversed(self.entries):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
 from headrace.core.node import Node, State
 
@@ -36,7 +37,10 @@ class TransformNode(Node[Block]):
 
     def reset(self, state: State | None) -> None:
         self._drain()
-        self.upstream.reset(None if state is None else state["upstream"])
+        if state is None:
+            self.upstream.reset(None)
+        else:
+            states.load_child(self.upstream.reset, state, "upstream")
         self._delivered = self.upstream.state_dict()
         self._exhausted = False
 
