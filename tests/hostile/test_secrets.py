@@ -26,6 +26,7 @@ import pytest
 import headrace as hr
 from headrace.core.policy import SkippedRecordWarning
 from headrace.core.redact import register
+from headrace.prepare import prepare
 from servers import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -235,3 +236,20 @@ def test_headrace_inspect_and_bench_print_no_secret(served: Served) -> None:
     assert json.loads(done["bench-json"].stdout)["batches"] == 3
     assert served.host in done["inspect"].stdout and served.host in done["missing"].stderr
     assert_clean(*(run.stdout + run.stderr for run in done.values()))
+
+
+# -- files written: prepare's job, completion records and manifest ---------------------------------------
+
+
+def test_prepare_writes_no_secret_into_its_output_folder_and_still_resumes(
+    served: Served, bpe_path: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "tokens"
+    first = prepare(served.url(ROWS_PATH), out, bpe_path, storage_options=OPTIONS, workers=1, quiet=True)
+    assert first.units == 1 and first.resumed_units == 0
+    assert first.manifest["sources"][0]["path"] == served.shown(ROWS_PATH)
+    written = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix not in (".bin", ".idx"))
+    assert {p.name for p in written} >= {"manifest.json", "job.json"} and len(written) >= 3
+    assert_clean(*(p.read_text() for p in written))
+    again = prepare(served.url(ROWS_PATH), out, bpe_path, storage_options=OPTIONS, workers=1, quiet=True)
+    assert again.resumed_units == 1 and again.new_tokens == 0 and again.tokens == first.tokens

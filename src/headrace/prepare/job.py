@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from headrace.core.errors import HeadraceError, SchemaError
+from headrace.core.redact import redact
 from headrace.formats import format_named
 from headrace.formats.tokens import WRITE_CODES, token_dtype
 from headrace.io.resolve import Shard
@@ -50,7 +51,7 @@ class Unit:
         return f"{self.name}-{k:05d}"
 
     def describe(self, shards: Sequence[Shard]) -> dict[str, Any]:
-        return {"unit": self.index, "source": shards[self.source].url, "rows": [self.lo, self.hi]}
+        return {"unit": self.index, "source": redact(shards[self.source].url), "rows": [self.lo, self.hi]}
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Job:
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same run: sources, options and tokenizer (by content)."""
         return {
-            "sources": [[s.url, s.size] for s in self.shards],
+            "sources": [[redact(s.url), s.size] for s in self.shards],  # no credentials in files written
             "options": self.options(),
             "tokenizer": {k: v for k, v in self.tokenizer_info.items() if k != "spec"},
         }

@@ -10,6 +10,7 @@ from typing import Any
 
 import headrace
 from headrace.core.policy import check_policy
+from headrace.core.redact import redact
 from headrace.formats.tokens import WRITE_CODES
 from headrace.prepare.engines import default_workers, run_local, run_ray
 from headrace.prepare.job import (
@@ -151,7 +152,15 @@ def build_manifest(job: Job, units: Sequence[Unit], done: Mapping[int, Mapping[s
 
     dtype = np.dtype(job.dtype)
     sources: list[dict[str, Any]] = [
-        {"path": s.url, "bytes": s.size, "format": s.format, "documents": 0, "tokens": 0, "skipped": 0, "empty": 0}
+        {
+            "path": redact(s.url),
+            "bytes": s.size,
+            "format": s.format,
+            "documents": 0,
+            "tokens": 0,
+            "skipped": 0,
+            "empty": 0,
+        }
         for s in job.shards
     ]
     shards = []
