@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
         loader.load_state_dict(json.loads((checkpoint / f"loader-rank{rank}.json").read_text()))
-        rng = torch.load(checkpoint / f"rng-rank{rank}.pt", weights_only=False)
+        rng = torch.load(checkpoint / f"rng-rank{rank}.pt", weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if cuda and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"])

@@ -73,3 +73,93 @@ def test_train_on_given_data_and_clear_errors(tmp_path: Path, parquet_dir: Path)
     assert f"--resume: no checkpoint at {tmp_path / 'nothing' / 'checkpoint.pt'}" in missing.stderr
     bad = train(tmp_path / "bad", "--embd", "30", "--heads", "4", check=False)
     assert bad.returncode == 2 and "--embd (30) must be a multiple of --heads (4)" in bad.stderr
+
+
+# A small model and a shared tokenizer: these tests are about checkpoints, not about learning.
+SMALL = ["--seq-len", "16", "--batch-size", "4", "--layers", "1", "--heads", "2", "--embd", "32", "--max-steps", "2"]
+
+
+class _RunsCode:
+    """Unpickled, this runs a shell command: what a crafted checkpoint.pt can hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(tmp_path: Path, bpe_path: str) -> None:
+    import torch
+
+    out, marker = tmp_path / "evil", tmp_path / "code-ran"
+    out.mkdir()
+    torch.save({"model": _RunsCode(marker), "step": 1}, out / "checkpoint.pt")
+    run = train(out, *SMALL, "--tokenizer", bpe_path, "--resume", check=False)
+    assert not marker.exists()  # nothing in the file was executed
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert f"headrace: error: {out / 'checkpoint.pt'}" in run.stderr
+    assert "weights_only" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_corrupt_checkpoint_is_a_state_error_naming_the_file(tmp_path: Path, bpe_path: str) -> None:
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a zip at all")
+    run = train(out, *SMALL, "--tokenizer", bpe_path, "--resume", check=False)
+    assert run.returncode == 2 and f"headrace: error: {out / 'checkpoint.pt'}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_checkpoints_load_with_weights_only_and_hold_no_storage_options(tmp_path: Path, bpe_path: str) -> None:
+    import torch
+
+    out = tmp_path / "plain"
+    train(out, *SMALL, "--tokenizer", bpe_path, "-o", "token=s3cr3t")
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["model_config"] == {"vocab_size": 4096, "seq_len": 16, "n_layer": 1,
+                                                            "n_head": 2, "n_embd": 32}  # fmt: skip
+    assert "storage_options" not in state["options"] and b"s3cr3t" not in (out / "checkpoint.pt").read_bytes()
+
+
+def test_an_existing_checkpoint_is_not_overwritten_without_overwrite(tmp_path: Path, bpe_path: str) -> None:
+    out = tmp_path / "kept"
+    train(out, *SMALL, "--tokenizer", bpe_path)
+    before = (out / "checkpoint.pt").read_bytes()
+    again = train(out, *SMALL, "--tokenizer", bpe_path, check=False)
+    assert again.returncode == 2
+    assert (f"headrace: error: {out / 'checkpoint.pt'} exists: pass --resume to continue it or --overwrite to "
+            "start afresh") in again.stderr  # fmt: skip
+    assert (out / "checkpoint.pt").read_bytes() == before
+    afresh = train(out, *SMALL, "--tokenizer", bpe_path, "--overwrite", "--seed", "3")
+    assert "trained 2 steps" in afresh.stdout and (out / "checkpoint.pt").read_bytes() != before
+    both = train(out, *SMALL, "--tokenizer", bpe_path, "--overwrite", "--resume", check=False)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        (["--seq-len", "32"], "--seq-len 16 (this run: 32)"),
+        (["--layers", "2"], "--layers 1 (this run: 2)"),
+        (["--embd", "64", "--heads", "4"], "--heads 2 (this run: 4), --embd 32 (this run: 64)"),
+    ],
+)
+def test_resuming_with_other_model_flags_names_them(
+    tmp_path: Path, bpe_path: str, changed: list[str], said: str
+) -> None:
+    out = tmp_path / "shape"
+    train(out, *SMALL, "--tokenizer", bpe_path)
+    run = train(out, *SMALL, "--tokenizer", bpe_path, *changed, "--resume", check=False)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"headrace: error: {out / 'checkpoint.pt'} was trained with {said}: resume with the same" in run.stderr
+
+
+def test_resuming_with_another_tokenizer_names_the_vocabulary(tmp_path: Path, bpe_path: str) -> None:
+    out = tmp_path / "vocab"
+    train(out, *SMALL, "--tokenizer", bpe_path)
+    run = train(out, *SMALL, "--resume", check=False)  # the default: a BPE of 2,048 trained on the corpus
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"--tokenizer {bpe_path} (this run: " in run.stderr

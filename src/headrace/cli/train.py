@@ -4,6 +4,7 @@ The job is :func:`headrace.train.run`; this module maps its flags and prints the
 
     $ headrace train --max-steps 200 --out run/
     $ headrace train --data 'data/*.parquet' --text-column body --out run/ --resume
+    $ headrace train --max-steps 200 --out run/ --overwrite     # start afresh over run/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=positive_count, default=4)
     parser.add_argument("--embd", type=positive_count, default=128)
     parser.add_argument("--out", default="headrace-train", help="checkpoints and the trained tokenizer go here")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh, replacing OUT/checkpoint.pt (else an existing one is refused)")  # fmt: skip
     parser.add_argument("--checkpoint-every", type=positive_count, default=100, metavar="N")
     parser.add_argument("--log-every", type=positive_count, default=10, metavar="N")
     parser.add_argument("--seed", type=non_negative, default=0)
@@ -50,6 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data, text_column=args.text_column, tokenizer=args.tokenizer, config=args.config,
         seq_len=args.seq_len, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
         n_layer=args.layers, n_head=args.heads, n_embd=args.embd, out=args.out, resume=args.resume,
+        overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed, workers=args.workers,
         device=args.device, metrics=args.metrics,
         storage_options=remote_options(argparse.Namespace(storage_option=args.storage_option, cache_dir=None,

@@ -8,6 +8,12 @@ model, the optimizer, the RNG and the loader state go to ``OUT/checkpoint.pt`` (
 temporary name and renamed: a kill never leaves half a checkpoint); ``--resume`` continues from it
 and reproduces the uninterrupted run's losses exactly (CPU, same machine: no dropout, seeded init,
 the data position restored by headrace). A GPU is used when there is one, with bf16 autocast.
+
+A checkpoint holds only tensors, dicts, lists, strings and numbers, and is read with
+``torch.load(weights_only=True)``: a file holding anything else (a crafted pickle that would run code)
+is refused, naming it, before anything in it runs. An existing checkpoint is never overwritten unless
+``--overwrite`` says so, and ``--resume`` with other model or data flags than the checkpoint's is
+refused naming the flags that differ.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -47,6 +54,7 @@ class TrainOptions:
     vocab_size: int = 2048  # of the tokenizer trained when none is given
     out: str = "headrace-train"
     resume: bool = False
+    overwrite: bool = False  # start afresh over an existing OUT/checkpoint.pt
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
@@ -112,27 +120,105 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# The flags a resumed run must share with the checkpoint's: they shape the model or the data's order.
+SAME_ON_RESUME = {"data": "--data", "text_column": "--text-column", "tokenizer": "--tokenizer", "config": "--config",
+                  "seq_len": "--seq-len", "batch_size": "--batch-size", "n_layer": "--layers", "n_head": "--heads",
+                  "n_embd": "--embd", "seed": "--seed"}  # fmt: skip
+CHECKPOINT_KEYS = ("model", "optimizer", "loader", "rng", "step", "options")  # and model_config (newer ones)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's contents, read with ``weights_only=True``: tensors, dicts, lists, strings, numbers only.
+
+    Anything else (a pickle that would build other objects or call functions), a damaged file, or a
+    checkpoint without the fields :func:`run` writes is a :class:`~headrace.StateError` naming the file.
+    """
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise hr.StateError(f"{path}: refused: not a checkpoint of tensors, dicts, lists, strings and numbers only "
+                            f"(torch.load weights_only=True: {_unpickling_reason(e)}); headrace never loads a "
+                            "checkpoint that could run code: delete it, or start afresh with --overwrite"
+                            ) from None  # fmt: skip
+    except Exception as e:  # a damaged or truncated file: torch raises RuntimeError, EOFError, ValueError, ...
+        raise hr.StateError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it, or start "
+                            "afresh with --overwrite") from None  # fmt: skip
+    if not isinstance(state, dict):
+        raise hr.StateError(f"{path}: not a headrace train checkpoint (it holds a {type(state).__name__})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise hr.StateError(f"{path}: not a headrace train checkpoint of this version (no {', '.join(missing)}); "
+                            "start afresh with --overwrite")  # fmt: skip
+    if not isinstance(state["options"], dict) or not isinstance(state.get("model_config", {}), dict):
+        raise hr.StateError(f"{path}: malformed checkpoint (options and model_config must be dicts)")
+    return state
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's weights-only message that says what was refused (it also advises weights_only=False)."""
+    paragraphs = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
+    return paragraphs[-2] if len(paragraphs) >= 3 else type(e).__name__
+
+
+def _check_same_flags(path: Path, saved: dict[str, Any], o: TrainOptions) -> None:
+    """Refuse, naming them, the flags in which this run differs from the checkpoint's."""
+    now = asdict(o)
+    differ = [f"{flag} {_flag_value(saved.get(k))} (this run: {_flag_value(now[k])})"
+              for k, flag in SAME_ON_RESUME.items() if saved.get(k) != now[k]]  # fmt: skip
+    if differ:
+        raise hr.StateError(f"{path} was trained with " + ", ".join(differ) + ": resume with the same flags, or "
+                            "start afresh with --overwrite")  # fmt: skip
+
+
+def _flag_value(value: Any) -> str:
+    if value is None or value == []:
+        return "(not given)"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def run(o: TrainOptions) -> dict[str, Any]:
     """Train; returns a summary (steps, first and last losses, tokens/s, data wait)."""
+    if o.resume and o.overwrite:
+        raise ValueError("--resume continues OUT/checkpoint.pt, --overwrite starts afresh over it: pass one")
     out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
     if o.resume and not checkpoint.exists():
         raise hr.SourceError(f"--resume: no checkpoint at {checkpoint}; run without --resume first")
+    if checkpoint.exists() and not (o.resume or o.overwrite):
+        raise hr.StateError(f"{checkpoint} exists: pass --resume to continue it or --overwrite to start afresh "
+                            "(which replaces it)")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(o)
+    state: dict[str, Any] | None = None
+    if o.resume:  # read and checked before anything is built: a refused checkpoint costs nothing
+        state = load_checkpoint(checkpoint, device)
+        _check_same_flags(checkpoint, state["options"], o)
+    elif o.overwrite and o.tokenizer is None and o.config is None:
+        (out / "tokenizer.json").unlink(missing_ok=True)  # afresh: trained again, on this run's data
     torch.manual_seed(o.seed)
     ds, tokenizer, vocab = dataset(o, out)
-    device = _device(o)
-    model = GPT(GPTConfig(vocab, o.seq_len, o.n_layer, o.n_head, o.n_embd)).to(device)
+    config = GPTConfig(vocab, o.seq_len, o.n_layer, o.n_head, o.n_embd)
+    model = GPT(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=0.01)
     loader = hr.Loader(ds, num_workers=o.workers, prefetch=4)
     step = 0
-    if o.resume:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        if state.get("model_config", asdict(config)) != asdict(config):
+            raise hr.StateError(f"{checkpoint} holds a model of {_describe(state['model_config'])}, this run builds "
+                                f"one of {_describe(asdict(config))}: resume with the checkpoint's tokenizer "
+                                f"({state['tokenizer']})")  # fmt: skip
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            step = int(state["step"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            reason = " ".join(str(e).split())[:300]
+            raise hr.StateError(f"{checkpoint}: malformed checkpoint ({type(e).__name__}: {reason}); start afresh "
+                                "with --overwrite") from None  # fmt: skip
         loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
+    # No storage_options: they may hold credentials, and a checkpoint is copied and shared.
+    saved_options = {k: v for k, v in asdict(o).items() if k != "storage_options"}
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, o.max_steps), last_epoch=step - 1)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     metrics = open(o.metrics, "a", encoding="utf-8") if o.metrics else None  # noqa: SIM115 - closed below
@@ -169,7 +255,8 @@ def run(o: TrainOptions) -> dict[str, Any]:
                 if step % o.checkpoint_every == 0 or step == o.max_steps:
                     _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                        "loader": loader.state_dict(), "rng": torch.get_rng_state(), "step": step,
-                                       "options": asdict(o), "tokenizer": tokenizer})  # fmt: skip
+                                       "options": saved_options, "model_config": asdict(config),
+                                       "tokenizer": tokenizer})  # fmt: skip
                 if step >= o.max_steps:
                     break
     finally:
@@ -181,6 +268,10 @@ def run(o: TrainOptions) -> dict[str, Any]:
     return {"steps": step, "losses": losses, "tokens_per_s": tokens / elapsed if elapsed else 0.0,
             "data_wait": loader.stats().data_wait, "parameters": model.num_parameters(), "device": str(device),
             "checkpoint": str(checkpoint), "tokenizer": tokenizer}  # fmt: skip
+
+
+def _describe(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in config.items())
 
 
 def _lr(step: int, max_steps: int) -> float:
