@@ -316,3 +316,33 @@ def test_templates_run_sandboxed(chat_bpe: str, chat_path: str) -> None:
         rows(hr.open(chat_path).chat(chat_bpe, template=escape))
     with pytest.raises(hr.RecordError, match="underscore"):
         rows(hr.open(chat_path).chat(chat_bpe, template="{% set ns = namespace(_x=1) %}{{ messages }}"))
+
+
+def test_a_template_building_a_huge_string_is_refused_before_allocating() -> None:
+    """``'a' * 300000000`` used to allocate 300 MB (and then tokenize it): refused before the string exists."""
+    import tracemalloc
+
+    import jinja2
+
+    renderer = ChatRenderer("{% for m in messages %}{{ 'a' * 300000000 }}{% endfor %}", {})
+    tracemalloc.start()
+    try:
+        with pytest.raises(jinja2.exceptions.SecurityError, match=r"builds a value of 300,000,000 characters"):
+            renderer.render([{"role": "user", "content": "Hi"}])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_a_rendering_over_max_rendered_chars_names_the_record(chat_bpe: str, tmp_path: Path) -> None:
+    convs = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+             [{"role": "user", "content": "Hi " * 400}, {"role": "assistant", "content": "Hello"}]]  # fmt: skip
+    path = write_jsonl(tmp_path / "long.jsonl", convs)
+    first = rows(hr.open(path).take(1).chat(chat_bpe, template=CHATML, max_rendered_chars=1000))
+    assert len(first) == 1
+    with pytest.raises(hr.RecordError, match=r"long\.jsonl \(record 1\).*renders more than 1,000 characters "
+                       r"\(max_rendered_chars\)"):  # fmt: skip
+        rows(hr.open(path).chat(chat_bpe, template=CHATML, max_rendered_chars=1000))
+    with pytest.raises(ValueError, match=r"max_rendered_chars=\.\.\.\) must be a positive int"):
+        hr.open(path).chat(chat_bpe, template=CHATML, max_rendered_chars=-1)

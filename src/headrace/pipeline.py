@@ -306,20 +306,26 @@ class Dataset:
         return self._then(WindowStage("window", seq_len, stride, shift, documents, "drop", 0, batch_size or 0, seed,
                                       column))  # fmt: skip
 
-    def chat(self, tokenizer: Any, *, template: str | None = None, column: str = "messages") -> Dataset:
+    def chat(
+        self, tokenizer: Any, *, template: str | None = None, column: str = "messages", max_rendered_chars: int = 0
+    ) -> Dataset:
         """Render message lists with a Jinja chat template, tokenize, and label only assistant turns.
 
         Emits ``input_ids`` and ``labels`` (-100 outside assistant turns). ``template`` defaults to the
-        tokenizer's own chat template (``tokenizer_config.json``).
+        tokenizer's own chat template (``tokenizer_config.json``). The template is untrusted and runs in a
+        bounded sandbox: a rendering over ``max_rendered_chars`` characters (0: 16 Mi) is a ``RecordError``.
         """
         from headrace.stages.chat import compile_template
 
+        if not isinstance(max_rendered_chars, int) or max_rendered_chars < 0:
+            raise ValueError(f"chat(max_rendered_chars=...) must be a positive int (0: the default), got "
+                             f"{max_rendered_chars!r}")  # fmt: skip
         tok = load_tokenizer(tokenizer)
         source = template or tok.chat_template
         if source is None:
             raise TokenizerError(f"{tok.name}: no chat template; pass chat(template=...) with a Jinja chat template")
         compile_template(source)  # a broken template fails here, not at the first batch
-        return self._then(ChatStage(tok, template, column))
+        return self._then(ChatStage(tok, template, column, max_rendered_chars))
 
     def mask(
         self, tokenizer: Any, *, probability: float = 0.15, seed: int = DEFAULT_SEED, column: str = "input_ids"

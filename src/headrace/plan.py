@@ -312,6 +312,7 @@ class ChatStage(Stage):
     tokenizer: Tokenizer
     template: str | None
     column: str
+    max_rendered_chars: int = 0  # 0: the default; not in describe(): a limit, not what the stage emits
 
     def describe(self) -> dict[str, Any]:
         return {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
@@ -320,7 +321,8 @@ class ChatStage(Stage):
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.chat import chat_fn
 
-        fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage)
+        fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage,
+                     max_rendered_chars=self.max_rendered_chars or None)  # fmt: skip
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 

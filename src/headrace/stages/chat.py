@@ -45,11 +45,15 @@ try:
     import jinja2
     from jinja2 import nodes
     from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from headrace.stages.chat_sandbox import BoundedSandbox, dict_fromkeys
 except ImportError as e:  # pragma: no cover - jinja2 ships with transformers, but is not a core dependency
     raise ImportError("chat() renders Jinja chat templates: pip install 'jinja2>=3.1.6'") from e
 
 IGNORE = -100
+# The most characters one rendering of a conversation may produce (and any value a template builds may hold): 16 Mi,
+# about 4 M tokens. chat(max_rendered_chars=...) changes it; the other bounds are in headrace.stages.chat_sandbox.
+MAX_RENDERED_CHARS = 16 * 2**20
 # Unicode noncharacters, reserved for a program's internal use: they mark spans inside a rendering.
 OPEN, CLOSE, PLACEHOLDER = "\ufdd0", "\ufdd1", "\ufdd2"
 _RESERVED = re.compile("[\ufdd0\ufdd1\ufdd2]")
@@ -91,13 +95,16 @@ class _Namespace(jinja2.utils.Namespace):
 
 
 class _Dict:
-    """``dict()`` and ``dict.fromkeys()`` for templates, without the type itself (as transformers)."""
+    """``dict()`` and ``dict.fromkeys()`` for templates, without the type itself (as transformers), sizes bounded."""
+
+    def __init__(self, env: BoundedSandbox) -> None:
+        self._env = env  # underscore: out of the template's reach (it could reset its own budget)
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
         return dict(*args, **kwargs)
 
-    def fromkeys(self, *args: Any) -> dict[Any, Any]:
-        return dict.fromkeys(*args)
+    def fromkeys(self, keys: Any, value: Any = None) -> dict[Any, Any]:
+        return dict_fromkeys(self._env, keys, value)
 
 
 def _raise_exception(message: str) -> None:
@@ -111,16 +118,19 @@ def _tojson(
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-def compile_template(source: str) -> jinja2.Template:
-    """A chat template compiled in the sandbox ``transformers`` uses; a syntax error is a ``TokenizerError``.
+def compile_template(source: str, max_rendered_chars: int = MAX_RENDERED_CHARS) -> jinja2.Template:
+    """A chat template compiled in the sandbox ``transformers`` uses, bounded (:mod:`~headrace.stages.chat_sandbox`).
+
+    A syntax error is a ``TokenizerError``.
 
     >>> compile_template("{% for m in messages %}{{ m['role'] }}:{{ m['content'] }};{% endfor %}").render(
     ...     messages=[{"role": "user", "content": "hi"}])
     'user:hi;'
     """
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise_exception, dict=_Dict(), namespace=_Namespace)
+    env = BoundedSandbox(max_rendered_chars, trim_blocks=True, lstrip_blocks=True,
+                         extensions=[_Generation, loopcontrols])  # fmt: skip
+    env.filters["tojson"] = env._bounded_filter("tojson", _tojson)
+    env.globals.update(raise_exception=_raise_exception, dict=_Dict(env), namespace=_Namespace)
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
@@ -136,13 +146,15 @@ class ChatRenderer:
     ('<user>Hi</><assistant>Yo</>', ['Yo</>'])
     """
 
-    def __init__(self, template: str, variables: dict[str, Any]) -> None:
-        self.template = compile_template(template)
+    def __init__(self, template: str, variables: dict[str, Any], max_rendered_chars: int = MAX_RENDERED_CHARS) -> None:
+        self.template = compile_template(template, max_rendered_chars)
         self.marked = _GENERATION.search(template) is not None
         self.variables = {"tools": None, "documents": None, **variables, "add_generation_prompt": False}
 
     def _render(self, messages: list[dict[str, Any]]) -> str:
-        return self.template.render(messages=messages, **self.variables)
+        env = self.template.environment
+        assert isinstance(env, BoundedSandbox)
+        return env.render_bounded(self.template, {"messages": messages, **self.variables})
 
     def render(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
         """``(text, spans)``; raises ``ValueError`` (template prefixes inconsistent) or Jinja errors."""
@@ -171,6 +183,8 @@ class ChatRenderer:
         if isinstance(messages[i].get("content"), str):
             try:
                 probe = self._render([*messages[:i], {**messages[i], "content": PLACEHOLDER}])
+            except jinja2.exceptions.SecurityError:
+                raise
             except jinja2.TemplateError:  # a template that checks the content itself: use the fallback
                 probe = ""
             at = probe.find(PLACEHOLDER)
@@ -178,6 +192,8 @@ class ChatRenderer:
                 return at
         try:
             before = self._render(messages[:i]) if i else ""
+        except jinja2.exceptions.SecurityError:
+            raise
         except jinja2.TemplateError:  # a template may index messages[0]; an empty prefix renders nothing
             before = ""
         if not upto.startswith(before):
@@ -274,11 +290,18 @@ def template_variables(tokenizer: Tokenizer) -> dict[str, Any]:
 
 
 def chat_fn(
-    tokenizer: Tokenizer, *, template: str | None, column: str, lineage: Callable[[int, int], str]
+    tokenizer: Tokenizer,
+    *,
+    template: str | None,
+    column: str,
+    lineage: Callable[[int, int], str],
+    max_rendered_chars: int | None = None,
 ) -> Callable[[Block], Block]:
     """A block function: ``column`` (message lists) into ``input_ids`` and ``labels`` (``list<int32>``).
 
-    ``template`` (Jinja) defaults to the tokenizer's ``chat_template``; it is compiled once, here.
+    ``template`` (Jinja) defaults to the tokenizer's ``chat_template``; it is compiled once, here. A
+    rendering longer than ``max_rendered_chars`` (None: :data:`MAX_RENDERED_CHARS`), or a template past
+    any other bound of the sandbox, is a ``RecordError`` naming the record.
 
     >>> from tokenizers import Tokenizer as HF, models, pre_tokenizers
     >>> from headrace.tokenizer import load_tokenizer
@@ -296,7 +319,7 @@ def chat_fn(
     if source is None:
         raise TokenizerError(f"{tokenizer.name}: no chat template; pass chat(template=...) with a Jinja chat "
                              "template (as transformers' tokenizer.chat_template)")  # fmt: skip
-    renderer = ChatRenderer(source, template_variables(tokenizer))
+    renderer = ChatRenderer(source, template_variables(tokenizer), max_rendered_chars or MAX_RENDERED_CHARS)
     dtype = np.int32 if tokenizer.vocab_size < 2**31 else np.int64
 
     def per_block(block: Block) -> Block:
@@ -314,8 +337,13 @@ def chat_fn(
             messages = _messages(conversation, where, column)
             try:
                 text, spans = renderer.render(messages)
-            except (jinja2.TemplateError, ValueError, TypeError) as e:
-                raise RecordError(f"chat: {where}: the chat template failed on this conversation: {e}") from None
+            except jinja2.exceptions.SecurityError as e:
+                raise RecordError(f"chat: {where}: the chat template was stopped on this conversation: {e}; the "
+                                  "template is not trusted, so its work is bounded (see headrace's security "
+                                  "model)") from None  # fmt: skip
+            except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as e:
+                raise RecordError(f"chat: {where}: the chat template failed on this conversation: "
+                                  f"{type(e).__name__}: {e}") from None  # fmt: skip
             ids, spans_of_tokens = tokenizer.encode_offsets(text)
             label_parts.append(_labels(ids, spans_of_tokens, spans))
             ids_parts.append(np.asarray(ids, dtype=np.int64))

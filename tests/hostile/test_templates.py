@@ -1,0 +1,202 @@
+"""Hostile chat templates: huge allocations, sandbox escapes, long loops and recursion are refused, naming the record.
+
+A chat template comes from the Hub with a tokenizer and is not trusted (headrace's security model):
+each template below is refused with a ``RecordError`` that names the record and the bound it hit,
+the allocations before anything large is allocated (traced peak under 64 MiB), and the ordinary
+templates next to them still render exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import headrace as hr
+from headrace.stages.chat_sandbox import MAX_ITERATIONS
+
+pytestmark = pytest.mark.timeout(120)
+
+TOO_BIG = "chat templates may build at most 16,777,216 (max_rendered_chars)"
+# (template, what the error says, whether the template tries a huge allocation: then its traced peak is checked)
+HOSTILE = [
+    ("{{ 'a' * 300000000 }}", f"builds a value of 300,000,000 characters; {TOO_BIG}", True),
+    ("{{ 300000000 * 'a' }}", "builds a value of 300,000,000 characters", True),
+    ("{{ [0] * 300000000 }}", "builds a list of 300,000,000 items; chat templates may build at most 1,000,000", True),
+    ("{{ ('ab',) * 200000000 }}", "builds a list of 200,000,000 items", True),
+    ("{{ 'a'|center(300000000) }}", "a width or count of 300,000,000 (more than max_rendered_chars", True),
+    ("{{ 'a'.ljust(300000000) }}", "a width or count of 300,000,000", True),
+    ("{{ 'a'.ljust(10000000) * 10 }}", "builds a value of 100,000,000 characters", True),
+    ("{{ '{:>300000000}'.format('a') }}", "a format width or precision of more than 16,777,216", True),
+    ("{{ '{:>{w}}'.format('a', w=300000000) }}", "a width or count of 300,000,000", True),
+    ("{{ '%300000000s' % 'a' }}", "a format width or precision of more than 16,777,216", True),
+    ("{{ '%*s' % (300000000, 'a') }}", "a width or count of 300,000,000", True),
+    ("{{ '%s'|format('a') ~ '%300000000d'|format(1) }}", "a format width or precision", True),
+    ("{% set s = 'a' * 100000 %}{{ s.replace('a', s) }}", "builds a value of 10,000,000,000 characters", True),
+    ("{% set s = 'a' * 100000 %}{{ s|replace('a', s) }}", "builds a value of 10,000,000,000 characters", True),
+    ("{% set s = 'a' * 100000 %}{{ s.translate({97: s}) }}", "builds a value of 10,000,000,000 characters", True),
+    ("{{ ('\t' * 100000).expandtabs(10000) }}", "builds a value of 1,000,100,000 characters", True),
+    ("{{ ('\n' * 100000)|indent(10000) }}", "builds a value of 1,000,110,000 characters", True),
+    ("{% set s = 'a' * 1000000 %}{{ ([s, s, s, s, s, s, s, s, s, s] * 2)|join }}", "builds a value of", True),
+    (
+        "{% set s = 'a' * 1000000 %}{{ ','.join([s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s]) }}",
+        "builds a value of 16,777,233 characters",
+        True,
+    ),  # the list measured up to the limit
+    ("{{ dict.fromkeys(range(100000), 'a' * 1000) }}", "builds a value of more than 16,777,216 characters", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ s }}", "builds a value of more than 16,777,216 characters", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ s|string }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ s|tojson }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ 'x' ~ s }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ '%s' % (s,) }}", "builds a value of 16,777,219 characters", True),
+    ("{% set s = [0] * 1000 %}{{ s * 1001 }}", "builds a list of 1,001,000 items; chat templates may build at", True),
+    ("{{ [1]|batch(300000000, 'x')|list }}", "a width or count of 300,000,000", True),
+    (
+        "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        f"builds a value of 33,554,432 characters; {TOO_BIG}",
+        True,
+    ),
+    (
+        "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "builds a value of 33,554,432 characters",
+        True,
+    ),
+    (
+        "{% set ns = namespace(s=[0]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "builds a list of 1,048,576 items",
+        True,
+    ),
+    (
+        "{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ 'x' * 100 %}{% endfor %}",
+        "builds more than 268,435,456 characters in all (16 x max_rendered_chars)",
+        True,
+    ),
+    (
+        "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+        "renders more than 16,777,216 characters (max_rendered_chars)",
+        True,
+    ),
+    ("{{ 10 ** 1000000 }}", "10 ** 1000000 has more than 65,536 bits", True),
+    ("{{ (10 ** 10000) * (10 ** 10000) }}", "a product of more than 65,536 bits", True),
+    ("{{ messages|tojson(indent=1000) }}", "tojson(indent=...) of more than 64", True),
+    ("{{ lipsum(1000000) }}", "'lipsum' is undefined", False),
+    # loops and recursion
+    ("{% for i in range(10**9) %}{% endfor %}", "range() of more than 100,000 numbers", False),
+    ("{% for i in range(2, 10**30, 3) %}{% endfor %}", "range() of more than 100,000 numbers", False),
+    (
+        "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+        f"loops run more than {MAX_ITERATIONS:,} iterations",
+        False,
+    ),
+    ("{% for c in 'x' * 1000000 %}{% endfor %}", f"loops run more than {MAX_ITERATIONS:,} iterations", False),
+    (
+        "{% for i in range(1000) recursive %}{% if loop.depth < 3 %}{{ loop(range(1000)) }}{% endif %}{% endfor %}",
+        f"loops run more than {MAX_ITERATIONS:,} iterations",
+        False,
+    ),
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recurses too deeply", False),
+    ("{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}", "recurses too deeply", False),
+    ("{{ 1 / 0 }}", "ZeroDivisionError: division by zero", False),
+    # escapes from the sandbox
+    ("{{ ''.__class__.__mro__ }}", "access to attribute '__class__' of 'str' object is unsafe", False),
+    ("{{ messages.__class__.__base__.__subclasses__() }}", "access to attribute '__class__' of 'list'", False),
+    ("{{ raise_exception.__globals__['os'] }}", "access to attribute '__globals__' of 'function'", False),
+    ("{{ namespace.__init__.__globals__['os'] }}", "access to attribute '__init__'", False),
+    ("{{ cycler.__init__.__globals__ }}", "access to attribute '__init__'", False),
+    ("{{ dict._env.begin() }}", "access to attribute '_env'", False),
+    ("{{ range.__self__.globals }}", "access to attribute '__self__' of 'method' object is unsafe", False),
+    ("{{ self._TemplateReference__context.parent }}", "access to attribute '_TemplateReference__context'", False),
+    ("{% set x = messages.append(1) %}", "access to attribute 'append' of 'list' object is unsafe", False),
+    ("{% set x = messages[0].update({'role': 'x'}) %}", "access to attribute 'update' of 'dict'", False),
+    ("{{ messages[0].content.format.__globals__['sys'] }}", "access to attribute '__globals__'", False),
+    ("{% set ns = namespace(_x=1) %}", "cannot set underscore attributes ('_x')", False),
+    ("{% set ns = namespace() %}{% set ns.__class__ = 1 %}", "cannot set underscore attributes ('__class__')", False),
+    ("{% include 'x' %}", "no loader for this environment", False),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A byte-level BPE (every character encodable), trained in a moment on a few lines."""
+    from headrace.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    return train_tokenizer(['Hello, how are you? <|user|> {"n": 3} === hello 0 400'] * 20, 300, path)
+
+
+def write_jsonl(path: Path, convs: list[list[dict[str, Any]]]) -> str:
+    path.write_text("".join(json.dumps({"id": i, "messages": c}) + "\n" for i, c in enumerate(convs)))
+    return str(path)
+
+
+CONVERSATIONS = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]] * 3
+
+
+def rows(ds: hr.Dataset, workers: int = 0) -> list[dict[str, Any]]:
+    return list(hr.Loader(ds, num_workers=workers))
+
+
+@pytest.mark.parametrize(("template", "says", "allocates"), HOSTILE, ids=[h[0][:48] for h in HOSTILE])
+def test_a_hostile_template_is_refused_naming_the_record(
+    tokenizer: str, tmp_path: Path, template: str, says: str, allocates: bool
+) -> None:
+    ds = hr.open(write_jsonl(tmp_path / "hostile.jsonl", CONVERSATIONS)).chat(tokenizer, template=template)
+    if allocates:
+        tracemalloc.start()
+    try:
+        with pytest.raises(hr.RecordError) as caught:
+            rows(ds)
+        peak = tracemalloc.get_traced_memory()[1] if allocates else 0
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert message.startswith("chat: ") and "hostile.jsonl (record 0)" in message, message
+    assert says in message
+    assert peak < 64 * 2**20
+
+
+def test_an_unsafe_attribute_printed_alone_renders_nothing(tokenizer: str, tmp_path: Path) -> None:
+    """As in jinja2 and transformers: ``{{ x.__globals__ }}`` is an undefined that prints empty; nothing is reached."""
+    template = ("{{ raise_exception.__globals__ }}{{ range.__self__ }}{{ self._TemplateReference__context }}"
+                "{{ messages[0].content.format.__globals__ }}{{ dict._env }}{% for m in messages %}{{ m.content }}"
+                "{% endfor %}")  # fmt: skip
+    got = rows(hr.open(write_jsonl(tmp_path / "quiet.jsonl", CONVERSATIONS[:1])).chat(tokenizer, template=template))
+    from headrace.tokenizer import load_tokenizer
+
+    assert load_tokenizer(tokenizer).decode(list(got[0]["input_ids"])) == "HiHello"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_budget_is_per_rendering_and_per_thread(tokenizer: str, tmp_path: Path, workers: int) -> None:
+    """Each rendering may use most of the loop budget: budgets never add up across records or threads."""
+    assert 400 * 375 < MAX_ITERATIONS < 2 * 400 * 375
+    template = ("{% set ns = namespace(n=0) %}{% for i in range(400) %}{% for j in range(375) %}"
+                "{% endfor %}{% set ns.n = ns.n + 1 %}{% endfor %}{% for m in messages %}{{ m.content }} {{ ns.n }}"
+                "{% endfor %}")  # fmt: skip
+    convs = [[{"role": "user", "content": f"hello {i}"}] for i in range(6)]
+    got = rows(hr.open(write_jsonl(tmp_path / "busy.jsonl", convs)).chat(tokenizer, template=template), workers)
+    from headrace.tokenizer import load_tokenizer
+
+    decode = load_tokenizer(tokenizer).decode
+    assert [decode(list(r["input_ids"])) for r in got] == [f"hello {i} 400" for i in range(6)]
+
+
+def test_templates_near_the_bounds_still_render_exactly(tokenizer: str, tmp_path: Path) -> None:
+    """What real templates do (loops, namespace, tojson, string building) is well inside the bounds."""
+    template = (
+        "{% set ns = namespace(sys='') %}{% for m in messages if m.role == 'system' %}{% set ns.sys = m.content %}"
+        "{% endfor %}{{ ('<s>' ~ ns.sys ~ '</s>') if ns.sys else '' }}"
+        "{% for m in messages %}{{ '<|' + m.role + '|>' }}{{ m.content|trim }}{{ '=' * 3 }}"
+        "{% if loop.last %}{{ dict(n=loop.length)|tojson }}{% endif %}{% endfor %}"
+    )
+    big = "word " * 40_000  # a long document: 200,000 characters
+    convs = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": big},
+              {"role": "assistant", "content": "ok"}]]  # fmt: skip
+    got = rows(hr.open(write_jsonl(tmp_path / "fine.jsonl", convs)).chat(tokenizer, template=template))
+    from headrace.tokenizer import load_tokenizer
+
+    text = load_tokenizer(tokenizer).decode(list(got[0]["input_ids"]))
+    assert text == f'<s>Be brief.</s><|system|>Be brief.===<|user|>{big.strip()}===<|assistant|>ok==={{"n": 3}}'
