@@ -155,7 +155,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
 
 
 def _unpickling_reason(e: Exception) -> str:
-    """The line of torch's weights-only message that says what was refused (it also advises weights_only=False)."""
+    """What torch's weights-only refusal says was refused (its message also advises turning weights_only off)."""
     paragraphs = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
     return paragraphs[-2] if len(paragraphs) >= 3 else type(e).__name__
 
