@@ -674,3 +674,145 @@ def test_an_empty_file_among_good_ones_is_quarantined_under_skip(tmp_path: Path,
             assert ids_of(ds) == (want, 1)
         ranks = [ids_of(ds, rank=r, world_size=2) for r in (0, 1)]  # counted once, by rank 0
         assert ranks == [(want[:10], 1), (want[10:], 0)]
+
+
+# -- damaged files found by tests/hostile/test_shard_mutation.py -----------------------------------
+def arrow_file(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=25)
+    return sink.getvalue().to_pybytes()
+
+
+def damaged_and_good(tmp_path: Path, suffix: str, damaged: bytes, good: pa.Table) -> tuple[Path, Path]:
+    """The damaged shard ``part-0`` and a good one ``part-1`` of ``good``, in the format of ``suffix``."""
+    bad, fine = tmp_path / f"part-0{suffix}", tmp_path / f"part-1{suffix}"
+    bad.write_bytes(damaged)
+    if suffix == ".parquet":
+        pq.write_table(good, fine)
+    else:
+        fine.write_bytes(arrow_file(good))
+    return bad, fine
+
+
+def assert_quarantined(bad: Path, fine: Path, want: list[int], **loader: Any) -> None:
+    """Under raise, a SourceError naming ``bad``; under skip, the rows ``want`` and one skip."""
+    with pytest.raises(hr.SourceError, match=re.escape(str(bad))):
+        ids_of(hr.open([str(bad), str(fine)]), **loader)
+    assert ids_of(hr.open([str(bad), str(fine)], errors="skip"), **loader) == (want, 1)
+
+
+TABLE = pa.table({"id": list(range(100)), "text": [f"text {i}" for i in range(100)]})
+LATER = pa.table({"id": list(range(100, 150)), "text": [f"text {i}" for i in range(100, 150)]})
+
+
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_invalid_utf8_inside_arrow_or_parquet_strings_quarantines_the_shard(tmp_path: Path, suffix: str) -> None:
+    if suffix == ".arrow":
+        data = arrow_file(TABLE)
+    else:
+        path = tmp_path / "build.parquet"
+        pq.write_table(TABLE, path, compression="none", use_dictionary=False, write_statistics=False)
+        data = path.read_bytes()
+    assert data.count(b"text 42") == 1
+    bad, fine = damaged_and_good(tmp_path, suffix, data.replace(b"text 42", b"text \xff\xfe"), LATER)
+    before = list(range(25)) if suffix == ".arrow" else []  # the record batches of 25 rows before row 42
+    assert_quarantined(bad, fine, before + list(range(100, 150)))  # was a bare UnicodeDecodeError
+
+
+def test_arrow_file_with_a_damaged_footer_is_named(tmp_path: Path) -> None:
+    data = bytearray(arrow_file(TABLE))
+    footer = len(data) - 10 - int.from_bytes(data[-10:-6], "little")
+    data[footer] ^= 1  # fails the footer's flatbuffer verification: an OSError, not an ArrowInvalid
+    bad, fine = damaged_and_good(tmp_path, ".arrow", bytes(data), LATER)
+    assert_quarantined(bad, fine, list(range(100, 150)))
+
+
+def test_arrow_file_whose_batches_cannot_be_counted_is_quarantined_on_every_rank(tmp_path: Path) -> None:
+    data = arrow_file(TABLE)
+    footer = len(data) - 10 - int.from_bytes(data[-10:-6], "little")
+    for at in range(footer, len(data) - 10):  # a damaged block in the footer: it opens, its batches fail
+        damaged = bytearray(data)
+        damaged[at] ^= 0x10
+        try:
+            reader = pa.ipc.open_file(pa.BufferReader(bytes(damaged)))
+        except (OSError, pa.ArrowException):
+            continue
+        try:
+            [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        except (OSError, pa.ArrowException):
+            break
+    else:
+        pytest.skip("this pyarrow detects every damaged footer block when opening the file")
+    bad, fine = damaged_and_good(tmp_path, ".arrow", bytes(damaged), LATER)
+    with pytest.raises(hr.SourceError, match=re.escape(str(bad))):
+        ids_of(hr.open([str(bad), str(fine)]), rank=0, world_size=2)
+    ranks = [ids_of(hr.open([str(bad), str(fine)], errors="skip"), rank=r, world_size=2) for r in (0, 1)]
+    assert ranks == [(list(range(100, 125)), 1), (list(range(125, 150)), 0)]  # was a bare OSError counting
+
+
+def test_parquet_row_group_that_decodes_short_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "build.parquet"
+    pq.write_table(TABLE, path, row_group_size=25)
+    data = path.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    flips = ((at, bits) for at in range(footer, len(data) - 8) for bits in (0x53, 0x40, 0x7F))
+    for at, bits in flips:  # a damaged value count: the footer still says 25 rows a group
+        damaged = bytearray(data)
+        damaged[at] ^= bits
+        try:
+            pf = pq.ParquetFile(pa.BufferReader(bytes(damaged)))
+            meta = pf.metadata
+            groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            if groups == [25] * 4 and sum(b.num_rows for g in range(4) for b in pf.iter_batches(row_groups=[g])) < 100:
+                break  # read by row group, as headrace does
+        except (OSError, pa.ArrowException):
+            pass
+    else:
+        pytest.skip("this pyarrow raises on every damaged value count")
+    bad, fine = damaged_and_good(tmp_path, ".parquet", bytes(damaged), LATER)
+    with pytest.raises(hr.SourceError, match=re.escape(str(bad)) + ".*row group .* rows but the footer says 25"):
+        ids_of(hr.open([str(bad), str(fine)]))  # was 75 rows and no error
+    ids, skipped = ids_of(hr.open([str(bad), str(fine)], errors="skip"))
+    assert skipped == 1 and ids[-50:] == list(range(100, 150)) and ids[:-50] == list(range(len(ids) - 50))
+
+
+def test_parquet_footer_whose_row_groups_do_not_add_up_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "build.parquet"
+    pq.write_table(TABLE, path, row_group_size=25)
+    data = path.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    for at in range(footer, len(data) - 8):  # a damaged row group row count
+        damaged = bytearray(data)
+        damaged[at] ^= 0x53
+        try:
+            meta = pq.ParquetFile(pa.BufferReader(bytes(damaged))).metadata
+            if meta.num_rows == 100 and sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) != 100:
+                break
+        except (OSError, pa.ArrowException):
+            pass
+    else:
+        pytest.skip("this pyarrow checks the row groups' row counts")
+    bad, fine = damaged_and_good(tmp_path, ".parquet", bytes(damaged), LATER)
+    for world_size in (1, 2):
+        assert_quarantined(bad, fine, list(range(100, 150))[: 50 // world_size], world_size=world_size)
+
+
+def test_jsonl_field_name_that_is_not_utf8_is_a_record_error(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(
+        b'{"id": 0, "text": "a"}\n{"id": 1, "te\xefxt": "b"}\n{"id": 2, "nested": {"k\xcd": 1}}\n{"id": 3}\n'
+    )
+    with pytest.raises(hr.RecordError, match=re.escape(f"{path}:2: malformed JSON line")):
+        ids_of(hr.open(str(path)))  # was a bare UnicodeDecodeError
+    assert ids_of(hr.open(str(path), errors="skip")) == ([0, 3], 2)
+
+
+def test_schema_error_names_the_shard_the_schema_came_from(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,text\n0,\n")  # a damaged first shard: its text column is all null
+    (tmp_path / "b.csv").write_text("id,text\n1,one\n")
+    with pytest.raises(
+        hr.SchemaError,
+        match=re.escape(f"{tmp_path / 'b.csv'}") + ".*taken from the shard " + re.escape(str(tmp_path / "a.csv")),
+    ):
+        ids_of(hr.open(str(tmp_path)))

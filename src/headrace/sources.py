@@ -191,21 +191,21 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
         text_column=text_column, delimiter=delimiter, schema=schema, max_line_bytes=max_line_bytes,
         extra=tuple(sorted((format_options or {}).items())),
     )  # fmt: skip
-    full = schema if schema is not None else _first_schema(fs, shards, opts, policy)
+    full, origin = (schema, "schema=") if schema is not None else _first_schema(fs, shards, opts, policy)
     projected = project(full, opts.columns, shards[0].url)
-    source = Source(tuple(shards), opts, projected, policy, block_rows, None, fs)
+    source = Source(tuple(shards), opts, projected, policy, block_rows, None, fs, origin=origin)
     return Dataset(SourceStage(source))
 
 
-def _first_schema(fs: Any, shards: Sequence[Shard], opts: ReadOptions, policy: str) -> pa.Schema:
-    """The schema of the first shard; under ``errors="skip"``/``"warn"``, of the first one that can be read
-    (the others are quarantined when the readers get to them)."""
+def _first_schema(fs: Any, shards: Sequence[Shard], opts: ReadOptions, policy: str) -> tuple[pa.Schema, str]:
+    """The schema of the first shard and where it came from; under ``errors="skip"``/``"warn"``, of the first
+    shard that can be read (the others are quarantined when the readers get to them)."""
     failed: SourceError | None = None
     for shard in shards:
         try:
             if shard.size == 0:
                 raise SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or narrow the glob")
-            return format_named(shard.format).schema(fs, shard, opts, ErrorLog("skip"))
+            return format_named(shard.format).schema(fs, shard, opts, ErrorLog("skip")), f"the shard {shard.url}"
         except SourceError as e:
             if policy == "raise":
                 raise

@@ -42,7 +42,7 @@ class ArrowFormat(Format):
     def _reader(self, source: Any, shard: Shard) -> pa.ipc.RecordBatchFileReader | pa.ipc.RecordBatchStreamReader:
         try:
             return pa.ipc.open_file(source)
-        except pa.ArrowInvalid:
+        except (OSError, pa.ArrowException):  # not the file format (or its footer is damaged): try a stream
             pass
         try:
             source.seek(0)
@@ -58,9 +58,12 @@ class ArrowFormat(Format):
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         with self._open(fs, shard) as reader:
-            if isinstance(reader, pa.ipc.RecordBatchFileReader):
-                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-            return sum(b.num_rows for b in reader)
+            try:
+                if isinstance(reader, pa.ipc.RecordBatchFileReader):
+                    return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+                return sum(b.num_rows for b in reader)
+            except (OSError, pa.ArrowException) as e:
+                raise SourceError(f"{shard.url}: corrupt Arrow data ({e}); re-write or remove it") from None
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
@@ -82,6 +85,7 @@ class ArrowFormat(Format):
                 n = batch.num_rows
                 if row + n > max(start.slot, seek) and n:
                     batch = batch.select(columns) if columns is not None else batch
+                    batch.validate(full=True)  # offsets in bounds, strings UTF-8: a damaged file is not trusted
                     yield contiguous(with_schema(batch, opts.schema, shard.url), row)
                 row += n
         except (OSError, pa.ArrowException) as e:

@@ -183,19 +183,19 @@ def compatible(have: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
-def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
+def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str, origin: str = "the first shard") -> pa.RecordBatch:
     """``batch`` with exactly ``schema``'s columns and types: safe casts, nulls for missing columns.
 
     A column the schema does not have, or a type that is not :func:`compatible` with the schema's
-    or cannot be cast safely, raises a :class:`SchemaError` naming ``where``.
+    or cannot be cast safely, raises a :class:`SchemaError` naming ``where`` and the schema's ``origin``.
     """
     if batch.schema.equals(schema):
         return batch
     extra = [n for n in batch.schema.names if schema.get_field_index(n) < 0]
     if extra:
         raise SchemaError(
-            f"{where}: column(s) {extra} are not in the dataset schema {schema.names} (taken from the first "
-            "shard); shards with incompatible schemas: pass columns=[...] to read only shared columns, or schema="
+            f"{where}: column(s) {extra} are not in the dataset schema {schema.names} (taken from {origin}); "
+            "shards with incompatible schemas: pass columns=[...] to read only shared columns, or schema="
         )
     arrays = []
     for f in schema:
@@ -211,8 +211,8 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBa
                 col = col.cast(f.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                 raise SchemaError(
-                    f"{where}: column {f.name!r} has type {col.type} but the dataset schema says {f.type} "
-                    f"(shards with incompatible schemas: {e}); pass schema= to choose a common type"
+                    f"{where}: column {f.name!r} has type {col.type} but the dataset schema (taken from {origin}) "
+                    f"says {f.type} (shards with incompatible schemas: {e}); pass schema= to choose a common type"
                 ) from None
         arrays.append(col)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -92,8 +92,23 @@ def _read(lines: list[bytes], opts: ReadOptions) -> pa.Table:
     longest = max(map(len, lines), default=0)
     read = pj.ReadOptions(block_size=longest + 2) if longest + 2 > BLOCK_BYTES else None
     table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=read, parse_options=parse)
-    table.validate(full=True)  # Arrow's JSON reader lets invalid UTF-8 through; json.loads then names the line
+    _check_names(table.schema)  # Arrow's JSON reader lets invalid UTF-8 through; json.loads then names the line
+    table.validate(full=True)
     return table
+
+
+def _check_names(fields: Any) -> None:
+    """Field names, nested ones too, must be UTF-8: Arrow keeps invalid ones, and Python cannot read them."""
+    for f in fields:
+        try:
+            f.name  # noqa: B018 - decoded on access
+        except UnicodeDecodeError as e:
+            raise pa.ArrowInvalid(f"a field name is not valid UTF-8 ({e})") from None
+        t = f.type
+        if pa.types.is_struct(t):
+            _check_names(t.fields)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            _check_names([t.value_field])
 
 
 def _parse(

@@ -51,12 +51,11 @@ class ParquetFormat(Format):
 
     def count(self, fs: Any, shard: Shard, opts: ReadOptions) -> int:
         with self._open(fs, shard) as (pf, _):
-            return int(pf.metadata.num_rows)
+            return sum(row_groups(pf.metadata, shard))
 
     def chunks(self, fs: Any, shard: Shard, opts: ReadOptions) -> list[int] | None:
         with self._open(fs, shard) as (pf, _):
-            meta = pf.metadata
-            return [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+            return row_groups(pf.metadata, shard)
 
     def pieces(
         self, fs: Any, shard: Shard, opts: ReadOptions, start: Start, seek: int, log: ErrorLog
@@ -69,8 +68,8 @@ class ParquetFormat(Format):
     ) -> Iterator[Piece]:
         meta = pf.metadata
         bounds = [0]
-        for i in range(meta.num_row_groups):
-            bounds.append(bounds[-1] + meta.row_group(i).num_rows)
+        for rows in row_groups(meta, shard):
+            bounds.append(bounds[-1] + rows)
         first_group = max(0, bisect.bisect_right(bounds, max(start.slot, seek)) - 1)
         columns = list(opts.columns) if opts.columns is not None else None
         row = bounds[first_group]
@@ -82,14 +81,31 @@ class ParquetFormat(Format):
                     if group + 1 < meta.num_row_groups:
                         remote.prefetch(column_chunks(meta, group + 1, columns))
                 for batch in pf.iter_batches(batch_size=65536, row_groups=[group], columns=columns, use_threads=True):
+                    batch.validate(full=True)  # strings UTF-8: pages have no checksums to catch a damaged file
                     yield contiguous(with_schema(batch, opts.schema, shard.url), row)
                     row += batch.num_rows
+                if row != bounds[group + 1]:  # a damaged footer (a column's value count) can lose rows silently
+                    raise SourceError(
+                        f"{shard.url}: row group {group} gave {row - bounds[group]} rows but the footer says "
+                        f"{bounds[group + 1] - bounds[group]} (corrupt footer); re-write or remove the file"
+                    )
                 if remote is not None:
                     remote.release(column_chunks(meta, group, columns))
         except (OSError, pa.ArrowException) as e:
             raise SourceError(
                 f"{shard.url}: corrupt Parquet data near row {row} ({e}); re-write or remove it"
             ) from None
+
+
+def row_groups(meta: pq.FileMetaData, shard: Shard) -> list[int]:
+    """Rows of each row group, checked against the file's row count (a damaged footer can disagree)."""
+    rows = [int(meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    if any(n < 0 for n in rows) or sum(rows) != meta.num_rows:
+        raise SourceError(
+            f"{shard.url}: the footer's row groups hold {rows} rows, but the file says {meta.num_rows} in all "
+            "(corrupt footer); re-write or remove the file"
+        )
+    return rows
 
 
 def column_chunks(meta: pq.FileMetaData, group: int, columns: list[str] | None) -> list[tuple[int, int]]:

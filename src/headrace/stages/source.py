@@ -52,6 +52,7 @@ class Source:
     ordering: str = "files"  # "files": shards in (shuffled) order, contiguous ranges; "global": stages/order.py
     chunk_rows: int | None = None  # None: the files' own read units (row groups), else chunks of this many rows
     window: int = 16
+    origin: str = "the first shard"  # where the schema came from, for the errors of shards that differ
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -345,7 +346,8 @@ class SourceNode(Node[Block]):
             self._at = stop
             if hi <= lo:
                 continue
-            batch = conform(piece.batch.slice(int(lo), int(hi - lo)), src.schema, f"{shard.url} (record {first})")
+            where = f"{shard.url} (record {first})"
+            batch = conform(piece.batch.slice(int(lo), int(hi - lo)), src.schema, where, src.origin)
             return Block(
                 columns={name: batch.column(i) for i, name in enumerate(batch.schema.names)},
                 shard=np.full(int(hi - lo), int(self._order[self._o]), dtype=np.int32),
