@@ -16,6 +16,16 @@ a fault instead:
 ``429``    ``429 Too Many Requests`` with ``Retry-After`` (not forwarded)
 ========== ==============================================================================
 
+and what a broken or hostile server does (never drawn by ``rate`` unless named in ``kinds``):
+
+============ ============================================================================
+``garbage``  bytes that are not HTTP at all, then close
+``loop``     ``302 Found`` back to the same URL: a redirect loop
+``lie``      the whole body, under a ``Content-Length`` of half of it, then close
+``endless``  a chunked body that never ends: a byte every ``stall_s`` seconds, for ever
+``403``      ``403 Forbidden``; ``404``: ``404 Not Found`` (permanent answers)
+============ ============================================================================
+
 (A body fault on an answer without a body happens before its first byte: ``reset`` and ``truncate``
 close the connection, ``stall`` waits.) Which requests get a fault is a pure function of
 ``(seed, method, path, Range, how many times this same request was seen before)``, so a run makes
@@ -48,7 +58,8 @@ from servers import TrackingServer
 
 FAULTS = ("reset", "truncate", "stall", "slow", "500", "503", "429")  # what networks do in passing
 PERMANENT = ("403", "404")  # answers no retry can change
-KINDS = FAULTS + PERMANENT
+HOSTILE = ("garbage", "loop", "lie", "endless")  # what a broken server does
+KINDS = FAULTS + PERMANENT + HOSTILE
 BODY_FAULTS = frozenset({"reset", "truncate", "stall"})
 STATUS_FAULTS = {"500": "InternalError", "503": "SlowDown", "429": "TooManyRequests", "403": "AccessDenied",
                  "404": "NoSuchKey"}  # fmt: skip
@@ -240,6 +251,10 @@ class _Handler(BaseHTTPRequestHandler):
             proxy._record(n, self.command, self.path, byte_range, kind, None)
             self._status_fault(int(kind), STATUS_FAULTS[kind], proxy.retry_after)
             return
+        if kind in ("garbage", "loop"):
+            proxy._record(n, self.command, self.path, byte_range, kind, None)
+            self._garbage() if kind == "garbage" else self._redirect_to_itself()
+            return
         try:
             response = self._forward(proxy, body)
         except (OSError, http.client.HTTPException) as e:
@@ -296,6 +311,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             length = int(response.getheader("Content-Length") or 0)
         where = (n, self.command, self.path, self.headers.get("Range"))
+        if kind == "endless":
+            proxy._record(*where, kind, 0)
+            self._endless(proxy, status, reason, headers)
+            return
+        if kind == "lie" and length >= 2:  # a Content-Length of half the body, and the whole body
+            proxy._record(*where, kind, length // 2)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(length // 2)))
+            self.close_connection = True
         cut = int(length * fraction) if kind in BODY_FAULTS and length else None
         if kind == "slow" or (kind in BODY_FAULTS and cut is None):  # before the first byte of the answer
             proxy._record(*where, kind, 0)
@@ -333,6 +357,34 @@ class _Handler(BaseHTTPRequestHandler):
         body.read(1)  # the end: frees the upstream connection for the next request
         self.wfile.flush()
 
+    def _garbage(self) -> None:
+        """An answer that is not HTTP, then an orderly close."""
+        self.wfile.write(b"\x00\xff\xfeGARBAGE<html>not a status line\r\n\x01\x02\r\n\r\n" + bytes(range(256)))
+        self._drop(reset=False)
+
+    def _redirect_to_itself(self) -> None:
+        self.send_response_only(302)
+        self.send_header("Location", self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _endless(self, proxy: FaultProxy, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
+        """The upstream's status and headers, then a chunked body of one byte every ``stall_s`` seconds
+        until the client hangs up or the proxy stops."""
+        self._close_upstream()  # its own body is not sent
+        self.close_connection = True
+        self.send_response_only(status, reason)
+        for k, v in headers:
+            if k.lower() not in ("content-length", "content-range"):
+                self.send_header(k, v)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            while not proxy._stopping.is_set():
+                self.wfile.write(b"1\r\nx\r\n")
+                self.wfile.flush()
+                proxy._pause()
+
     def _drop(self, *, reset: bool) -> None:
         """Close the client connection now, after what was sent: with a TCP reset (RST), or an orderly close.
 
@@ -359,7 +411,8 @@ class _Handler(BaseHTTPRequestHandler):
         if status in (429, 503):
             self.send_header("Retry-After", str(retry_after))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # an answer to HEAD has the headers of a body, never the body itself
+            self.wfile.write(body)
 
     def _bad_gateway(self, error: Exception) -> None:
         body = f"fault proxy: upstream unreachable ({error})".encode()

@@ -374,3 +374,153 @@ def test_parquet_projection_fetches_only_the_projected_column_chunks(
     assert footer and all(int(r.split("-")[1]) == size - 1 for r in footer)  # the rest: reads of the footer
     fetched = sum(int(b) - int(a) + 1 for a, b in (r.removeprefix("bytes=").split("-") for r in ranges))
     assert fetched < size / 4
+
+
+# -- errors at open: metadata calls retried like reads, and each error told for what it is ---------------
+
+OPEN = "open/part.parquet"  # one file of `many` (250 rows, ids 500..749), uploaded once per store
+OPEN_IDS = list(range(2 * (ROWS // FILES), 3 * (ROWS // FILES)))
+INFO = {  # the request the store's `info` (the metadata call at open) makes for OPEN
+    "http": f"HEAD /{OPEN}",
+    "s3": f"HEAD /test/{OPEN}",
+    "gcs": "GET /storage/v1/b/gbucket/o/open%2Fpart.parquet",
+}
+FIVE = hr.Retry(attempts=5, backoff=0.01, max_wait=0.02)
+
+
+@pytest.fixture(scope="session")
+def one_file(many: Path) -> Callable[[Store], Store]:
+    done: set[str] = set()
+
+    def put(store: Store) -> Store:
+        if store.endpoint not in done:
+            store.put(many / "part-00002.parquet", OPEN)
+            done.add(store.endpoint)
+        return store
+
+    return put
+
+
+def _proxied(
+    name: str, request: pytest.FixtureRequest, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> tuple[FaultProxy, Store]:
+    store = one_file(request.getfixturevalue(f"{name}_store"))
+    result: tuple[FaultProxy, Store] = fault_proxy(store)
+    return result
+
+
+@pytest.mark.parametrize("name", ["http", "s3", "gcs"])
+def test_a_persistent_500_at_open_is_tried_exactly_attempts_times_then_says_the_server_answered_500(
+    name: str, request: pytest.FixtureRequest, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> None:
+    proxy, proxied = _proxied(name, request, one_file, fault_proxy)
+    url = proxied.url(OPEN)
+    proxy.inject("500", times=1000, match=INFO[name].split(" ", 1)[1], method=INFO[name].split(" ", 1)[0])
+    with pytest.raises(GaveUp) as e:
+        hr.open(url, storage_options=proxied.storage_options, retry=FIVE)
+    assert str(e.value).startswith(f"{url} (info): gave up after 5 tries in ")
+    assert "the server answered 500 Internal Server Error" in str(e.value)
+    assert proxy.paths[INFO[name]] == 5
+    assert proxy.counts == {"500": 5}
+
+
+@pytest.mark.parametrize("name", ["http", "s3", "gcs"])
+def test_a_500_at_open_that_clears_after_two_tries_opens_and_reads_every_row_once(
+    name: str,
+    request: pytest.FixtureRequest,
+    one_file: Callable[[Store], Store],
+    fault_proxy: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy, proxied = _proxied(name, request, one_file, fault_proxy)
+    proxy.inject("500", times=2, match=INFO[name].split(" ", 1)[1], method=INFO[name].split(" ", 1)[0])
+    ds = hr.open(proxied.url(OPEN), columns=["id"], storage_options=proxied.storage_options, retry=FIVE)
+    tries = [r.getMessage() for r in caplog.records if r.name == "headrace.io"]
+    assert [t.split(": ", 1)[0] for t in tries] == [f"{proxied.url(OPEN)} (info)"] * 2
+    assert [f.target.split("?", 1)[0] for f in proxy.log] == [INFO[name].split(" ", 1)[1]] * 2
+    assert ids_of(ds.batch(64)) == OPEN_IDS
+    assert proxy.counts == {"500": 2}
+
+
+@pytest.mark.parametrize(("kind", "said"), [("403", "access denied (403); check the credentials"),
+                                            ("404", "not found")])  # fmt: skip
+@pytest.mark.parametrize("name", ["http", "s3"])
+def test_a_403_or_404_at_open_says_access_denied_or_not_found_naming_the_url_without_retries(
+    name: str,
+    kind: str,
+    said: str,
+    request: pytest.FixtureRequest,
+    one_file: Callable[[Store], Store],
+    fault_proxy: Callable[..., Any],
+) -> None:
+    proxy, proxied = _proxied(name, request, one_file, fault_proxy)
+    url = proxied.url(OPEN)
+    proxy.inject(kind, times=1000, match=OPEN, method=None)
+    with pytest.raises(SourceError) as e:
+        hr.open(url, storage_options=proxied.storage_options, retry=FIVE)
+    assert not isinstance(e.value, GaveUp)
+    assert url in str(e.value) and said in str(e.value)
+    assert ("no such file" if kind == "403" else "access denied") not in str(e.value)
+    assert ("check the credentials" if kind == "403" else "check the URL") in str(e.value)
+    # one try: HTTP asks by GET once when its HEAD is refused (a presigned GET URL refuses HEAD)
+    assert proxy.counts == {kind: 2 if name == "http" else 1}
+
+
+@pytest.mark.parametrize("name", ["gcs", "azure"])
+def test_gcs_and_azure_say_access_denied_or_not_found_at_open(
+    name: str, request: pytest.FixtureRequest, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> None:
+    proxy, proxied = _proxied(name, request, one_file, fault_proxy)
+    url = proxied.url(OPEN)
+    match = "open%2Fpart" if name == "gcs" else OPEN
+    for kind, said in (("403", "access denied"), ("404", "not found")):
+        proxy.clear_injected()
+        proxy.inject(kind, times=1000, match=match, method=None)
+        with pytest.raises(SourceError) as e:
+            hr.open(url, storage_options=proxied.storage_options, retry=FIVE)
+        assert not isinstance(e.value, GaveUp)
+        assert url in str(e.value) and said in str(e.value), str(e.value)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once it is closed
+
+
+def test_connection_refused_at_open_is_retried_then_says_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/data/x.jsonl"
+    with pytest.raises(GaveUp) as e:
+        hr.open(url, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
+    assert str(e.value).startswith(f"{url} (info): gave up after 3 tries in ")
+    assert "connection refused" in str(e.value) and "is the server up?" in str(e.value)
+    tries = [r.getMessage() for r in caplog.records if r.name == "headrace.io"]
+    assert [t.rsplit("; try ", 1)[1].split(" in ")[0] for t in tries] == ["2 of 3", "3 of 3"]
+
+
+def test_an_unknown_host_says_unknown_host_naming_the_url() -> None:
+    url = "http://no-such-host.invalid/x.jsonl"  # .invalid never resolves (RFC 2606)
+    with pytest.raises(SourceError) as e:
+        hr.open(url, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
+    assert url in str(e.value)
+    assert "unknown host 'no-such-host.invalid'" in str(e.value) and "check the URL" in str(e.value)
+
+
+def test_exists_is_false_only_when_the_server_says_not_found(
+    http_store: Store, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> None:
+    from headrace.io.resolve import fs_for
+
+    proxy, proxied = fault_proxy(one_file(http_store))
+    fs, _ = fs_for(proxied.url(OPEN), retry=FIVE)
+    assert fs.exists(proxied.url(OPEN)) and not fs.exists(proxied.url("open/other.parquet"))
+    proxy.inject("500", times=1000, match=OPEN, method=None)
+    with pytest.raises(GaveUp, match="the server answered 500"):
+        fs.exists(proxied.url(OPEN))  # fsspec's exists() said False: the shard looked missing
+    assert proxy.counts == {"500": 5}
+    proxy.clear_injected()
+    proxy.inject("403", times=1000, match=OPEN, method=None)
+    with pytest.raises(PermissionError):
+        fs.exists(proxied.url(OPEN))

@@ -17,7 +17,7 @@ from headrace.core.errors import SourceError
 from headrace.core.redact import redact, register
 from headrace.io.cache import DiskCache
 from headrace.io.remote import RemoteFS
-from headrace.io.retry import Retry
+from headrace.io.retry import Retry, diagnose
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 GLOB_CHARS = set("*?[")
@@ -81,14 +81,10 @@ def resolve(
             path = os.path.normpath(os.path.abspath(path))  # one file, one shard, however it is spelled
         try:
             found += _expand(fs, path, item, known_suffix)
-        except PermissionError as e:
-            raise SourceError(f"{item}: access denied ({e}); check the credentials in storage_options") from None
-        except FileNotFoundError as e:
-            raise SourceError(f"no such file or directory: {item!r} ({e})") from None
-        except SourceError:
+        except SourceError:  # a clear one already (GaveUp: the retries are spent, saying on what)
             raise
         except Exception as e:  # OSError, and what HTTP clients raise of their own (httpx, aiohttp)
-            raise SourceError(f"{item}: cannot list or open ({type(e).__name__}: {e})") from None
+            raise cannot_open(item, e, isinstance(fs, LocalFileSystem)) from None
     seen: set[str] = set()
     unique = []
     for url, size in found:
@@ -105,10 +101,7 @@ def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str
         if not files:
             raise SourceError(f"the glob {given!r} matched no files; check the pattern and the working directory")
         return [(_unstrip(fs, p, given), _size(fs, p, i)) for p, i in files]
-    try:  # info, not exists: fsspec's exists() answers False on any error, a network fault included
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise SourceError(f"no such file or directory: {given!r}") from None
+    info = fs.info(path)  # info, not exists: fsspec's exists() answers False on any error, a network fault included
     if info.get("type") == "directory" or (path.endswith("/") and _is_http(fs) and fs.isdir(path)):
         infos = fs.find(path, detail=True)
         files = sorted(
@@ -122,6 +115,24 @@ def _expand(fs: Any, path: str, given: str, known_suffix: Any) -> list[tuple[str
             raise SourceError(f"the directory {given!r} holds no data files headrace can read")
         return [(_unstrip(fs, p, given), _size(fs, p, i)) for p, i in files]
     return [(_unstrip(fs, path, given), _size(fs, path, info))]
+
+
+def cannot_open(given: str, error: Exception, local: bool = False) -> SourceError:
+    """The error for a path or URL that cannot be listed or opened: what the server answered (not found,
+    access denied, unknown host, connection refused, a status) and what to do about it."""
+    if local:
+        if isinstance(error, FileNotFoundError):
+            return SourceError(f"no such file or directory: {given!r}")
+        if isinstance(error, PermissionError):
+            return SourceError(f"{given}: access denied ({error}); check the file's permissions")
+        return SourceError(f"{given}: cannot list or open ({type(error).__name__}: {error})")
+    what, advice = diagnose(error)
+    if what.startswith("not found"):
+        return SourceError(f"no such file or directory: {given!r}: {what}; {advice}")
+    if what.startswith("access denied"):
+        return SourceError(f"{given}: {what}; {advice}")
+    return SourceError(f"{given}: cannot list or open: {what} ({type(error).__name__}: {redact(str(error))})"
+                       + (f"; {advice}" if advice else ""))  # fmt: skip
 
 
 def _size(fs: Any, path: str, info: Mapping[str, Any]) -> int:
@@ -169,6 +180,16 @@ def fs_for(
     if ours:  # one retry policy, ours, unless the user configured botocore's
         options["config_kwargs"] = {**(options.get("config_kwargs") or {}),
                                     "retries": {"mode": "standard", "total_max_attempts": 1}}  # fmt: skip
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    policy = retry or Retry()
+    if scheme in ("http", "https") and "timeout" not in (options.get("client_kwargs") or {}):
+        import aiohttp  # fsspec's HTTP client; its default waits 5 minutes on a server that went quiet
+
+        timeout = aiohttp.ClientTimeout(total=policy.deadline, sock_connect=policy.timeout, sock_read=policy.timeout)
+        options["client_kwargs"] = {**(options.get("client_kwargs") or {}), "timeout": timeout}
+    if scheme in ("s3", "s3a"):
+        config = options.get("config_kwargs") or {}
+        options["config_kwargs"] = {"connect_timeout": policy.timeout, "read_timeout": policy.timeout, **config}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:

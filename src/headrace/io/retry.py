@@ -72,8 +72,8 @@ def status_of(error: BaseException) -> int | None:
     """The HTTP status an error carries (aiohttp ``status``, azure ``status_code``, gcsfs ``code``,
     botocore ``response``), looking through its causes; None if there is none."""
     for e in _chain(error):
-        if any(cls.__name__ == "HttpProcessingError" for cls in type(e).__mro__):
-            continue  # aiohttp's parser errors: their "code" is not the server's answer
+        if _named(e, "HttpProcessingError") or (e.__cause__ is not None and _named(e.__cause__, "HttpProcessingError")):
+            continue  # aiohttp's parser errors, and the ClientResponseError made of one: not the server's status
         for attr in ("status", "status_code", "code"):
             value = getattr(e, attr, None)
             if isinstance(value, int) and 100 <= value < 600:
@@ -88,16 +88,21 @@ def status_of(error: BaseException) -> int | None:
 
 def transient(error: BaseException) -> bool:
     """Whether another try may succeed: connection errors, timeouts, cut bodies, 408/429/5xx; not 4xx
-    (missing, forbidden), not bad data, not a programming error."""
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
+    (missing, forbidden), not bad data, not a programming error.
+
+    A "not found" that some layer made of another error is judged by that error: fsspec's HTTP
+    filesystem turns every failed ``info`` (a 500, a refused connection) into a ``FileNotFoundError``."""
     for e in _chain(error):  # an unknown host, or a client told to stay offline, stays so
         if isinstance(e, socket.gaierror) and e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
             return False
         if any(cls.__name__ in PERMANENT_NAMES for cls in type(e).__mro__):
             return False
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return error.__cause__ is not None and transient(error.__cause__)
     for e in _chain(error):  # a cut connection first: its causes may carry a parser's "400" (aiohttp)
         if isinstance(e, (ConnectionError, TimeoutError, http.client.HTTPException, Truncated)):
+            return True
+        if _named(e, "HttpProcessingError"):  # a garbled answer (not HTTP, a bad header, a cut chunk)
             return True
         if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNO:
             return True
@@ -108,6 +113,53 @@ def transient(error: BaseException) -> bool:
             return True
     status = status_of(error)
     return status is not None and (status in TRANSIENT_STATUS or status >= 500)
+
+
+def diagnose(error: BaseException) -> tuple[str, str]:
+    """What ``error`` means, in words, and what to do about it: ``("access denied (403)", "check the
+    credentials ...")``. An HTTP status wins over the exception's type (a layer may have wrapped it).
+
+    >>> diagnose(FileNotFoundError("s3://b/x"))
+    ('not found', 'check the URL')
+    >>> diagnose(ConnectionRefusedError(111, "Connect call failed"))[0]
+    'connection refused'
+    """
+    status = status_of(error)
+    if status in (404, 410):
+        return f"not found ({status})", "check the URL"
+    if status in (401, 403):
+        return f"access denied ({status})", ACCESS_ADVICE
+    for e in _chain(error):
+        if _named(e, "TooManyRedirects"):
+            return "too many redirects (a redirect loop?)", "check the URL"
+        if _named(e, "HttpProcessingError"):
+            return "the answer is not valid HTTP", "is the URL's server an HTTP server? check it"
+        if isinstance(e, socket.gaierror) or _named(e, "ClientConnectorDNSError"):
+            host = getattr(e, "host", None)
+            return (f"unknown host {host!r}" if host else "unknown host"), "the name does not resolve: check the URL"
+        if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED):
+            return "connection refused", "is the server up? check the host and port in the URL"
+    if status is not None:
+        return f"the server answered {status} {http.client.responses.get(status, '')}".rstrip(), ""
+    for e in _chain(error):
+        if isinstance(e, FileNotFoundError):
+            return "not found", "check the URL"
+        if isinstance(e, PermissionError) or (type(e) is OSError and str(e).startswith("Forbidden")):  # gcsfs' 403
+            return "access denied", ACCESS_ADVICE
+        if isinstance(e, TimeoutError) or _named(e, "ServerTimeoutError", "FSTimeoutError", "ReadTimeoutError"):
+            return "timed out", "the server is slow or stalled: check it"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset", ""
+        if isinstance(e, Truncated):
+            return "the body ended early", ""
+    return type(error).__name__, ""
+
+
+ACCESS_ADVICE = "check the credentials in storage_options and the permissions they have"
+
+
+def _named(error: BaseException, *names: str) -> bool:
+    return any(cls.__name__ in names for cls in type(error).__mro__)
 
 
 def retry_after(error: BaseException) -> float | None:
@@ -165,7 +217,9 @@ class Retry:
     ``attempts`` tries in all (the first included) within ``deadline`` seconds, waiting a random time in
     ``[0, min(max_wait, backoff * 2**k)]`` before try ``k + 1`` ("full jitter": clients that failed
     together do not come back together), or what a ``Retry-After`` header asked, up to ``max_wait``.
-    ``Retry(attempts=1)`` switches retrying off.
+    ``Retry(attempts=1)`` switches retrying off. ``timeout`` bounds one request's wait for the server (to
+    connect, and between two reads of its answer; HTTP(S) and S3 unless ``storage_options`` set their
+    own), and ``deadline`` a whole HTTP answer: a stalled or endless answer fails as a timeout, retried.
 
     >>> import headrace as hr
     >>> policy = hr.Retry(attempts=5, deadline=30.0)
@@ -178,12 +232,13 @@ class Retry:
     max_wait: float = 5.0
     deadline: float = 300.0
     seed: int | None = None  # the jitter's seed; None: drawn per process
+    timeout: float = 60.0  # seconds one request may wait to connect, or for the next bytes of its answer
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"Retry(attempts=) must be at least 1, got {self.attempts}")
-        if self.backoff < 0 or self.max_wait < 0 or self.deadline <= 0:
-            raise ValueError("Retry(backoff=, max_wait=) must be >= 0 and deadline= > 0")
+        if self.backoff < 0 or self.max_wait < 0 or self.deadline <= 0 or self.timeout <= 0:
+            raise ValueError("Retry(backoff=, max_wait=) must be >= 0, and deadline= and timeout= > 0")
 
     def ceiling(self, k: int) -> float:
         """The longest wait before try ``k + 1``."""
@@ -215,10 +270,11 @@ class Retry:
                     wait = max(wait, min(asked, self.max_wait))
                 k += 1
                 if k >= self.attempts or elapsed + wait > self.deadline:
+                    what, advice = diagnose(e)
                     raise GaveUp(
-                        f"{describe()}: gave up after {k} tries in {elapsed:.1f} s ({type(e).__name__}: {e}); the "
-                        f"network or the server keeps failing: check it, or allow more with "
-                        f"hr.open(..., retry=hr.Retry(attempts=, deadline=))"
+                        f"{describe()}: gave up after {k} tries in {elapsed:.1f} s: {what} ({type(e).__name__}: "
+                        f"{redact(str(e))}); {advice or 'the network or the server keeps failing: check it'}, or "
+                        f"allow more with hr.open(..., retry=hr.Retry(attempts=, deadline=))"
                     ) from None
                 log.warning("%s: %s: %s; try %d of %d in %.2f s", describe(), type(e).__name__, redact(str(e)), k + 1,
                             self.attempts, wait)  # fmt: skip
