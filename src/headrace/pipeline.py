@@ -17,6 +17,7 @@ from headrace.checks import batch_options, check_format, count, positive, size_p
 from headrace.core.block import Block
 from headrace.core.node import Node
 from headrace.core.policy import check_policy
+from headrace.core.redact import redact
 from headrace.core.rng import DEFAULT_SEED
 from headrace.plan import (
     AugmentStage,
@@ -136,8 +137,11 @@ class Dataset:
         return any(isinstance(s, BatchStage) for s in self.stages)
 
     def lineage(self, shard: int, row: int) -> str:
-        """``"file (record r)"`` for a row's lineage (``"name: file (record r)"`` in a mixture)."""
-        return self.root.lineage(shard, row)
+        """``"file (record r)"`` for a row's lineage (``"name: file (record r)"`` in a mixture), redacted."""
+        return redact(self.root.lineage(shard, row))
+
+    def __repr__(self) -> str:
+        return redact(f"Dataset(stage={self.stage!r}, parent={self.parent!r})")
 
     def _then(self, stage: Stage) -> Dataset:
         if self.batched and not isinstance(stage, RepeatStage):

@@ -17,6 +17,7 @@ import numpy as np
 from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
 from headrace.core.node import Node, State
+from headrace.core.redact import redact, redact_notes
 
 BatchFormat = Literal["numpy", "python", "arrow"]
 BlockFn = Callable[[Block], Block]
@@ -64,7 +65,11 @@ class TransformNode(Node[Block]):
                 if not self._pending:
                     raise StopIteration
                 future, after = self._pending.popleft()
-                out = future.result()
+                try:
+                    out = future.result()
+                except Exception as e:  # its notes may come from a worker process: redacted here too
+                    redact_notes(e)
+                    raise
                 self._delivered = after
             if out.num_rows:
                 return out
@@ -104,7 +109,7 @@ def _merge(block: Block, out: Mapping[str, Any], remove: tuple[str, ...], what: 
 
 def _annotate(e: BaseException, what: str, block: Block, lineage: Callable[[int, int], str]) -> None:
     where = lineage(int(block.shard[0]), int(block.row[0])) if block.num_rows else "an empty block"
-    e.add_note(f"headrace: raised by {what} on a block starting at {where}")
+    e.add_note(redact(f"headrace: raised by {what} on a block starting at {where}"))
 
 
 def map_fn(
