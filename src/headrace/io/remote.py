@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import types
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -30,7 +31,7 @@ from typing import Any, BinaryIO
 from headrace.core.errors import SourceError
 from headrace.core.redact import redact, register
 from headrace.io.cache import DiskCache
-from headrace.io.retry import Retry, RetryStats, Truncated, status_of
+from headrace.io.retry import Retry, RetryStats, Truncated, diagnose, status_of
 
 BLOCK = 8 << 20  # bytes per sequential range request
 RECENT = 4 << 20  # the last range read, up to this size, serves the reads inside it
@@ -48,6 +49,7 @@ class RemoteFS:
 
     def __init__(self, fs: Any, retry: Retry | None = None, cache: DiskCache | None = None, ahead: int = 2) -> None:
         self.fs = fs
+        _without_own_retries(fs)
         self.retry = retry or Retry()
         self.cache = cache
         self.ahead = ahead
@@ -64,6 +66,60 @@ class RemoteFS:
                 lambda: attr(*args, **kwargs), lambda: f"{self._url(args[0] if args else '')} ({name})", self.stats
             )
         return attr
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The object's metadata, retried on transient errors like a read. On HTTP(S), one HEAD per try
+        (a GET only when the HEAD is refused or gives no size) whose 404/403 stays a
+        ``FileNotFoundError``/``PermissionError`` and whose 5xx or refused connection is tried again:
+        fsspec's own ``info`` sends a HEAD and a GET and calls any failure "not found"."""
+        once = (lambda: self._http_info(path)) if self._http else (lambda: self.fs.info(path, **kwargs))
+        info: dict[str, Any] = self.retry.call(once, lambda: f"{self._url(path)} (info)", self.stats)
+        return info
+
+    def size(self, path: str) -> int | None:
+        size = self.info(path).get("size")
+        return None if size is None else int(size)
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        """Whether the object is there: false only when the server says it is not (fsspec's ``exists``
+        is false on any error, an outage or a wrong key included); other errors raise."""
+        try:
+            self.info(path, **kwargs)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @property
+    def _http(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("http", "https")
+
+    def _http_info(self, url: str) -> dict[str, Any]:
+        from fsspec.asyn import sync
+
+        info: dict[str, Any] = sync(self.fs.loop, self._http_info_async, url)
+        return info
+
+    async def _http_info_async(self, url: str) -> dict[str, Any]:
+        from fsspec.implementations.http import _file_info
+
+        session = await self.fs.set_session()
+        info: dict[str, Any] = {}
+        for policy in ("head", "get"):
+            try:
+                info.update(await _file_info(self.fs.encode_url(url), session, policy, **self.fs.kwargs))
+            except Exception as e:
+                status = status_of(e)
+                if policy == "head" and (status == 501 or (status or 0) // 100 == 4 and status not in (408, 429)):
+                    continue  # HEAD refused (405, 501) or not signed for (a presigned GET URL): ask by GET
+                if status in (404, 410):
+                    raise FileNotFoundError(url) from e
+                if status in (401, 403):
+                    raise PermissionError(url) from e
+                raise
+            if info.get("size") is not None:
+                break
+        return {"name": url, "size": None, **info, "type": "file"}
 
     def _url(self, path: Any) -> str:
         """``path`` as a URL with its scheme, redacted, for messages."""
@@ -138,6 +194,16 @@ class RemoteFS:
                     out.write(chunk)
 
         return self.cache.put(url, size, version, fill)
+
+
+def _without_own_retries(fs: Any) -> None:
+    """Switch off gcsfs' own retry loop (6 tries, waits of up to 32 s, around every request) on this
+    instance, so that our ``Retry`` alone decides: attempts and deadline mean what they say (a 500 at open
+    took minutes, not 5 tries). s3fs' and botocore's are switched off in :func:`~headrace.io.resolve.fs_for`."""
+    if type(fs).__name__ == "GCSFileSystem":
+        unwrapped = getattr(type(fs)._request, "__wrapped__", None)
+        if unwrapped is not None and "_request" not in vars(fs):
+            fs._request = types.MethodType(unwrapped, fs)
 
 
 VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "Content-MD5", "Last-Modified", "LastModified",
@@ -281,7 +347,9 @@ class RemoteFile(io.RawIOBase):
         if isinstance(error, PermissionError) or status in (401, 403):
             return SourceError(f"{url}: access denied at byte {start} of {self.size} ({type(error).__name__}); "
                                "check the credentials in storage_options")  # fmt: skip
-        return SourceError(f"{url}: cannot read bytes {start}-{end} ({type(error).__name__}: {redact(str(error))})")
+        what, advice = diagnose(error)
+        return SourceError(f"{url}: cannot read bytes {start}-{end}: {what} ({type(error).__name__}: "
+                           f"{redact(str(error))})" + (f"; {advice}" if advice else ""))  # fmt: skip
 
     def close(self) -> None:
         if self._next is not None:
