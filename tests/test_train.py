@@ -133,6 +133,8 @@ def test_an_existing_checkpoint_is_not_overwritten_without_overwrite(tmp_path: P
     assert (f"headrace: error: {out / 'checkpoint.pt'} exists: pass --resume to continue it or --overwrite to "
             "start afresh") in again.stderr  # fmt: skip
     assert (out / "checkpoint.pt").read_bytes() == before
+    done = train(out, *SMALL, "--tokenizer", bpe_path, "--resume")  # already at --max-steps: says so, no traceback
+    assert f"nothing to train: {out / 'checkpoint.pt'} is at step 2 (--max-steps 2)" in done.stdout
     afresh = train(out, *SMALL, "--tokenizer", bpe_path, "--overwrite", "--seed", "3")
     assert "trained 2 steps" in afresh.stdout and (out / "checkpoint.pt").read_bytes() != before
     both = train(out, *SMALL, "--tokenizer", bpe_path, "--overwrite", "--resume", check=False)

@@ -61,6 +61,10 @@ def run_train(args: argparse.Namespace) -> int:
                                                           cache_limit=None))["storage_options"],
     )  # fmt: skip
     summary = run(options)
+    if not summary["losses"]:  # resumed at or past --max-steps
+        print(f"nothing to train: {summary['checkpoint']} is at step {summary['steps']} (--max-steps "
+              f"{args.max_steps}); raise --max-steps to train further")  # fmt: skip
+        return 0
     first, last = summary["losses"][0], summary["losses"][-1]
     print(f"trained {summary['steps']} steps: loss {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} "
           f"(step {last[0]}), {summary['tokens_per_s']:,.0f} tok/s, data wait {100 * summary['data_wait']:.1f}%; "
