@@ -74,10 +74,12 @@ def status_of(error: BaseException) -> int | None:
     for e in _chain(error):
         if _named(e, "HttpProcessingError") or (e.__cause__ is not None and _named(e.__cause__, "HttpProcessingError")):
             continue  # aiohttp's parser errors, and the ClientResponseError made of one: not the server's status
-        for attr in ("status", "status_code", "code"):
+        for attr in ("status", "status_code", "code"):  # the first one it has (aiohttp's "code" is deprecated)
             value = getattr(e, attr, None)
-            if isinstance(value, int) and 100 <= value < 600:
-                return value
+            if isinstance(value, int):
+                if 100 <= value < 600:
+                    return value
+                break
         response = getattr(e, "response", None)
         if isinstance(response, dict):
             value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
