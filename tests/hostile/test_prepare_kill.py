@@ -63,8 +63,8 @@ def test_killed_at_random_points_again_and_again_the_rerun_is_exact(data: Path, 
     assert json.loads(want["manifest.json"])["totals"]["documents"] == 5000
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "headrace", "prepare", str(data), str(out), "--tokenizer", bpe_path,
-           "--unit-rows", str(UNIT_ROWS), "--tokens-per-shard", str(TOKENS_PER_SHARD), "--workers", "2", "-q"]  # fmt: skip
+    options = ["--unit-rows", str(UNIT_ROWS), "--tokens-per-shard", str(TOKENS_PER_SHARD), "--workers", "2"]
+    cmd = [sys.executable, "-m", "headrace", "prepare", str(data), str(out), "--tokenizer", bpe_path, *options, "-q"]
     env = {**os.environ, "RAYON_NUM_THREADS": "1"}
     rng = random.Random(14)
     kills = 0
