@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -645,11 +646,13 @@ def write_good_shard(path: Path, ids: range) -> None:
         path.write_text("id,text\n" + "".join(f"{i},t{i}\n" for i in ids))
     elif path.suffix == ".txt":
         path.write_text("".join(f"{i}\n" for i in ids))
+    elif path.suffix == ".bin":  # a nanoGPT token stream, read one token a row
+        np.asarray(ids, dtype=np.uint16).tofile(path)
     else:
         path.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in ids))
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt", ".parquet", ".arrow", ".jsonl.gz"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt", ".parquet", ".arrow", ".jsonl.gz", ".bin"])
 @pytest.mark.parametrize("empty_at", [0, 1, 2])
 def test_an_empty_file_among_good_ones_is_quarantined_under_skip(tmp_path: Path, suffix: str, empty_at: int) -> None:
     paths = [tmp_path / f"part-{i}{suffix}" for i in range(3)]
@@ -662,13 +665,16 @@ def test_an_empty_file_among_good_ones_is_quarantined_under_skip(tmp_path: Path,
         else:
             write_good_shard(path, range(i * 10, i * 10 + 10))
     empty = str(paths[empty_at])
+    options: dict[str, Any] = {"format_options": {"tokens_per_row": 1}} if suffix == ".bin" else {}
     with pytest.raises(hr.SourceError, match=re.escape(empty) + r".*empty \(0 bytes\).*errors='skip'"):
-        hr.open(str(tmp_path))
+        hr.open(str(tmp_path), **options)
     want = [j for i in range(3) if i != empty_at for j in range(i * 10, i * 10 + 10)]
     for errors in ("skip", "warn"):
-        ds = hr.open(str(tmp_path), errors=errors)
+        ds = hr.open(str(tmp_path), errors=errors, **options)
         if suffix == ".txt":
             ds = ds.map(lambda r: {"id": int(r["text"])})
+        elif suffix == ".bin":
+            ds = ds.map(lambda r: {"id": int(r["input_ids"][0])})
         warns = pytest.warns(SkippedRecordWarning, match=re.escape(empty) + r".*empty")
         with warns if errors == "warn" else nullcontext():
             assert ids_of(ds) == (want, 1)

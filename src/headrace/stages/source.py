@@ -78,10 +78,14 @@ class Source:
     def counts(self) -> list[int]:
         """Slots (records) per shard, each counted once per process (from the chunks where a format has them).
 
-        A shard that cannot be read raises a :class:`SourceError`; under ``errors="skip"``/``"warn"`` it has no
-        records (:meth:`counted` says which, and why).
+        A shard that cannot be read raises a :class:`SourceError`, whatever the error policy (see :meth:`counted`).
         """
-        return [n if isinstance(n, int) else 0 for n in self.counted()]
+        counts = []
+        for n in self.counted():
+            if not isinstance(n, int):
+                raise n
+            counts.append(n)
+        return counts
 
     def counted(self) -> list[int | SourceError]:
         """Slots per shard, or under ``errors="skip"``/``"warn"`` the error of a shard that cannot be read."""
