@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,41 @@ def test_the_proxy_injects_each_fault_as_described(
     assert [f.kind for f in proxy.log] == list(FAULTS)
     assert proxy.log[1].at_byte == len(cut.value.partial)
     assert proxy.requests == 1 + len(FAULTS)
+
+
+def test_the_proxy_answers_head_without_a_body_and_plays_the_hostile_servers_as_described(
+    http_data: Store, datasets: dict[str, Path], fault_proxy: Callable[..., tuple[FaultProxy, Store]]
+) -> None:
+    path = "/parquet/part-00001.parquet"
+    data = (datasets["parquet"] / "part-00001.parquet").read_bytes()
+    proxy, _ = fault_proxy(http_data, stall_s=0.01)
+    port = int(proxy.endpoint.rsplit(":", 1)[1])
+    proxy.inject("500", method="HEAD")  # a body after it would be read as the next answer on the connection
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(1 << 16):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 500 ") and answer.endswith(b"\r\n\r\n")
+    proxy.inject("garbage")
+    with pytest.raises(http.client.BadStatusLine):
+        _get(proxy.endpoint, path)
+    proxy.inject("loop")
+    status, headers, _ = _get(proxy.endpoint, path)
+    assert (status, headers["Location"]) == (302, path)
+    proxy.inject("lie")
+    status, headers, body = _get(proxy.endpoint, path)
+    assert (status, int(headers["Content-Length"]), body) == (200, len(data) // 2, data[: len(data) // 2])
+    proxy.inject("endless")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        endless = conn.getresponse()
+        assert endless.getheader("Transfer-Encoding") == "chunked"
+        assert endless.read(300) == b"x" * 300  # and more, for as long as one reads
+    finally:
+        conn.close()
+    assert proxy.counts == {"500": 1, "garbage": 1, "loop": 1, "lie": 1, "endless": 1}
 
 
 def test_the_fault_schedule_is_a_function_of_the_seed_and_the_requests(

@@ -110,7 +110,7 @@ class RemoteFS:
                 info.update(await _file_info(self.fs.encode_url(url), session, policy, **self.fs.kwargs))
             except Exception as e:
                 status = status_of(e)
-                if policy == "head" and (status == 501 or (status or 0) // 100 == 4 and status not in (408, 429)):
+                if policy == "head" and (status == 501 or ((status or 0) // 100 == 4 and status not in (408, 429))):
                     continue  # HEAD refused (405, 501) or not signed for (a presigned GET URL): ask by GET
                 if status in (404, 410):
                     raise FileNotFoundError(url) from e
@@ -153,7 +153,7 @@ class RemoteFS:
         if local is not None:
             return open(local, "rb")
         if size is None:
-            size = int(self.size(url))
+            size = self.size(url) or 0  # a server that gives no size: as resolve() counts it
         file = RemoteFile(self, url, size, ahead=sequential)
         return io.BufferedReader(file, BLOCK) if sequential else file  # type: ignore[return-value]
 
