@@ -93,7 +93,8 @@ def test_a_redirect_loop_is_one_clear_error_not_retried(served: Store, fault_pro
     with pytest.raises(SourceError) as e:
         hr.open(url, retry=FIVE)
     assert not isinstance(e.value, GaveUp)
-    assert str(e.value).startswith(f"{url}: cannot list or open: too many redirects (a redirect loop?)")
+    assert str(e.value).startswith(f"{url}: cannot list or open (TooManyRedirects: ")
+    assert str(e.value).endswith("): too many redirects (a redirect loop?); check the URL")
     assert proxy.paths == {f"HEAD /{FILES['parquet']}": 10}  # aiohttp follows 10 redirects, once
 
 

@@ -131,8 +131,9 @@ def cannot_open(given: str, error: Exception, local: bool = False) -> SourceErro
         return SourceError(f"no such file or directory: {given!r}: {what}; {advice}")
     if what.startswith("access denied"):
         return SourceError(f"{given}: {what}; {advice}")
-    return SourceError(f"{given}: cannot list or open: {what} ({type(error).__name__}: {redact(str(error))})"
-                       + (f"; {advice}" if advice else ""))  # fmt: skip
+    said = f"{type(error).__name__}: {redact(str(error))}"
+    what = "" if what == type(error).__name__ else f": {what}"
+    return SourceError(f"{given}: cannot list or open ({said}){what}" + (f"; {advice}" if advice else ""))
 
 
 def _size(fs: Any, path: str, info: Mapping[str, Any]) -> int:
