@@ -822,3 +822,12 @@ def test_schema_error_names_the_shard_the_schema_came_from(tmp_path: Path) -> No
         match=re.escape(f"{tmp_path / 'b.csv'}") + ".*taken from the shard " + re.escape(str(tmp_path / "a.csv")),
     ):
         ids_of(hr.open(str(tmp_path)))
+
+
+def test_csv_header_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    bad, fine = tmp_path / "a.csv", tmp_path / "b.csv"
+    bad.write_bytes(b"id,te\xffxt\n0,a\n1,b\n")
+    fine.write_text("id,text\n5,e\n6,f\n")
+    with pytest.raises(hr.SourceError, match=re.escape(f"{bad}: the header row is not valid UTF-8")):
+        ids_of(hr.open([str(bad), str(fine)]))  # was a bare UnicodeDecodeError
+    assert ids_of(hr.open([str(bad), str(fine)], errors="skip")) == ([5, 6], 1)

@@ -57,7 +57,7 @@ class CsvFormat(Format):
 
     def _reader(self, f: Any, shard: Shard, opts: ReadOptions, bad: _BadRows, columns: Any = None) -> Any:
         try:
-            return pc.open_csv(
+            reader = pc.open_csv(
                 f,
                 read_options=pc.ReadOptions(block_size=opts.chunk_bytes, use_threads=False),
                 parse_options=pc.ParseOptions(
@@ -71,6 +71,12 @@ class CsvFormat(Format):
             )
         except pa.ArrowInvalid as e:
             raise SourceError(f"{shard.url}: cannot read as CSV ({e}); check format= and delimiter=") from None
+        try:
+            reader.schema.names  # noqa: B018 - decoded on access
+        except UnicodeDecodeError as e:
+            reader.close()
+            raise SourceError(f"{shard.url}: the header row is not valid UTF-8 ({e}); fix or remove the file") from None
+        return reader
 
     def schema(self, fs: Any, shard: Shard, opts: ReadOptions, log: ErrorLog) -> pa.Schema:
         # closing(): Arrow's streaming reader reads ahead on a thread of its own; closed before its file
