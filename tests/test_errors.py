@@ -831,3 +831,10 @@ def test_csv_header_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     with pytest.raises(hr.SourceError, match=re.escape(f"{bad}: the header row is not valid UTF-8")):
         ids_of(hr.open([str(bad), str(fine)]))  # was a bare UnicodeDecodeError
     assert ids_of(hr.open([str(bad), str(fine)], errors="skip")) == ([5, 6], 1)
+
+
+def test_json_array_with_an_integer_over_64_bits_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text('[{"id": 1}, {"id": 1000000000000000000000000000000}]')
+    with pytest.raises(hr.SchemaError, match=re.escape(f"{path}: the JSON array's values do not fit one schema")):
+        hr.open(str(path))  # was a bare OverflowError

@@ -202,7 +202,7 @@ def _array_pieces(fs: Any, shard: Shard, opts: ReadOptions, seek: int, log: Erro
             )))  # fmt: skip
     try:
         batch = pa.RecordBatch.from_pylist([items[i] for i in good], schema=opts.schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:  # OverflowError: an integer over 64 bits
         raise SchemaError(f"{shard.url}: the JSON array's values do not fit one schema ({e}); pass schema=") from None
     if project and opts.columns is not None:
         batch = _select(batch, opts.columns)
