@@ -253,3 +253,44 @@ def test_prepare_writes_no_secret_into_its_output_folder_and_still_resumes(
     assert_clean(*(p.read_text() for p in written))
     again = prepare(served.url(ROWS_PATH), out, bpe_path, storage_options=OPTIONS, workers=1, quiet=True)
     assert again.resumed_units == 1 and again.new_tokens == 0 and again.tokens == first.tokens
+
+
+FUNCTIONS = """
+def cursed_value(row):
+    if row["id"] == 150:
+        raise ValueError("row 150 is cursed")
+    return {"double": 2 * row["id"]}
+
+
+def cursed_runtime(row):
+    if row["id"] == 150:
+        raise RuntimeError("row 150 is cursed")
+    return {"double": 2 * row["id"]}
+"""
+
+
+@pytest.mark.parametrize("fn", ["cursed_value", "cursed_runtime"])
+def test_the_command_line_shows_where_a_user_function_failed_without_secrets(
+    served: Served, tmp_path: Path, fn: str
+) -> None:
+    """A failing step of a config run by ``headrace bench``: the error says which function and block
+    (the note), masked, whatever the exception's type, and is not a raw traceback with the URL in it."""
+    (tmp_path / "secretfns.py").write_text(FUNCTIONS)
+    config = {
+        "source": {"path": served.url(ROWS_PATH), "storage_options": OPTIONS},
+        "steps": [{"map": {"fn": f"secretfns:{fn}"}}, {"batch": {"size": 10}}],
+        "loader": {"num_workers": 2, "worker_type": "process"},
+    }
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(config))  # JSON is YAML
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run([sys.executable, "-m", "headrace", "bench", str(tmp_path / "pipeline.yaml")],
+                          capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == (2 if fn == "cursed_value" else 1), done.stderr[-2000:]
+    assert "row 150 is cursed" in done.stderr
+    assert (f"headrace: raised by map({fn}) on a block starting at {served.shown(ROWS_PATH)} (record 128)"
+            in done.stderr)  # fmt: skip
+    assert_clean(done.stdout, done.stderr)

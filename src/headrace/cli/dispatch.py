@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (hr.HeadraceError, ValueError) as e:
         message = redact(" ".join(str(e).split())) or type(e).__name__
         print(f"headrace: error: {message}", file=sys.stderr)
+        for note in getattr(e, "__notes__", None) or []:  # where it happened (a user function's block)
+            print(f"  {redact(str(note))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("headrace: interrupted", file=sys.stderr)
@@ -91,4 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as other Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as e:  # a bug or a user function's error: its traceback, as Python prints it, redacted
+        sys.stderr.write(redact("".join(traceback.format_exception(e))))
         return 1
