@@ -490,20 +490,30 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])  # nothing listens there once it is closed
 
 
-def test_connection_refused_at_open_is_retried_then_says_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/data/x.jsonl"
+def _endpoint(endpoint: str) -> dict[str, Any]:
+    return {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_connection_refused_at_open_is_retried_then_says_connection_refused(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    url, options = (f"{endpoint}/data/x.jsonl", None) if scheme == "http" else ("s3://b/x.jsonl", _endpoint(endpoint))
     with pytest.raises(GaveUp) as e:
-        hr.open(url, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
+        hr.open(url, storage_options=options, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
     assert str(e.value).startswith(f"{url} (info): gave up after 3 tries in ")
     assert "connection refused" in str(e.value) and "is the server up?" in str(e.value)
     tries = [r.getMessage() for r in caplog.records if r.name == "headrace.io"]
     assert [t.rsplit("; try ", 1)[1].split(" in ")[0] for t in tries] == ["2 of 3", "3 of 3"]
 
 
-def test_an_unknown_host_says_unknown_host_naming_the_url() -> None:
-    url = "http://no-such-host.invalid/x.jsonl"  # .invalid never resolves (RFC 2606)
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_an_unknown_host_says_unknown_host_naming_the_url(scheme: str) -> None:
+    endpoint = "http://no-such-host.invalid"  # .invalid never resolves (RFC 2606)
+    url, options = (f"{endpoint}/x.jsonl", None) if scheme == "http" else ("s3://b/x.jsonl", _endpoint(endpoint))
     with pytest.raises(SourceError) as e:
-        hr.open(url, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
+        hr.open(url, storage_options=options, retry=hr.Retry(attempts=3, backoff=0.01, max_wait=0.02))
     assert url in str(e.value)
     assert "unknown host 'no-such-host.invalid'" in str(e.value) and "check the URL" in str(e.value)
 

@@ -138,9 +138,10 @@ def diagnose(error: BaseException) -> tuple[str, str]:
             return "the answer is not valid HTTP", "is the URL's server an HTTP server? check it"
         if isinstance(e, socket.gaierror) or _named(e, "ClientConnectorDNSError"):
             host = getattr(e, "host", None)
-            return (f"unknown host {host!r}" if host else "unknown host"), "the name does not resolve: check the URL"
+            what = f"unknown host {host!r}" if host else "unknown host"
+            return what, "the name does not resolve: check the URL (and any endpoint_url in storage_options)"
         if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED):
-            return "connection refused", "is the server up? check the host and port in the URL"
+            return "connection refused", "is the server up? check the host and port in the URL (and any endpoint_url)"
     if status is not None:
         return f"the server answered {status} {http.client.responses.get(status, '')}".rstrip(), ""
     for e in _chain(error):
