@@ -136,11 +136,10 @@ def samples(
             return None
         if sample is None or parts[0] != sample.key:
             return max_bytes
-        if sample.problem is not None:
-            return None  # a malformed sample: its values are never used
-        return max_bytes - sum(len(v) for v in sample.values.values() if v is not None)
+        return None if sample.problem is not None else max_bytes - used  # a malformed sample's are never used
 
     sample: Sample | None = None
+    used = 0  # bytes of the sample's values
     try:
         for m in members(f, start, shard, room):
             problem = unsafe(m.name, m.kind, m.link)
@@ -152,19 +151,21 @@ def samples(
             if sample is None or key != sample.key:
                 if sample is not None:
                     yield sample
-                sample = Sample(key, m.byte)
+                sample, used = Sample(key, m.byte), 0
             if problem is not None:
-                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) is {problem}"
+                why: str | None = f"is {problem}"
             elif m.problem is not None:
-                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) {m.problem}"
+                why = m.problem
             elif m.over is not None:
-                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) has {m.size} bytes, " + _over(
-                    max_bytes, m.over
-                )
+                why = f"has {m.size} bytes, {_over(max_bytes, m.over)}"
             elif extension in sample.values:
-                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) repeats extension {extension!r}"
+                why = f"repeats extension {extension!r}"
             else:
+                why = None
                 sample.values[extension] = m.data
+                used += 0 if m.data is None else len(m.data)
+            if why is not None:
+                sample.problem = sample.problem or f"member {m.name!r} (byte {m.byte}) {why}"
     except TarDamage as e:
         cut = None if e.member is None else (split(e.member) or (e.member, ""))[0]
         if sample is not None and cut != sample.key:

@@ -299,14 +299,12 @@ def _member(reader: _Reader, room: Callable[[str], int | None]) -> Member | None
             size = int(_text(pax[b"size"]))  # checked by _pax_records
         name = _text(pax[b"path"]) if b"path" in pax else long_name if long_name is not None else info.name
         link = _text(pax[b"linkpath"]) if b"linkpath" in pax else long_link if long_link is not None else info.link
-        if not reader.fits(size):
+        if reader.size is not None and reader.pos + size > reader.size:  # (reader.fits, inlined: once a member)
             raise reader.corrupt(f"the data ends inside member {name!r} (its header says {size} bytes, the file "
                                  f"ends {(reader.size or 0) - reader.pos} bytes on)", first, name)  # fmt: skip
-        budget = room(name) if info.type in REGULAR and problem is None else None
-        if budget is not None and size > budget:
+        budget = room(name) if problem is None and info.type in REGULAR else None
+        if budget is None or size > budget:
             return _skipped(reader, Member(name, info.type, first, link, None, problem, size, budget))
-        if budget is None:
-            return _skipped(reader, Member(name, info.type, first, link, None, problem, size))
         data = reader.read(size)
         if len(data) < size:
             raise reader.corrupt(f"the data ends inside member {name!r}", first, name)
