@@ -27,11 +27,6 @@ class Chunk:
     data: bytes  # whole lines, the last one possibly without "\n" at the end of the file
     byte: int  # decompressed offset of data[0]
     long: int = -1  # >= 0: the chunk is one line of this many bytes (without "\n"), over max_line, not kept
-    size: int = -1  # bytes of the file the chunk covers (len(data) unless it is a long line)
-
-    @property
-    def end(self) -> int:
-        return self.byte + (self.size if self.size >= 0 else len(self.data))
 
 
 def skip_to(f: BinaryIO, byte: int, compressed: bool) -> None:
@@ -118,7 +113,7 @@ def chunks(
                         if not data:
                             break
                         size += len(data)
-                    yield Chunk(b"", byte, long=size - data.endswith(b"\n"), size=size)
+                    yield Chunk(b"", byte, long=size - int(data.endswith(b"\n")))
                     byte += size
                     continue
             yield Chunk(data, byte)
