@@ -236,7 +236,8 @@ def test_headrace_log_records_are_redacted_with_their_tracebacks(caplog: pytest.
 
 
 def test_a_worker_forked_while_the_secrets_lock_is_held_can_still_redact() -> None:
-    """Another thread may hold the lock when a worker forks: the child gets a lock of its own."""
+    """Another thread may hold the lock when a worker forks: the child gets a lock of its own (else its
+    first register() would wait forever)."""
     import headrace.core.redact as module
 
     with module._lock:
@@ -244,8 +245,10 @@ def test_a_worker_forked_while_the_secrets_lock_is_held_can_still_redact() -> No
         if pid == 0:  # the child: a deadlock here is ended by the alarm
             import signal
 
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's handler, inherited
             signal.alarm(10)
-            os._exit(0 if redact("http://u:pw@h/x") == "http://u:***@h/x" else 1)
+            register({"token": "child-token-0123"})  # takes the lock
+            os._exit(0 if redact("http://u:pw@h/child-token-0123") == "http://u:***@h/***" else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 

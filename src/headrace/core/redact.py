@@ -42,6 +42,7 @@ _QUERY = re.compile(
     re.IGNORECASE,
 )
 _secrets: set[str] = set()
+_by_length: tuple[str, ...] = ()  # _secrets, longest first (replaced whole: readers take no lock)
 _lock = threading.Lock()
 
 
@@ -84,19 +85,21 @@ def register(options: Mapping[str, Any] | None) -> None:
                 found.append(credentials)
 
     walk(options, False)
+    global _by_length
     with _lock:
         _secrets.update(found)
+        _by_length = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """``text`` without credentials (see the module docstring)."""
     if not text:
         return text
-    text = _USERINFO.sub(rf"\1:{MASK}@", text)
-    text = _QUERY.sub(rf"\1{MASK}", text)
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    if "@" in text:  # the regular expressions only where they can match: lineage is built per row in places
+        text = _USERINFO.sub(rf"\1:{MASK}@", text)
+    if "=" in text:
+        text = _QUERY.sub(rf"\1{MASK}", text)
+    for secret in _by_length:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
