@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
@@ -279,12 +280,14 @@ def test_arrow_ipc_reads_back_exactly(tmp_path: Path, corpus: pa.Table, kind: st
     assert list(read(hr.open(str(tmp_path), columns=["text"]))) == ["text"]
 
 
-@pytest.mark.parametrize("kind", ["parquet", "arrow"])
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "csv"])
 def test_a_column_missing_from_a_later_shard_reads_as_nulls(tmp_path: Path, corpus: pa.Table, kind: str) -> None:
     first, second = corpus.slice(0, 300), corpus.slice(300, 300).drop_columns(["doc"])
     for name, part in (("a", first), ("b", second)):
         if kind == "parquet":
             pq.write_table(part, tmp_path / f"{name}.parquet")
+        elif kind == "csv":  # with columns=, was a bare ArrowKeyError
+            pa.csv.write_csv(part, tmp_path / f"{name}.csv")
         else:
             feather.write_feather(part, str(tmp_path / f"{name}.arrow"))
     for columns in (None, ["doc", "id", "text"]):

@@ -65,6 +65,7 @@ class CsvFormat(Format):
                 ),
                 convert_options=pc.ConvertOptions(
                     include_columns=list(columns) if columns is not None else None,
+                    include_missing_columns=True,  # a column this shard lacks reads as nulls, as in other formats
                     column_types=opts.schema,
                     check_utf8=False,  # else invalid UTF-8 makes a binary column; _checked() finds the rows
                 ),
