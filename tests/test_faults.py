@@ -534,3 +534,23 @@ def test_exists_is_false_only_when_the_server_says_not_found(
     proxy.inject("403", times=1000, match=OPEN, method=None)
     with pytest.raises(PermissionError):
         fs.exists(proxied.url(OPEN))
+
+
+@pytest.mark.parametrize("name", ["http", "s3"])
+def test_the_footer_read_at_open_is_retried_like_a_read_and_a_persistent_500_says_so(
+    name: str, request: pytest.FixtureRequest, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> None:
+    proxy, proxied = _proxied(name, request, one_file, fault_proxy)
+    url = proxied.url(OPEN)
+    get = INFO[name].replace("HEAD ", "GET ")
+    proxy.inject("500", times=2, match=OPEN, method="GET")  # the first two reads of the footer
+    ds = hr.open(url, columns=["id"], storage_options=proxied.storage_options, retry=FIVE)
+    assert ids_of(ds.batch(64)) == OPEN_IDS
+    assert proxy.counts == {"500": 2}
+    proxy.reset_counts()
+    proxy.inject("500", times=1000, match=OPEN, method="GET")
+    with pytest.raises(GaveUp) as e:
+        hr.open(url, columns=["id"], storage_options=proxied.storage_options, retry=FIVE)
+    assert str(e.value).startswith(f"{url} (bytes ")
+    assert "gave up after 5 tries" in str(e.value) and "the server answered 500 Internal Server Error" in str(e.value)
+    assert proxy.paths[get] == 5 and proxy.counts == {"500": 5}
