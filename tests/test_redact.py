@@ -274,3 +274,25 @@ def test_the_repr_of_a_dataset_masks_the_arguments_of_its_functions(tmp_path: Pa
     fetch = functools.partial(dict, base="https://u:pw-in-partial@h/api?token=tok123")
     shown = repr(hr.open(str(path)).map(fetch).batch(2))
     assert "base='https://u:***@h/api?token=***'" in shown and "pw-in-partial" not in shown
+
+
+def test_a_token_alone_in_an_http_url_cookies_and_more_query_names_are_masked() -> None:
+    register({"client_kwargs": {"headers": {"Cookie": "session=c00kie-value"}}})
+    assert redact("https://ghp_0123456789@raw.githubusercontent.com/o/r/x.jsonl") == (
+        "https://***@raw.githubusercontent.com/o/r/x.jsonl"
+    )
+    assert (
+        redact("abfs://container@account.dfs.core.windows.net/x") == "abfs://container@account.dfs.core.windows.net/x"
+    )
+    assert redact("sent session=c00kie-value") == "sent ***"
+    assert redact("https://h/x?Expires=9&Signature=abc&Key-Pair-Id=K1&auth=t0k&private_token=p4t") == (
+        "https://h/x?Expires=9&Signature=***&Key-Pair-Id=K1&auth=***&private_token=***"
+    )
+
+
+def test_a_registered_secret_is_masked_percent_encoded_too() -> None:
+    register({"secret": "wJalr/K7MD+ENG=="})
+    assert redact("GET /b/k?X-Secret=wJalr%2FK7MD%2BENG%3D%3D") == "GET /b/k?X-Secret=***"
+    assert redact("GET /b/k?X-Secret=wJalr/K7MD%2BENG%3D%3D&x=wJalr%2FK7MD%2BENG%3D%3D") == (
+        "GET /b/k?X-Secret=***&x=***"
+    )

@@ -26,19 +26,22 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
-SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "key", "sas", "signature", "auth",
-                "connection_string", "private")  # fmt: skip
+SECRET_WORDS = ("secret", "password", "passwd", "passphrase", "token", "credential", "key", "sas", "signature",
+                "auth", "connection_string", "private", "cookie")  # fmt: skip
 MIN_SECRET = 6  # shorter values would mask ordinary words
 # The loggers whose records are redacted: headrace's, and those of the filesystems it reads through,
 # which log URLs at DEBUG. (A logger's filter does not apply to its children's records: each is named.)
 LOGGERS = ("headrace", "headrace.io", "fsspec", "fsspec.http", "fsspec.asyn", "fsspec.caching", "fsspec.cached",
            "s3fs", "gcsfs", "gcsfs.credentials", "adlfs.spec", "huggingface_hub")  # fmt: skip
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@\s:]*):([^/@\s]+)@")
+_HTTP_USER = re.compile(r"(\bhttps?://)([^/@\s:]+)@", re.IGNORECASE)  # a user alone is often a token (GitHub)
 _QUERY = re.compile(
     r"([?&](?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-    r"x-goog-credential|token|access_token|api_key|apikey|key|code|password|secret)=)[^&\s'\"#]+",
+    r"x-goog-credential|token|access_token|refresh_token|id_token|session_token|private_token|api_key|apikey|key|"
+    r"code|password|secret|client_secret|auth|authorization|jwt)=)[^&\s'\"#]+",
     re.IGNORECASE,
 )
 _secrets: set[str] = set()
@@ -85,6 +88,7 @@ def register(options: Mapping[str, Any] | None) -> None:
                 found.append(credentials)
 
     walk(options, False)
+    found += [q for v in found for q in (quote(v, safe=""), quote(v), quote_plus(v)) if q != v]  # as in URLs
     global _by_length
     with _lock:
         _secrets.update(found)
@@ -97,6 +101,7 @@ def redact(text: str) -> str:
         return text
     if "@" in text:  # the regular expressions only where they can match: lineage is built per row in places
         text = _USERINFO.sub(rf"\1:{MASK}@", text)
+        text = _HTTP_USER.sub(rf"\1{MASK}@", text)
     if "=" in text:
         text = _QUERY.sub(rf"\1{MASK}", text)
     for secret in _by_length:
