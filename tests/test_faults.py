@@ -554,3 +554,19 @@ def test_the_footer_read_at_open_is_retried_like_a_read_and_a_persistent_500_say
     assert str(e.value).startswith(f"{url} (bytes ")
     assert "gave up after 5 tries" in str(e.value) and "the server answered 500 Internal Server Error" in str(e.value)
     assert proxy.paths[get] == 5 and proxy.counts == {"500": 5}
+
+
+@pytest.mark.timeout(20)  # the stall is 30 s: waiting it out fails
+@pytest.mark.parametrize("name", ["http", "s3"])
+def test_a_server_gone_quiet_is_abandoned_after_the_retry_timeout_and_read_again_exactly(
+    name: str, request: pytest.FixtureRequest, one_file: Callable[[Store], Store], fault_proxy: Callable[..., Any]
+) -> None:
+    """A request that gets no byte for 30 s is given up after ``Retry(timeout=)`` (the HTTP client's and
+    botocore's own defaults wait 60 s to 5 minutes) and sent again: every row once."""
+    store = one_file(request.getfixturevalue(f"{name}_store"))
+    proxy, proxied = fault_proxy(store, stall_s=30.0)
+    proxy.inject("slow", times=1, match=OPEN)  # the first GET: the footer
+    retry = hr.Retry(attempts=5, backoff=0.01, max_wait=0.02, timeout=0.5)
+    ds = hr.open(proxied.url(OPEN), columns=["id"], storage_options=proxied.storage_options, retry=retry)
+    assert ids_of(ds.batch(64)) == OPEN_IDS
+    assert proxy.counts == {"slow": 1}
