@@ -200,3 +200,19 @@ def test_templates_near_the_bounds_still_render_exactly(tokenizer: str, tmp_path
 
     text = load_tokenizer(tokenizer).decode(list(got[0]["input_ids"]))
     assert text == f'<s>Be brief.</s><|system|>Be brief.===<|user|>{big.strip()}===<|assistant|>ok==={{"n": 3}}'
+
+
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("{{ '{} 123456789012'.format('a') }}", "a 123456789012"),
+        ("{{ '%s 123456789012' % 'a' }}", "a 123456789012"),
+        ("{{ '100%% 123456789012 %s' % 'a' }}", "100% 123456789012 a"),
+        ("{{ '{{x:123456789012}} {:>5}'.format('a') }}", "{x:123456789012}     a"),
+        ("{{ '%5d|%-3s|' % (42, 'b') }}", "   42|b  |"),
+    ],
+)
+def test_numbers_that_are_not_widths_are_not_refused(template: str, rendered: str) -> None:
+    from headrace.stages.chat import ChatRenderer
+
+    assert ChatRenderer(template, {}).render([{"role": "user", "content": "Hi"}]) == (rendered, [])

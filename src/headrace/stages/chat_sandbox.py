@@ -31,6 +31,7 @@ jinja2.exceptions.SecurityError: the template builds a value of 300,000,000 char
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -60,6 +61,8 @@ _TEXT_FILTERS = {"string", "tojson", "pprint", "e", "escape", "forceescape", "ur
                  "wordcount", "truncate", "capitalize", "lower", "upper", "title", "trim", "striptags", "center",
                  "indent", "wordwrap", "replace", "format", "join"}  # fmt: skip
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?([-#0 +]*\d*(?:\.\d+)?)")  # the flags, width and precision of a % field
+_FORMAT_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")  # the format spec of a {} field
 
 
 def size_of(value: Any, limit: int) -> int:
@@ -234,16 +237,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def _check_percent(self, fmt: str, args: Any) -> None:
         """``fmt % args``: no width or precision (written or from ``*``) above the limit."""
-        self._check_numbers(fmt)
+        self._check_numbers(fmt, "%")
         values = args if isinstance(args, tuple) else (args,)
         self._check_ints(values, {})
         self._charge(len(fmt) + sum(size_of(v, self.max_chars) for v in values))
 
-    def _check_numbers(self, fmt: str) -> None:
-        digits = 0
-        for ch in fmt:  # a run of digits above max_chars: a width or precision that would allocate it
-            digits = digits + 1 if ch.isdigit() else 0
-            if digits > len(str(self.max_chars)):
+    def _check_numbers(self, fmt: str, style: str) -> None:
+        """No width or precision above ``max_chars`` in the fields of a ``%`` (style ``%``) or ``{}`` format."""
+        fields = _PERCENT_FIELD if style == "%" else _FORMAT_SPEC
+        escaped = ("%%",) if style == "%" else ("{{", "}}")
+        for e in escaped:
+            fmt = fmt.replace(e, "")
+        for spec in fields.findall(fmt):
+            if any(int(n) > self.max_chars for n in re.findall(r"\d+", spec)):
                 raise SecurityError(f"a format width or precision of more than {self.max_chars:,} characters")
 
     def _check_ints(self, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
@@ -288,7 +294,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             items = args[0] if isinstance(args[0], (list, tuple)) else []
             return size_of(list(items), limit) + len(s) * max(0, len(items) - 1)
         if name in ("format", "format_map"):
-            self._check_numbers(s)
+            self._check_numbers(s, "{")
             return len(s) + sum(size_of(v, limit) for v in (*args, *kwargs.values()))
         if name == "translate" and args and isinstance(args[0], dict):
             longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
