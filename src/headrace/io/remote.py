@@ -200,7 +200,7 @@ def _without_own_retries(fs: Any) -> None:
     """Switch off gcsfs' own retry loop (6 tries, waits of up to 32 s, around every request) on this
     instance, so that our ``Retry`` alone decides: attempts and deadline mean what they say (a 500 at open
     took minutes, not 5 tries). s3fs' and botocore's are switched off in :func:`~headrace.io.resolve.fs_for`."""
-    if type(fs).__name__ == "GCSFileSystem":
+    if any(cls.__name__ == "GCSFileSystem" for cls in type(fs).__mro__):  # and gcsfs' ExtendedGcsFileSystem
         unwrapped = getattr(type(fs)._request, "__wrapped__", None)
         if unwrapped is not None and "_request" not in vars(fs):
             fs._request = types.MethodType(unwrapped, fs)
