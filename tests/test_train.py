@@ -4,6 +4,7 @@ resumed, it reproduces the uninterrupted run's losses exactly (CPU, fixed seeds)
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,9 +160,23 @@ def test_resuming_with_other_model_flags_names_them(
     assert f"headrace: error: {out / 'checkpoint.pt'} was trained with {said}: resume with the same" in run.stderr
 
 
-def test_resuming_with_another_tokenizer_names_the_vocabulary(tmp_path: Path, bpe_path: str) -> None:
+def test_resuming_with_another_tokenizer_names_it(tmp_path: Path, bpe_path: str) -> None:
     out = tmp_path / "vocab"
     train(out, *SMALL, "--tokenizer", bpe_path)
     run = train(out, *SMALL, "--resume", check=False)  # the default: a BPE of 2,048 trained on the corpus
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
-    assert f"--tokenizer {bpe_path} (this run: " in run.stderr
+    assert f"--tokenizer {bpe_path} (this run: (not given))" in run.stderr
+
+
+def test_resuming_after_the_tokenizer_file_changed_names_the_vocabulary(tmp_path: Path, bpe_path: str) -> None:
+    from headrace.tokenizer import train_tokenizer
+
+    out = tmp_path / "swapped"
+    out.mkdir()
+    shutil.copyfile(bpe_path, out / "tokenizer.json")  # OUT/tokenizer.json is used when there is one
+    train(out, *SMALL)
+    train_tokenizer(["to be or not to be"] * 10, 300, out / "tokenizer.json")  # same flags, another vocabulary
+    run = train(out, *SMALL, "--resume", check=False)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert (f"{out / 'checkpoint.pt'} holds a model of vocab_size 4096, seq_len 16, n_layer 1, n_head 2, n_embd 32, "
+            "this run builds one of vocab_size 266, seq_len 16") in run.stderr  # fmt: skip

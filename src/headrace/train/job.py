@@ -206,7 +206,7 @@ def run(o: TrainOptions) -> dict[str, Any]:
         if state.get("model_config", asdict(config)) != asdict(config):
             raise hr.StateError(f"{checkpoint} holds a model of {_describe(state['model_config'])}, this run builds "
                                 f"one of {_describe(asdict(config))}: resume with the checkpoint's tokenizer "
-                                f"({state['tokenizer']})")  # fmt: skip
+                                f"({state.get('tokenizer')})")  # fmt: skip
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -216,7 +216,10 @@ def run(o: TrainOptions) -> dict[str, Any]:
             reason = " ".join(str(e).split())[:300]
             raise hr.StateError(f"{checkpoint}: malformed checkpoint ({type(e).__name__}: {reason}); start afresh "
                                 "with --overwrite") from None  # fmt: skip
-        loader.load_state_dict(state["loader"])
+        try:
+            loader.load_state_dict(state["loader"])
+        except hr.StateError as e:
+            raise hr.StateError(f"{checkpoint}: {e}") from None
     # No storage_options: they may hold credentials, and a checkpoint is copied and shared.
     saved_options = {k: v for k, v in asdict(o).items() if k != "storage_options"}
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, o.max_steps), last_epoch=step - 1)
