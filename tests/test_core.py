@@ -68,6 +68,42 @@ def test_state_check_names_what_differs() -> None:
         states.check({"step": 3}, pipeline=[], world={})
 
 
+def test_state_digest_survives_json_and_catches_any_edit() -> None:
+    import json
+
+    saved = states.wrap({"pos": np.int64(7), "w": 0.1 + 0.2}, pipeline=[{"stage": "source"}], world={"rank": 0})
+    assert next(iter(saved)) == "digest"  # first: a state cut short keeps it
+    again = json.loads(json.dumps({k: saved[k] for k in sorted(saved)}, default=int))  # another key order
+    states.check(again, pipeline=[{"stage": "source"}], world={"rank": 0})
+    for key, value in [("node", {"pos": 8}), ("node", {"pos": 7, "w": 0.30000000000000004, "x": 1}), ("epoch", 1)]:
+        with pytest.raises(hr.StateError, match="checksum does not match"):
+            states.check({**again, key: value}, pipeline=[{"stage": "source"}], world={"rank": 0})
+    older = {k: v for k, v in again.items() if k != "digest"}  # written before digests: still read
+    states.check(older, pipeline=[{"stage": "source"}], world={"rank": 0})
+
+
+def test_state_fields_are_checked_with_their_dotted_place() -> None:
+    state = {"cursor": {"upstream": {"byte": 10}, "offset": 2}}
+    with states.within("node"), states.within("cursor"):
+        assert states.field(state["cursor"], "offset") == 2
+        bad = [
+            ({"offset": -1}, "offset", "node.cursor.offset: must be an int >= 0, got int -1"),
+            ({"offset": 2**48 + 1}, "offset", "node.cursor.offset: must be an int >= 0 (below 2**48), got int"),
+            ({"offset": True}, "offset", "node.cursor.offset: must be an int >= 0, got bool True"),
+            ({}, "offset", "node.cursor.offset: is missing (the fields are [])"),
+            ({"upstream": None}, "upstream", "node.cursor.upstream: must be an object (a JSON dict), got null"),
+        ]
+        for value, key, message in bad:
+            kind = dict if key == "upstream" else int
+            with pytest.raises(states.FieldError) as e:
+                states.field(value, key, kind)
+            assert isinstance(e.value, hr.StateError) and str(e.value).startswith(f"state field {message}")
+        with pytest.raises(states.FieldError, match=r"node\.cursor\.upstream\.byte: must be an int in \[0, 5\]"):
+            states.load_child(lambda s: states.field(s, "byte", hi=5), state["cursor"], "upstream")
+        with pytest.raises(states.FieldError, match="must be a number in \\[0, 1\\], got float nan"):
+            states.field({"w": float("nan")}, "w", float, hi=1)
+
+
 def test_block_take_slice_concat_keep_lineage() -> None:
     b = Block.from_arrow(pa.record_batch({"x": [10, 11, 12, 13]}), shard=3, first_row=100)
     t = b.take(np.array([3, 0]))

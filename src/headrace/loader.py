@@ -170,10 +170,10 @@ class Loader:
             return [{**s, "size": None} if s.get("stage") == "batch" else s for s in pipeline]
 
         saved_pipeline = list(state.get("pipeline", [])) if isinstance(state.get("pipeline"), list) else []
+        states.check_digest(state)
         unsigned = {k: v for k, v in state.items() if k != states.DIGEST}
         states.check({**unsigned, "pipeline": any_batch_size(saved_pipeline)},
                      pipeline=any_batch_size(self.dataset.describe()), world=None)  # fmt: skip
-        states.check_digest(state)
         saved, now = state.get("world", {}), self._world_description()
         reason = self.dataset.elastic()
         if reason is not None:
@@ -182,6 +182,8 @@ class Loader:
                 f"the state was saved on another world ({changed}); this pipeline cannot resume on another "
                 f"world because {reason}. Resume on the same world, or start afresh"
             )
+        if state.get("fingerprint") != states.fingerprint([saved_pipeline, saved]):  # the saved world, as saved
+            raise states.refuse("world", "does not match the state's fingerprint of its pipeline and world")
         field = states.field
         with states.within("world"):
             consumers = field(saved, "world_size", lo=1, hi=1 << 24) * field(saved, "num_workers", lo=1, hi=1 << 16)

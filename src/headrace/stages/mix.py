@@ -154,6 +154,7 @@ class MixNode(Node[Block]):
     # -- state -------------------------------------------------------------------------------------
     def reset(self, state: State | None) -> None:
         n = len(self.names)
+        cursors: list[State | None]
         if state is None:
             epochs, cursors = [self.epoch] * n, [None] * n
             self._exhausted, self._out, self._rows, self._credits = [False] * n, [False] * n, [0] * n, [0] * n

@@ -218,10 +218,9 @@ class SourceNode(Node[Block]):
         if fmt == "tar" and byte % 512:
             raise states.refuse("byte", f"{byte} is not at a tar header of shard {url} (a multiple of 512)")
         self._start = Start(slot, byte, field(state, "line", lo=-1))
-        total = int(self._cum[-1]) if self._cum is not None else 0
-        if total and self._pos < self._length and (int(self._cum[self._o]) + self._at) % total != (  # type: ignore[index]
-            self._lo + self._pos
-        ) % total:  # a consumer's position and where it reads are one and the same
+        cum = self._cum if self._cum is not None else np.zeros(n + 1, dtype=np.int64)
+        total, reads = int(cum[-1]), int(cum[self._o]) + self._at  # a consumer's position is where it reads
+        if total and self._pos < self._length and reads % total != (self._lo + self._pos) % total:
             raise states.refuse("pos", f"{self._pos} rows into this consumer's range is not where the state "
                                 f"reads (record {self._at} at position {self._o} of the shard order)")  # fmt: skip
         self.errors.skipped = field(state, "skipped")
