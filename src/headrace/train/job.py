@@ -115,8 +115,12 @@ def _device(o: TrainOptions) -> torch.device:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
+    """Write under a temporary name, flushed to disk, then rename: a kill or a power cut leaves the old one."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
