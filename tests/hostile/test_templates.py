@@ -216,3 +216,24 @@ def test_numbers_that_are_not_widths_are_not_refused(template: str, rendered: st
     from headrace.stages.chat import ChatRenderer
 
     assert ChatRenderer(template, {}).render([{"role": "user", "content": "Hi"}]) == (rendered, [])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+        "{% if 1 %}" * 3000 + "x" + "{% endif %}" * 3000,
+        "{{ " + "[" * 5000 + "]" * 5000 + " }}",
+        "{{ 1" + " + 1" * 20000 + " }}",
+    ],
+    ids=["brackets", "blocks", "lists", "operators"],
+)
+def test_a_template_nested_thousands_deep_is_refused_when_chat_is_called(
+    tokenizer: str, tmp_path: Path, template: str
+) -> None:
+    """jinja2's parser and compiler recurse: such a template was a bare RecursionError."""
+    from headrace.tokenizer import TokenizerError
+
+    ds = hr.open(write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS))
+    with pytest.raises(TokenizerError, match="does not compile: it nests too deeply"):
+        ds.chat(tokenizer, template=template)
