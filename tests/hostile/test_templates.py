@@ -225,13 +225,15 @@ def test_numbers_that_are_not_widths_are_not_refused(template: str, rendered: st
         "{% if 1 %}" * 3000 + "x" + "{% endif %}" * 3000,
         "{{ " + "[" * 5000 + "]" * 5000 + " }}",
         "{{ 1" + " + 1" * 20000 + " }}",
+        "{% if 1 %}" * 150 + "x" + "{% endif %}" * 150,  # Python: too many levels of indentation
+        "{% for a in [1] %}" * 25 + "x" + "{% endfor %}" * 25,  # Python: too many statically nested blocks
     ],
-    ids=["brackets", "blocks", "lists", "operators"],
+    ids=["brackets", "blocks", "lists", "operators", "ifs", "loops"],
 )
 def test_a_template_nested_thousands_deep_is_refused_when_chat_is_called(
     tokenizer: str, tmp_path: Path, template: str
 ) -> None:
-    """jinja2's parser and compiler recurse: such a template was a bare RecursionError."""
+    """jinja2's parser and compiler recurse: such a template was a bare RecursionError (or a SyntaxError)."""
     from headrace.tokenizer import TokenizerError
 
     ds = hr.open(write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS))

@@ -135,9 +135,9 @@ def compile_template(source: str, max_rendered_chars: int = MAX_RENDERED_CHARS) 
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise TokenizerError(f"the chat template does not compile: {e.message} (template line {e.lineno})") from None
-    except RecursionError:  # thousands of nested brackets, blocks or operators: jinja2's parser recurses
-        raise TokenizerError("the chat template does not compile: it nests too deeply (brackets, blocks or "
-                             "operators thousands deep)") from None  # fmt: skip
+    except (RecursionError, SyntaxError):  # jinja2's parser recurses; Python limits the nesting of the code it makes
+        raise TokenizerError("the chat template does not compile: it nests too deeply (brackets, blocks, loops or "
+                             "operators)") from None  # fmt: skip
 
 
 class ChatRenderer:
