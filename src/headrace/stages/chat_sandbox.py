@@ -164,8 +164,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             what = f"{size:,}" if size != self.max_chars + 1 else f"more than {self.max_chars:,}"  # size_of stopped
             raise SecurityError(f"the template builds a value of {what} characters; chat templates may build at "
                                 f"most {self.max_chars:,} (max_rendered_chars)")  # fmt: skip
-        work = getattr(self._budget, "work", 0) + size
-        self._budget.work = work
+        budget = self._budget
+        budget.work = work = getattr(budget, "work", 0) + size
         if work > WORK_FACTOR * self.max_chars:
             raise SecurityError(f"the template builds more than {WORK_FACTOR * self.max_chars:,} characters in all "
                                 f"({WORK_FACTOR} x max_rendered_chars): string building in a loop?")  # fmt: skip
@@ -182,13 +182,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             self._charge(size_of(value, self.max_chars))
 
     def _text(self, value: Any) -> Any:
-        self._measure(value)
+        if isinstance(value, _CONTAINERS):
+            self._measure(value)
         return value
 
     def _counted(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        budget = self._budget  # this thread's: a generator runs in the thread that renders
         for item in iterable:
-            n = getattr(self._budget, "iterations", 0) + 1
-            self._budget.iterations = n
+            budget.iterations = n = getattr(budget, "iterations", 0) + 1
             if n > MAX_ITERATIONS:
                 raise SecurityError(f"the template's loops run more than {MAX_ITERATIONS:,} iterations")
             yield item
@@ -213,6 +214,9 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     # -- operators, calls and filters, checked before they allocate -------------------------------------
 
     def call_binop(self, context: jinja2.runtime.Context, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "+" and type(left) is str and type(right) is str:  # the common case, first
+            self._charge(len(left) + len(right))
+            return left + right
         self._check_binop(operator_, left, right)
         return self.binop_table[operator_](left, right)
 
