@@ -48,7 +48,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(VENV)/bin/headrace train --out .demo/train
+	$(VENV)/bin/headrace train --out .demo/train --overwrite
 
 # The benchmark suite, in its own environment (.venv-bench): every comparison with the peers, then BENCHMARKS.md.
 # `make bench-quick` runs it small (minutes); one workload: .venv-bench/bin/python -m benchmarks text --quick
