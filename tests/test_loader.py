@@ -130,3 +130,36 @@ def test_arrow_batches_keep_ragged_lists_and_make_fixed_size_lists_of_numpy_rows
     assert as_arrow[0].schema.field("input_ids").type == pa.list_(pa.int32(), 16)
     assert [b.column("input_ids").to_pylist() for b in as_arrow] == [a.tolist() for a in as_numpy]
     assert loader.stats().tokens == sum(a.size for a in as_numpy)
+
+
+@pytest.mark.parametrize("workers,worker_type,prefetch", [(0, "thread", 0), (0, "thread", 2), (2, "thread", 2),
+                                                          (2, "process", 4)])  # fmt: skip
+def test_records_skipped_after_the_last_batch_are_counted(
+    tmp_path: Path, workers: int, worker_type: str, prefetch: int
+) -> None:
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(100)))
+    (tmp_path / "b.jsonl").write_text("not json\n")  # a bad last line, read after the last batch
+    (tmp_path / "c.jsonl.zst").write_bytes(b"\x00garbage" * 500)  # a garbage last shard: quarantined, one skip
+    loader = hr.Loader(hr.open(str(tmp_path), errors="skip").map(lambda r: {"n": 1}).batch(10),
+                       num_workers=workers, worker_type=worker_type, prefetch=prefetch)  # fmt: skip
+    ids = [i for b in loader for i in b["id"].tolist()]
+    assert ids == list(range(100))
+    assert loader.skipped == 2
+    assert [w.split(": ")[0] for w in loader.skipped_where] == [f"{tmp_path / 'b.jsonl'}:1", "quarantined shard"]
+    assert f"{tmp_path / 'c.jsonl.zst'}: cannot decompress" in loader.skipped_where[1]
+
+
+def test_timeout_must_be_a_positive_number_of_seconds(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir)).batch(8)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds > 0 or None"):
+            hr.Loader(ds, timeout=bad)
+    assert hr.Loader(ds, timeout=30).timeout == 30
+
+
+def test_timeout_leaves_a_healthy_loader_unchanged(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir), columns=["id"]).shuffle(seed=4, buffer_size=300).batch(64)
+    want = [b["id"].tolist() for b in hr.Loader(ds)]
+    loader = hr.Loader(ds, prefetch=0, timeout=60)  # a timeout runs the pipeline in a background thread
+    assert [b["id"].tolist() for b in loader] == want
+    wait_no_threads()

@@ -5,10 +5,12 @@ with deep prefetch, re-raise a worker's exception with its place, and leave no p
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 import headrace as hr
 from headrace.testing import check_resume
+from headrace.workers import ProcessExecutor, ThreadExecutor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -145,3 +148,46 @@ def test_workers_die_with_a_killed_parent(parquet_dir: Path) -> None:
 def test_bad_worker_type_is_refused(parquet_dir: Path) -> None:
     with pytest.raises(ValueError, match="worker_type must be 'thread' or 'process'"):
         hr.Loader(hr.open(str(parquet_dir)), worker_type="fiber")
+
+
+def test_thread_executor_terminate_does_not_wait_for_a_call_that_never_returns() -> None:
+    release = threading.Event()
+    pool = ThreadExecutor(2, name="headrace-test")
+    stuck = pool.submit(release.wait)
+    queued = [pool.submit(time.sleep, 0) for _ in range(4)]
+    while not stuck.running():
+        time.sleep(0.01)
+    pool.terminate()  # returns at once: the stuck thread is a daemon, left behind
+    with pytest.raises(hr.WorkerError, match="the loader stopped its worker threads while this call ran"):
+        stuck.result(timeout=10)
+    assert all(f.cancelled() or f.done() for f in queued)
+    assert all(t.daemon for t in pool.alive())
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(time.sleep, 0)
+    release.set()
+    pool.shutdown(wait=True)
+    assert pool.alive() == []
+
+
+def test_a_worker_process_killed_mid_call_is_named_with_its_signal() -> None:
+    running = multiprocessing.get_context("fork").Value("q", 0)
+
+    def stall(x: int) -> int:
+        running.value = os.getpid()
+        time.sleep(60)
+        return x
+
+    pool = ProcessExecutor(2)
+    pool.register(stall)
+    pool.start()
+    future = pool.submit(stall, 7)
+    deadline = time.monotonic() + 30
+    while running.value == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(running.value, signal.SIGKILL)  # the out-of-memory killer's way: no goodbye
+    with pytest.raises(hr.WorkerError) as e:
+        future.result(timeout=30)
+    assert f"worker process {running.value} died with SIGKILL while running " in str(e.value)
+    assert "<locals>.stall (usually the out-of-memory killer" in str(e.value)
+    pool.terminate()
+    assert wait_gone(set(pool.pids())) == set()

@@ -6,7 +6,15 @@ True
 """
 
 from headrace.config import ConfigError, Pipeline
-from headrace.core.errors import HeadraceError, RecordError, SchemaError, SourceError, StateError
+from headrace.core.errors import (
+    HeadraceError,
+    LoaderTimeout,
+    RecordError,
+    SchemaError,
+    SourceError,
+    StateError,
+    WorkerError,
+)
 from headrace.core.rng import rng
 from headrace.core.world import World
 from headrace.io.retry import Retry
@@ -21,12 +29,14 @@ __all__ = [
     "Dataset",
     "HeadraceError",
     "Loader",
+    "LoaderTimeout",
     "Pipeline",
     "RecordError",
     "Retry",
     "SchemaError",
     "SourceError",
     "StateError",
+    "WorkerError",
     "World",
     "from_hf",
     "mix",

@@ -4,6 +4,10 @@ Worker threads run map/filter blocks in order (so the output never depends on ``
 background thread keeps ``prefetch`` batches ready. Every batch travels with the state taken right
 after it was made, and ``state_dict()`` returns the state of the last batch *delivered* to the caller:
 prefetched batches are neither lost nor repeated on resume.
+
+Stopping never waits on user code: Ctrl-C, an exception, a ``break`` or a ``timeout`` stops the workers at
+once (processes are killed; a thread stuck in a function that never returns is left behind as a daemon,
+which does not keep the process alive), and the prefetch thread gets ``GRACE_S`` to finish its batch.
 """
 
 from __future__ import annotations
@@ -14,32 +18,34 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
 from headrace.core import state as states
-from headrace.core.errors import StateError
+from headrace.core.errors import LoaderTimeout, StateError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.stages.batch import RowNode
-from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources
-from headrace.workers import ProcessExecutor
+from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources, stage_name
+from headrace.workers import GRACE_S, ProcessExecutor, ThreadExecutor
 
-_END = object()
+_END = object()  # the last item an iteration produces: it carries the final skipped count
 _LIVE: dict[int, tuple[threading.Event, threading.Thread]] = {}  # prefetch threads of unfinished iterations
 
 
 @atexit.register
 def _stop_prefetching() -> None:
     """At exit, stop the prefetch threads of iterations left suspended (a ``break`` whose generator was
-    never closed): a daemon thread still inside Arrow when the interpreter finalizes aborts the process."""
+    never closed): a daemon thread still inside Arrow when the interpreter finalizes aborts the process.
+    They get 10 s in all; one stuck in a user function that never returns is left."""
     for stop, _ in list(_LIVE.values()):
         stop.set()
+    deadline = time.monotonic() + 10
     for _, thread in list(_LIVE.values()):
-        thread.join(timeout=10)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 log = logging.getLogger("headrace")
@@ -53,6 +59,10 @@ class Loader:
     them, or ``"pad"`` by repeating rows from the start, so every rank yields the same number of
     batches. Iterating yields the rest of the current epoch; the next iteration starts the next epoch.
     Without a ``batch()`` stage it yields rows (dicts), one at a time.
+
+    ``timeout`` (seconds, ``None``: wait forever) bounds how long the training loop waits for one batch
+    (the first included): past it, :class:`~headrace.core.errors.LoaderTimeout` names the stage and the
+    block it is stuck on (a user function that never returns), and the workers are stopped.
 
     >>> import headrace as hr, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "rows.jsonl")
@@ -79,9 +89,13 @@ class Loader:
         worker_type: str = "thread",
         log_every: float | None = None,
         progress: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if num_workers < 0 or prefetch < 0:
             raise ValueError("num_workers and prefetch must be >= 0")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+        self.timeout = timeout
         if worker_type not in ("thread", "process"):
             raise ValueError(f"worker_type must be 'thread' or 'process', got {worker_type!r}")
         self.worker_type = worker_type
@@ -228,7 +242,8 @@ class Loader:
 
     @property
     def skipped(self) -> int:
-        """Malformed records skipped so far in this epoch under ``errors="skip"``/``"warn"`` (kept across resume)."""
+        """Malformed records skipped so far in this epoch under ``errors="skip"``/``"warn"`` (kept across resume);
+        once an iteration ends, all of that epoch's, those after its last batch included."""
         return self._skipped
 
     @property
@@ -280,12 +295,12 @@ class Loader:
                 mixer.set_weights(self._weights)
         return node
 
-    def _pool(self) -> Executor | None:
+    def _pool(self) -> ProcessExecutor | ThreadExecutor | None:
         if not self.num_workers:
             return None
         if self.worker_type == "process":
             return ProcessExecutor(self.num_workers)
-        return ThreadPoolExecutor(self.num_workers, thread_name_prefix="headrace-worker")
+        return ThreadExecutor(self.num_workers, name="headrace-worker")
 
     def __iter__(self) -> Iterator[Any]:
         pool = self._pool()
@@ -294,19 +309,23 @@ class Loader:
             node = self._build(pool)
         except BaseException:  # a state refused while restoring: no worker left behind
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.terminate()
             raise
         if isinstance(pool, ProcessExecutor):
             pool.start()  # fork now, from this thread, with every function registered by the build
         self._node, self._timers = node, instrument(node)
         self._logs = node.error_logs()
-        items = self._produce(node) if self.num_workers == 0 and self.prefetch == 0 else self._prefetched(node)
+        inline = self.num_workers == 0 and self.prefetch == 0 and self.timeout is None  # a timeout needs a thread
+        items = self._produce(node) if inline else self._prefetched(node, pool)
         display = _Display(self) if self.progress else None
         finished = False
         stats, logged = self._stats, time.perf_counter()
         try:
             asked = time.perf_counter()
             for item, node_state, skipped in items:
+                if item is _END:  # records skipped after the last batch count too
+                    self._skipped = skipped
+                    break
                 got = time.perf_counter()
                 stats.wait_s += got - asked
                 if stats.first_batch_s is None:
@@ -324,12 +343,13 @@ class Loader:
                 stats.step_s += asked - handed
             finished = True
         finally:
-            items.close()
-            node.close()
+            if pool is not None and not finished:
+                pool.terminate()  # Ctrl-C, an error or a break never waits on a worker stuck in user code
+            items.close()  # the producer closes the node
             if display is not None:
                 display.close()
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None and finished:
+                pool.shutdown(wait=True)
         if finished:
             self._epoch, self._node_state, self._batches = self._epoch + 1, None, 0
             self._start, self._start_batches = 0, 0
@@ -343,15 +363,23 @@ class Loader:
         if display is not None:
             display.update(now)
 
-    def _produce(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
-        while True:
-            try:
-                item = node.next()
-            except StopIteration:
-                return
-            yield item, node.state_dict(), sum(log.skipped for log in node.error_logs())
+    def _produce(self, node: Node[Any]) -> Generator[tuple[Any, State | None, int], None, None]:
+        """``(batch, state after it, skipped so far)``, then ``(_END, None, skipped in all)``; closes ``node``."""
+        try:
+            while True:
+                try:
+                    item = node.next()
+                except StopIteration:
+                    break
+                yield item, node.state_dict(), sum(log.skipped for log in node.error_logs())
+            yield _END, None, sum(log.skipped for log in node.error_logs())
+        finally:
+            node.close()
 
-    def _prefetched(self, node: Node[Any]) -> Generator[tuple[Any, State, int], None, None]:
+    def _prefetched(
+        self, node: Node[Any], pool: ProcessExecutor | ThreadExecutor | None
+    ) -> Generator[tuple[Any, State | None, int], None, None]:
+        """:meth:`_produce` run by a background thread, ``prefetch`` items ahead."""
         q: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.prefetch))
         self._queue = q
         stop = threading.Event()
@@ -366,29 +394,62 @@ class Loader:
             return False
 
         def run() -> None:
+            produced = self._produce(node)
             try:
-                for produced in self._produce(node):
-                    if not put(produced):
+                for item in produced:
+                    if not put(item):
                         return
-                put(_END)
             except BaseException as e:  # crosses to the consumer with its traceback
                 put(e)
+            finally:
+                produced.close()  # closes the node, in the thread that uses it
 
         thread = threading.Thread(target=run, name="headrace-prefetch", daemon=True)
         thread.start()
         _LIVE[id(thread)] = (stop, thread)
+        ended = False
         try:
             while True:
-                item = q.get()
-                if item is _END:
-                    return
+                try:
+                    item = q.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise self._timed_out(node) from None
                 if isinstance(item, BaseException):
                     raise item
+                ended = item[0] is _END
                 yield item
+                if ended:
+                    return
         finally:
+            if not ended and pool is not None:
+                pool.terminate()  # unblocks the prefetch thread if it waits for a worker stuck in user code
             stop.set()
-            thread.join()
+            thread.join(timeout=GRACE_S)
             _LIVE.pop(id(thread), None)
+            if thread.is_alive():  # inside a user function that does not return (num_workers=0): left, a daemon
+                log.warning("headrace: the prefetch thread is still inside %s; leaving it", node.busy() or "a stage")
+
+    def _timed_out(self, node: Node[Any]) -> LoaderTimeout:
+        busy = node.busy()
+        if busy is not None:
+            return LoaderTimeout(
+                f"no batch within Loader(timeout={self.timeout:g}) seconds: {busy} has not returned. A function "
+                "that never returns (a deadlock, a network call without a timeout) stops the loader; fix it, or "
+                "raise timeout= if it is only slow"
+            )
+        stages = " <- ".join(stage_name(n) for n in _chain(node))
+        return LoaderTimeout(
+            f"no batch within Loader(timeout={self.timeout:g}) seconds, and no map or filter function was running: "
+            f"the pipeline ({stages}) is waiting for its data. Check that the files or the server are reachable, "
+            "or raise timeout= if reading is only slow"
+        )
+
+
+def _chain(node: Node[Any]) -> Iterator[Node[Any]]:
+    current: Node[Any] | None = node
+    while current is not None:
+        yield current
+        current = current.upstream
 
 
 class _Display:

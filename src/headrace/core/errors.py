@@ -31,3 +31,12 @@ class RecordError(HeadraceError):
 
 class StateError(HeadraceError):
     """A checkpoint state that does not belong to this pipeline, world or version."""
+
+
+class WorkerError(HeadraceError):
+    """A loader worker that failed outside the user function's own errors: a worker process that died (a
+    segfault, ``os._exit``, the out-of-memory killer) or an exception that could not cross back from it."""
+
+
+class LoaderTimeout(HeadraceError, TimeoutError):
+    """No batch arrived within ``Loader(timeout=...)`` seconds; the message names the stage and the block."""

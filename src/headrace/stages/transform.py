@@ -9,18 +9,53 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
+from headrace.core.errors import WorkerError
 from headrace.core.node import Node, State
 from headrace.core.redact import redact, redact_notes
 
 BatchFormat = Literal["numpy", "python", "arrow"]
 BlockFn = Callable[[Block], Block]
+Lineage = Callable[[int, int], str]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A block function with the stage name and lineage that its errors, timeouts and dead workers report."""
+
+    fn: BlockFn
+    what: str
+    lineage: Lineage | None = None
+
+    def __call__(self, block: Block) -> Block:
+        return self.fn(block)
+
+    def place(self, first: tuple[int, int] | None) -> str:
+        """Where a block whose first row is ``first`` (shard, row) comes from."""
+        if first is None:
+            return "an empty block"
+        if self.lineage is None:
+            return f"shard {first[0]} (record {first[1]})"
+        return self.lineage(*first)
+
+    def describe_call(self, block: Block) -> str:
+        return redact(f"{self.what} on a block starting at {self.place(_first(block))}")
+
+
+def _first(block: Block) -> tuple[int, int] | None:
+    return (int(block.shard[0]), int(block.row[0])) if block.num_rows else None
+
+
+def _stage(fn: BlockFn) -> str:
+    """``tokenize`` for ``tokenize_fn.<locals>.per_block``: the stage a block function was made for."""
+    return str(getattr(fn, "__qualname__", "transform")).split(".", 1)[0].removesuffix("_fn")
 
 
 class TransformNode(Node[Block]):
@@ -28,12 +63,13 @@ class TransformNode(Node[Block]):
 
     def __init__(self, upstream: Node[Block], fn: BlockFn, pool: Executor | None, depth: int) -> None:
         self.upstream = upstream
-        self.fn = fn
+        self.fn = fn if isinstance(fn, Step) else Step(fn, _stage(fn))
         self.pool = pool
         if pool is not None and hasattr(pool, "register"):  # worker processes inherit the function when forked
-            pool.register(fn)
+            pool.register(self.fn)
         self.depth = max(1, depth)
-        self._pending: deque[tuple[Future[Block], State]] = deque()
+        self._pending: deque[tuple[Future[Block], State, tuple[int, int] | None]] = deque()
+        self._waiting: tuple[tuple[int, int] | None] | None = None  # (first row of the block waited for,)
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
@@ -52,7 +88,15 @@ class TransformNode(Node[Block]):
         while True:
             if self.pool is None:
                 block = self.upstream.next()
-                out = self.fn(block)
+                first = _first(block)
+                self._waiting = (first,)
+                try:
+                    out = self.fn(block)
+                except BaseException as e:
+                    self._explain(e, first)
+                    raise
+                finally:
+                    self._waiting = None
                 self._delivered = self.upstream.state_dict()
             else:
                 while not self._exhausted and len(self._pending) < self.depth:
@@ -61,18 +105,38 @@ class TransformNode(Node[Block]):
                     except StopIteration:
                         self._exhausted = True
                         break
-                    self._pending.append((self.pool.submit(self.fn, block), self.upstream.state_dict()))
+                    submitted = self.pool.submit(self.fn, block)
+                    self._pending.append((submitted, self.upstream.state_dict(), _first(block)))
                 if not self._pending:
                     raise StopIteration
-                future, after = self._pending.popleft()
+                future, after, first = self._pending.popleft()
+                self._waiting = (first,)
                 try:
                     out = future.result()
-                except Exception as e:  # its notes may come from a worker process: redacted here too
+                except BaseException as e:  # its notes may come from a worker process: redacted here too
                     redact_notes(e)
+                    self._explain(e, first)
                     raise
+                finally:
+                    self._waiting = None
                 self._delivered = after
             if out.num_rows:
                 return out
+
+    def busy(self) -> str | None:
+        """The call this node is waiting for right now (``"map(f) on a block starting at file (record r)"``)."""
+        waiting = self._waiting
+        if waiting is None:
+            return super().busy()
+        return redact(f"{self.fn.what} on a block starting at {self.fn.place(waiting[0])}")
+
+    def _explain(self, e: BaseException, first: tuple[int, int] | None) -> None:
+        """Give ``e`` the stage and place of its block where the function's own note could not (a wrong return
+        type, an exception replaced on its way back from a worker process, a BaseException)."""
+        if isinstance(e, WorkerError | CancelledError) and not getattr(e, "__notes__", None):
+            return  # a dead worker's error names its own call; a cancelled call is the loader stopping
+        if not any(str(note).startswith("headrace: ") for note in getattr(e, "__notes__", [])):
+            e.add_note(redact(f"headrace: raised by {self.fn.what} on a block starting at {self.fn.place(first)}"))
 
     def close(self) -> None:
         self._drain()
@@ -80,7 +144,7 @@ class TransformNode(Node[Block]):
 
     def _drain(self) -> None:
         while self._pending:
-            future, _ = self._pending.popleft()
+            future, _, _ = self._pending.popleft()
             future.cancel()
 
 
@@ -133,14 +197,20 @@ def map_fn(
             raise
         if not rows:
             return block
+        other = next((r for r in rows if not isinstance(r, Mapping)), None)
+        if other is not None:  # a list's items would silently become columns named 0, 1, ...
+            raise TypeError(f"{what} must return a dict per row, got {type(other).__name__}")
         keys = list(rows[0])
         try:
             out = {k: [r[k] for r in rows] for k in keys}
+            extra = next((set(r) - set(keys) for r in rows if len(r) != len(keys)), None)
+            if extra:  # a key the first row lacks would be dropped without a word
+                raise KeyError(sorted(extra, key=str)[0])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{what}: every row must return a dict with the same keys {keys} ({e!r})") from None
         return _merge(block, out, remove_columns, what)
 
-    return per_block
+    return Step(per_block, what, lineage)
 
 
 def filter_fn(
@@ -162,7 +232,7 @@ def filter_fn(
             raise ValueError(f"{what} must return one boolean per row ({block.num_rows}), got shape {mask.shape}")
         return block if mask.all() else block.filter(mask)
 
-    return per_block
+    return Step(per_block, what, lineage)
 
 
 def describe_fn(fn: Any) -> str:
