@@ -144,7 +144,7 @@ def test_records_skipped_after_the_last_batch_are_counted(
                        num_workers=workers, worker_type=worker_type, prefetch=prefetch)  # fmt: skip
     ids = [i for b in loader for i in b["id"].tolist()]
     assert ids == list(range(100))
-    assert loader.skipped == 2
+    assert loader.skipped == 2 and loader.state_dict()["skipped"] == 2
     assert [w.split(": ")[0] for w in loader.skipped_where] == [f"{tmp_path / 'b.jsonl'}:1", "quarantined shard"]
     assert f"{tmp_path / 'c.jsonl.zst'}: cannot decompress" in loader.skipped_where[1]
 

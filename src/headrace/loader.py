@@ -138,6 +138,7 @@ class Loader:
             started=self._node_state is not None,
             weights=self._weights,
             elastic={"start": self._start, "start_batches": self._start_batches},
+            skipped=self._skipped,  # for the record: after the end of an epoch, all that epoch skipped
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
