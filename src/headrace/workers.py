@@ -175,13 +175,14 @@ def _stop_process_pools() -> None:
     """At exit, kill the workers of iterations never finished or closed: ``concurrent.futures`` would otherwise
     wait, at exit, for the calls they run (forever, for a function that never returns)."""
     for pool in list(_PROCESS_POOLS):
-        if pool._pool is not None:
+        if pool._pool is not None and pool._owner == os.getpid():  # not in a process forked from the owner
             pool.terminate()
 
 
 # Runs at interpreter exit before concurrent.futures' own hook (those run last registered first), which joins
 # its pools' threads; the atexit module's hooks run only after that.
 threading._register_atexit(_stop_process_pools)  # type: ignore[attr-defined]
+
 _SLOT: tuple[Any, int] | None = None  # in a worker: the shared (pid, call) table and this worker's row in it
 
 
@@ -269,6 +270,7 @@ class ProcessExecutor(Executor):
         self._lock = threading.Lock()
         self._failure: WorkerError | None = None
         self._terminating = False
+        self._owner = os.getpid()
 
     def register(self, fn: Callable[..., Any]) -> None:
         """Make ``fn`` callable in the workers; only before :meth:`start`."""
