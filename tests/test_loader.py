@@ -147,6 +147,9 @@ def test_records_skipped_after_the_last_batch_are_counted(
     assert loader.skipped == 2 and loader.state_dict()["skipped"] == 2
     assert [w.split(": ")[0] for w in loader.skipped_where] == [f"{tmp_path / 'b.jsonl'}:1", "quarantined shard"]
     assert f"{tmp_path / 'c.jsonl.zst'}: cannot decompress" in loader.skipped_where[1]
+    resumed = hr.Loader(loader.dataset, num_workers=workers, worker_type=worker_type, prefetch=prefetch)
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.skipped == 2  # the count travels with the state, before any batch
 
 
 def test_timeout_must_be_a_positive_number_of_seconds(parquet_dir: Path) -> None:

@@ -163,6 +163,7 @@ class Loader:
         weights = self._saved_weights(state)
         self._epoch, self._batches, self._node_state = epoch, batches, dict(node) if started else None
         self._weights, self._start, self._start_batches = weights, start, start_batches
+        self._skipped = field(state, "skipped") if "skipped" in state else 0  # older states lack it
 
     def _saved_weights(self, state: dict[str, Any]) -> dict[str, float] | None:
         """The mixture's weights of ``state`` (``None``: as built), checked against this pipeline's mixture."""

@@ -31,7 +31,6 @@ import ctypes
 import itertools
 import multiprocessing
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -41,6 +40,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, Executor, Future, InvalidStateError, ProcessPoolExecutor
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from headrace.core.errors import WorkerError
@@ -218,7 +218,7 @@ def _call(key: int, token: int, args: tuple[Any, ...]) -> Any:
 def _sendable(e: BaseException) -> BaseException:
     """``e`` if it survives pickling both ways, else a :class:`WorkerError` with its type, text and notes."""
     try:
-        pickle.loads(pickle.dumps(e))
+        ForkingPickler.loads(ForkingPickler.dumps(e))  # the round trip the pool makes (in memory, our object)
         return e
     except Exception as why:
         try:
