@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 import headrace as hr
+import headrace.loader as loader_module
+from headrace.core.node import Node
 
 
 def headrace_threads() -> list[threading.Thread]:
@@ -166,3 +172,127 @@ def test_timeout_leaves_a_healthy_loader_unchanged(parquet_dir: Path) -> None:
     loader = hr.Loader(ds, prefetch=0, timeout=60)  # a timeout runs the pipeline in a background thread
     assert [b["id"].tolist() for b in loader] == want
     wait_no_threads()
+
+
+class SlowNode(Node[Any]):
+    """A stage whose ``next()`` is slow but legitimate (a big shuffle window, a remote read with retries): it
+    returns once ``release`` is set. No user function runs in it."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release, self.closed = release, threading.Event()
+
+    def reset(self, state: dict[str, Any] | None) -> None:
+        pass
+
+    def next(self) -> Any:
+        self.release.wait(timeout=60)
+        raise StopIteration
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_prefetch_thread_still_in_a_slow_stage_stays_registered_until_it_ends(
+    parquet_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(loader_module, "GRACE_S", 0.05)
+    release = threading.Event()
+    node = SlowNode(release)
+    loader = hr.Loader(hr.open(str(parquet_dir)).batch(8), timeout=0.2)
+    monkeypatch.setattr(loader, "_build", lambda pool: node)
+    before = set(loader_module._LIVE)
+    try:
+        with caplog.at_level(logging.WARNING, logger="headrace"), pytest.raises(hr.LoaderTimeout):
+            next(iter(loader))
+        left = [entry[1] for key, entry in loader_module._LIVE.items() if key not in before]
+        assert [t.name for t in left] == ["headrace-prefetch"]  # the exit hook still waits for it
+        assert "the prefetch thread has not ended yet; it ends in the background" in caplog.text
+        assert "inside" not in caplog.text  # no user function was running
+    finally:
+        release.set()
+    left[0].join(timeout=30)
+    assert node.closed.is_set()
+    assert set(loader_module._LIVE) - before == set()
+
+
+SLOW_STAGE_AT_EXIT = """
+import atexit, sys, threading
+import headrace as hr
+import headrace.loader
+from headrace.core.node import Node
+
+release = threading.Event()
+
+class Slow(Node):
+    def reset(self, state): pass
+    def state_dict(self): return {}
+    def next(self):
+        release.wait()
+        raise StopIteration
+    def close(self): print("closed", flush=True)
+
+def release_soon():  # registered after headrace's exit hook, so it runs before it
+    timer = threading.Timer(0.5, release.set)
+    timer.daemon = True
+    timer.start()
+
+atexit.register(release_soon)
+headrace.loader.GRACE_S = 0.05
+loader = hr.Loader(hr.open(sys.argv[1]).batch(8), timeout=0.2)
+loader._build = lambda pool: Slow()
+try:
+    next(iter(loader))
+except hr.LoaderTimeout as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
+def test_exit_waits_for_a_prefetch_thread_still_in_a_slow_stage(parquet_dir: Path) -> None:
+    job = subprocess.run([sys.executable, "-c", SLOW_STAGE_AT_EXIT, str(parquet_dir)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert (job.returncode, job.stdout) == (0, "LoaderTimeout\nclosed\n"), job.stderr
+
+
+@pytest.mark.parametrize("kind,culprit", [("thread", "instrument"), ("process", "instrument"), ("thread", "_Display")])
+def test_a_failure_right_after_the_build_closes_the_pipeline_and_stops_the_workers(
+    parquet_dir: Path, monkeypatch: pytest.MonkeyPatch, kind: str, culprit: str
+) -> None:
+    def fail(*_: Any) -> None:
+        raise RuntimeError(f"{culprit} failed")
+
+    monkeypatch.setattr(loader_module, culprit, fail)
+    loader = hr.Loader(hr.open(str(parquet_dir)).map(lambda r: {}).batch(8), num_workers=2, worker_type=kind,
+                       progress=culprit == "_Display")  # fmt: skip
+    pools: list[Any] = []
+    closed: list[str] = []
+    make_pool, build = loader._pool, loader._build
+
+    def pool() -> Any:
+        pools.append(make_pool())
+        return pools[-1]
+
+    def built(pool: Any) -> Any:
+        node = build(pool)
+        close = node.close
+
+        def closing() -> None:
+            closed.append(type(node).__name__)
+            close()
+
+        node.close = closing  # type: ignore[method-assign]
+        return node
+
+    monkeypatch.setattr(loader, "_pool", pool)
+    monkeypatch.setattr(loader, "_build", built)
+    with pytest.raises(RuntimeError, match=f"{culprit} failed"):
+        next(iter(loader))
+    assert closed == ["BatchNode"]
+    if kind == "process":
+        assert pools[0].pids() == []
+    else:
+        for thread in pools[0]._threads:
+            thread.join(timeout=10)
+        assert pools[0].alive() == []

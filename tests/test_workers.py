@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import psutil
 import pytest
 
 import headrace as hr
+import headrace.workers as workers_module
 from headrace.testing import check_resume
 from headrace.workers import ProcessExecutor, ThreadExecutor
 
@@ -191,3 +193,76 @@ def test_a_worker_process_killed_mid_call_is_named_with_its_signal() -> None:
     assert "<locals>.stall (usually the out-of-memory killer" in str(e.value)
     pool.terminate()
     assert wait_gone(set(pool.pids())) == set()
+
+
+def test_terminate_fails_a_call_that_a_worker_is_just_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``terminate()`` snapshotting the running calls right as a worker marks one running still fails it."""
+    release = threading.Event()
+    pools: list[ThreadExecutor] = []
+
+    class Starting(Future):  # type: ignore[type-arg]
+        def set_running_or_notify_cancel(self) -> bool:
+            running = super().set_running_or_notify_cancel()
+            stopped = threading.Event()
+            threading.Thread(target=lambda: (pools[0].terminate(), stopped.set()), daemon=True).start()
+            stopped.wait(timeout=0.5)  # terminate() either runs now or waits for the worker's lock
+            return running
+
+    monkeypatch.setattr(workers_module, "Future", Starting)
+    pools.append(ThreadExecutor(1, name="headrace-test"))
+    call = pools[0].submit(release.wait)
+    try:
+        with pytest.raises(hr.WorkerError, match="the loader stopped its worker threads while this call ran"):
+            call.result(timeout=10)
+    finally:
+        release.set()
+
+
+EXIT_HOOK_WITHOUT_PRIVATE_API = """
+import atexit, threading
+import concurrent.futures.process, concurrent.futures.thread  # they use threading's hook, as they are
+del threading._register_atexit
+seen = []
+register = atexit.register
+atexit.register = lambda fn, *args, **kwargs: (seen.append(fn.__name__), register(fn, *args, **kwargs))[1]
+import headrace.workers
+print(seen)
+"""
+
+
+def test_the_process_exit_hook_falls_back_to_atexit_without_threadings_private_hook() -> None:
+    job = subprocess.run([sys.executable, "-c", EXIT_HOOK_WITHOUT_PRIVATE_API], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert "'_stop_process_pools'" in job.stdout
+
+
+class Described:
+    """Returns its argument; its description of a call is recorded (in this process) each time it is asked for."""
+
+    def __init__(self) -> None:
+        self.described: list[int] = []
+
+    def __call__(self, x: int) -> int:
+        if x == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    def describe_call(self, x: int) -> str:
+        self.described.append(x)
+        return f"described({x})"
+
+
+def test_a_call_is_described_only_when_its_worker_dies() -> None:
+    fn = Described()
+    pool = ProcessExecutor(1)
+    pool.register(fn)
+    pool.start()
+    try:
+        assert [pool.submit(fn, i).result(timeout=30) for i in range(3)] == [0, 1, 2]
+        assert fn.described == []
+        with pytest.raises(hr.WorkerError, match=r"died with SIGKILL while running described\(3\) "):
+            pool.submit(fn, 3).result(timeout=30)
+        assert fn.described == [3]
+    finally:
+        pool.terminate()

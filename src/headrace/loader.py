@@ -7,12 +7,15 @@ prefetched batches are neither lost nor repeated on resume.
 
 Stopping never waits on user code: Ctrl-C, an exception, a ``break`` or a ``timeout`` stops the workers at
 once (processes are killed; a thread stuck in a function that never returns is left behind as a daemon,
-which does not keep the process alive), and the prefetch thread gets ``GRACE_S`` to finish its batch.
+which does not keep the process alive), and the prefetch thread gets ``GRACE_S`` to finish its batch. One still
+in a slow stage after that (a big shuffle window, a remote read with retries) finishes in the background, and
+the interpreter's exit waits for it (see :func:`_stop_prefetching`).
 """
 
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import queue
 import threading
@@ -33,19 +36,38 @@ from headrace.stats import StageTimer, Stats, instrument, measure, own_times, so
 from headrace.workers import GRACE_S, ProcessExecutor, ThreadExecutor
 
 _END = object()  # the last item an iteration produces: it carries the final skipped count
-_LIVE: dict[int, tuple[threading.Event, threading.Thread]] = {}  # prefetch threads of unfinished iterations
+# The prefetch threads still running, each with its stop event and the node it drives; a thread removes itself
+# when it ends (not when its iteration does: it may still be in a slow stage then).
+_LIVE: dict[int, tuple[threading.Event, threading.Thread, Node[Any]]] = {}
+EXIT_WAIT_S = 10.0  # how long the exit waits for prefetch threads still in a stage
 
 
 @atexit.register
 def _stop_prefetching() -> None:
-    """At exit, stop the prefetch threads of iterations left suspended (a ``break`` whose generator was
-    never closed): a daemon thread still inside Arrow when the interpreter finalizes aborts the process.
-    They get 10 s in all; one stuck in a user function that never returns is left."""
-    for stop, _ in list(_LIVE.values()):
+    """At exit, stop the prefetch threads still running (an iteration left suspended by a ``break`` whose
+    generator was never closed, or one whose thread was still in a slow stage when it stopped) and wait for
+    them: a daemon thread still inside Arrow when the interpreter finalizes aborts the process.
+
+    They get ``EXIT_WAIT_S`` in all; once every thread left is waiting for a user function's call
+    (``node.busy()`` names one), only ``GRACE_S``: a function that never returns must not keep the process
+    from exiting, and a thread inside one is not inside Arrow."""
+    for stop, _, _ in list(_LIVE.values()):
         stop.set()
-    deadline = time.monotonic() + 10
-    for _, thread in list(_LIVE.values()):
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    began = time.monotonic()
+    while True:
+        left = [(thread, node) for _, thread, node in list(_LIVE.values()) if thread.is_alive()]
+        waited = time.monotonic() - began
+        if not left or waited >= EXIT_WAIT_S or (waited >= GRACE_S and all(_busy(n) for _, n in left)):
+            return
+        left[0][0].join(timeout=0.05)
+
+
+def _busy(node: Node[Any]) -> str | None:
+    """``node.busy()``, from another thread than the one driving the node; ``None`` if it cannot say."""
+    try:
+        return node.busy()
+    except Exception:
+        return None
 
 
 log = logging.getLogger("headrace")
@@ -313,16 +335,18 @@ class Loader:
             if pool is not None:
                 pool.terminate()
             raise
-        if isinstance(pool, ProcessExecutor):
-            pool.start()  # fork now, from this thread, with every function registered by the build
-        self._node, self._timers = node, instrument(node)
-        self._logs = node.error_logs()
-        inline = self.num_workers == 0 and self.prefetch == 0 and self.timeout is None  # a timeout needs a thread
-        items = self._produce(node) if inline else self._prefetched(node, pool)
-        display = _Display(self) if self.progress else None
+        items: Generator[tuple[Any, State | None, int], None, None] | None = None
+        display: _Display | None = None
         finished = False
         stats, logged = self._stats, time.perf_counter()
-        try:
+        try:  # from here on, whatever fails stops the workers and closes the node
+            if isinstance(pool, ProcessExecutor):
+                pool.start()  # fork now, from this thread, with every function registered by the build
+            self._node, self._timers = node, instrument(node)
+            self._logs = node.error_logs()
+            display = _Display(self) if self.progress else None
+            inline = self.num_workers == 0 and self.prefetch == 0 and self.timeout is None  # a timeout needs a thread
+            items = self._produce(node) if inline else self._prefetched(node, pool)
             asked = time.perf_counter()
             for item, node_state, skipped in items:
                 if item is _END:  # records skipped after the last batch count too
@@ -347,7 +371,10 @@ class Loader:
         finally:
             if pool is not None and not finished:
                 pool.terminate()  # Ctrl-C, an error or a break never waits on a worker stuck in user code
-            items.close()  # the producer closes the node
+            if items is not None and inspect.getgeneratorstate(items) != inspect.GEN_CREATED:
+                items.close()  # the producer closes the node
+            else:  # it never ran, so it cannot
+                node.close()
             if display is not None:
                 display.close()
             if pool is not None and finished:
@@ -404,11 +431,19 @@ class Loader:
             except BaseException as e:  # crosses to the consumer with its traceback
                 put(e)
             finally:
-                produced.close()  # closes the node, in the thread that uses it
+                try:
+                    produced.close()  # closes the node, in the thread that uses it
+                finally:
+                    _LIVE.pop(key, None)  # only now: until here, the exit waits for this thread
 
         thread = threading.Thread(target=run, name="headrace-prefetch", daemon=True)
-        thread.start()
-        _LIVE[id(thread)] = (stop, thread)
+        key = id(stop)
+        _LIVE[key] = (stop, thread, node)
+        try:
+            thread.start()
+        except BaseException:
+            _LIVE.pop(key, None)
+            raise
         ended = False
         try:
             while True:
@@ -427,9 +462,14 @@ class Loader:
                 pool.terminate()  # unblocks the prefetch thread if it waits for a worker stuck in user code
             stop.set()
             thread.join(timeout=GRACE_S)
-            _LIVE.pop(id(thread), None)
-            if thread.is_alive():  # inside a user function that does not return (num_workers=0): left, a daemon
-                log.warning("headrace: the prefetch thread is still inside %s; leaving it", node.busy() or "a stage")
+            if thread.is_alive():  # it stays in _LIVE until it ends: the exit waits for it (see _stop_prefetching)
+                busy = _busy(node)
+                if busy is not None:  # a user function that does not return (num_workers=0) is left, a daemon
+                    log.warning("headrace: the prefetch thread is still inside %s after %g s; leaving it", busy,
+                                GRACE_S)  # fmt: skip
+                else:
+                    log.warning("headrace: the prefetch thread has not ended yet; it ends in the background (a slow "
+                                "stage: a big shuffle buffer, a remote read, a close)")  # fmt: skip
 
     def _timed_out(self, node: Node[Any]) -> LoaderTimeout:
         busy = node.busy()

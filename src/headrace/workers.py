@@ -78,6 +78,7 @@ class ThreadExecutor(Executor):
         self._lock = threading.Lock()
         self._running: set[Future[Any]] = set()
         self._closed = False
+        self._cancelled = False  # terminate() or shutdown(cancel_futures=True): no call starts any more
         self._threads = [
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(num_workers)
         ]
@@ -91,10 +92,14 @@ class ThreadExecutor(Executor):
             if item is None:
                 return
             future, fn, args = item
-            if not future.set_running_or_notify_cancel():
+            with self._lock:  # one step with terminate()'s snapshot of the running calls: none slips between
+                start = not self._cancelled and future.set_running_or_notify_cancel()
+                if start:
+                    self._running.add(future)
+            if not start:
+                future.cancel()  # taken off the queue as terminate() emptied it: cancelled like the others
+                del future, fn, args, item
                 continue
-            with self._lock:
-                self._running.add(future)
             try:
                 result = fn(*args)
             except BaseException as e:  # crosses to the waiting thread with its traceback
@@ -126,6 +131,7 @@ class ThreadExecutor(Executor):
                 return
             self._closed = True
             if cancel_futures:
+                self._cancelled = True
                 while True:
                     try:
                         item = self._work.get_nowait()
@@ -152,6 +158,7 @@ class ThreadExecutor(Executor):
                 future.set_exception(WorkerError("the loader stopped its worker threads while this call ran"))
 
     def alive(self) -> list[threading.Thread]:
+        """The worker threads still running: after :meth:`terminate`, those still inside a call (left behind)."""
         return [t for t in self._threads if t.is_alive()]
 
 
@@ -180,8 +187,12 @@ def _stop_process_pools() -> None:
 
 
 # Runs at interpreter exit before concurrent.futures' own hook (those run last registered first), which joins
-# its pools' threads; the atexit module's hooks run only after that.
-threading._register_atexit(_stop_process_pools)  # type: ignore[attr-defined]
+# its pools' threads; the atexit module's hooks run only after that. The hook is private to threading: without
+# it, atexit's (too late for a worker that never returns, in time for every other exit).
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_stop_process_pools)
+else:  # pragma: no cover - every CPython since 3.9 has it
+    atexit.register(_stop_process_pools)
 
 _SLOT: tuple[Any, int] | None = None  # in a worker: the shared (pid, call) table and this worker's row in it
 
@@ -265,7 +276,9 @@ class ProcessExecutor(Executor):
         self._pool: ProcessPoolExecutor | None = None
         self._workers: list[Any] = []  # multiprocessing.Process objects, kept to read their exit codes
         self._slots: Any = None
-        self._calls: dict[int, str] = {}  # token -> what the call is, while it is pending
+        # token -> the call, while it is pending; described only if its worker dies (the pool holds the same
+        # arguments as long)
+        self._calls: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self._tokens = itertools.count()
         self._lock = threading.Lock()
         self._failure: WorkerError | None = None
@@ -300,7 +313,7 @@ class ProcessExecutor(Executor):
         self.start()
         assert self._pool is not None
         token = next(self._tokens)
-        self._calls[token] = describe_call(fn, args)
+        self._calls[token] = (fn, args)
         try:
             inner = self._pool.submit(_call, id(fn), token, args)
         except BrokenExecutor as e:  # a worker died before this call could be queued
@@ -339,7 +352,9 @@ class ProcessExecutor(Executor):
             if dead:
                 pid, code = dead[0]
                 token = self._running_call(pid)
-                doing = f"while running {self._calls.get(token, 'a call')}" if token != _IDLE else "between calls"
+                call = self._calls.get(token)
+                what = describe_call(*call) if call is not None else "a call"
+                doing = f"while running {what}" if token != _IDLE else "between calls"
                 how = _death(code)
                 why = _ADVICE.get(how.removeprefix("died with "), "os._exit() or exit() from native code")
                 error = WorkerError(

@@ -143,6 +143,19 @@ def test_timeout_names_the_stage_and_the_block_it_is_stuck_on(
     assert loader.state_dict()["batches"] == 10  # the state is still the last batch delivered
 
 
+def test_timeout_names_the_stuck_call_inside_a_mixture(shards: Path, no_worker_left: None) -> None:
+    released.clear()
+    stuck = hr.open(str(shards / "b.jsonl")).map(hang_on_b)
+    mixture = hr.mix({"a": hr.open(str(shards / "a.jsonl")), "b": stuck}, {"a": 0.5, "b": 0.5})
+    loader = hr.Loader(mixture.batch(10), num_workers=2, timeout=1.0)
+    try:
+        with pytest.raises(hr.LoaderTimeout) as e:
+            list(loader)
+    finally:
+        released.set()
+    assert f"map(hang_on_b) on a block starting at {shards / 'b.jsonl'} (record 0) has not returned" in str(e.value)
+
+
 TIMEOUT_JOB = """
 import sys, threading
 import headrace as hr

@@ -46,13 +46,9 @@ class Node(ABC, Generic[T]):
 
     def busy(self) -> str | None:
         """The user function's call this node, or one upstream of it, is waiting for right now (``None``: none);
-        what a loader timeout names. Only the thread driving the node calls ``next``: at most one call waits."""
-        inputs = [self.upstream, *(getattr(self, "_children", None) or [])]  # a mixture's sources are its inputs
-        for node in inputs:
-            found = node.busy() if isinstance(node, Node) else None
-            if found is not None:
-                return found
-        return None
+        what a loader timeout names. Only the thread driving the node calls ``next``: at most one call waits.
+        A node with several inputs (a mixture) overrides it to ask each of them."""
+        return self.upstream.busy() if self.upstream is not None else None
 
     def error_logs(self) -> list[ErrorLog]:
         """Error logs of this node and everything upstream of it."""

@@ -219,6 +219,10 @@ class MixNode(Node[Block]):
     def error_logs(self) -> list[ErrorLog]:
         return [log for child in self._children for log in child.error_logs()]
 
+    def busy(self) -> str | None:
+        """The user function's call one of the sources is waiting for right now (``None``: none)."""
+        return next((found for child in self._children if (found := child.busy()) is not None), None)
+
     def _open(self, i: int, epoch: int) -> None:
         """Child ``i`` built for ``epoch`` (kept if it already is), behind a fresh cursor."""
         if self._epochs[i] == epoch:
