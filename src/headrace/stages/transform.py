@@ -45,8 +45,17 @@ class Step:
             return f"shard {first[0]} (record {first[1]})"
         return self.lineage(*first)
 
+    def describe(self, first: tuple[int, int] | None) -> str:
+        """``"map(f) on a block starting at <where>"``, redacted: the call on a block whose first row is ``first``."""
+        return _describe(self.what, self.place(first))
+
     def describe_call(self, block: Block) -> str:
-        return redact(f"{self.what} on a block starting at {self.place(_first(block))}")
+        """What ``self(block)`` is, for a worker's errors (see :func:`headrace.workers.describe_call`)."""
+        return self.describe(_first(block))
+
+
+def _describe(what: str, where: str) -> str:
+    return redact(f"{what} on a block starting at {where}")
 
 
 def _first(block: Block) -> tuple[int, int] | None:
@@ -128,7 +137,7 @@ class TransformNode(Node[Block]):
         waiting = self._waiting
         if waiting is None:
             return super().busy()
-        return redact(f"{self.fn.what} on a block starting at {self.fn.place(waiting[0])}")
+        return self.fn.describe(waiting[0])
 
     def _explain(self, e: BaseException, first: tuple[int, int] | None) -> None:
         """Give ``e`` the stage and place of its block where the function's own note could not (a wrong return
@@ -136,7 +145,7 @@ class TransformNode(Node[Block]):
         if isinstance(e, WorkerError | CancelledError) and not getattr(e, "__notes__", None):
             return  # a dead worker's error names its own call; a cancelled call is the loader stopping
         if not any(str(note).startswith("headrace: ") for note in getattr(e, "__notes__", [])):
-            e.add_note(redact(f"headrace: raised by {self.fn.what} on a block starting at {self.fn.place(first)}"))
+            e.add_note(f"headrace: raised by {self.fn.describe(first)}")
 
     def close(self) -> None:
         self._drain()
@@ -173,7 +182,7 @@ def _merge(block: Block, out: Mapping[str, Any], remove: tuple[str, ...], what: 
 
 def _annotate(e: BaseException, what: str, block: Block, lineage: Callable[[int, int], str]) -> None:
     where = lineage(int(block.shard[0]), int(block.row[0])) if block.num_rows else "an empty block"
-    e.add_note(redact(f"headrace: raised by {what} on a block starting at {where}"))
+    e.add_note(f"headrace: raised by {_describe(what, where)}")
 
 
 def map_fn(
