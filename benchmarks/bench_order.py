@@ -69,6 +69,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import headrace as hr
+from headrace.core.state import digest
 from headrace.quality import shuffle_quality
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -438,6 +439,7 @@ def elastic_checkpoints(setup: Setup, real: dict[float, Checkpoint]) -> dict[flo
         if cp.step:
             state = hr.Loader(headrace_ds(setup.glob, BATCH // 2), rank=0, world_size=2).state_dict()
             state["batches"] = cp.step
+            state["digest"] = digest(state)  # an edit made on purpose: signed again, or the checksum refuses it
         out[position] = Checkpoint("headrace_elastic", position, cp.step, state, cp.expected)
     return out
 
@@ -447,6 +449,7 @@ def naive_state_check(setup: Setup, cp: Checkpoint) -> dict[str, Any]:
     loader = hr.Loader(headrace_ds(setup.glob))
     state = loader.state_dict()
     state["batches"] = cp.step
+    state["digest"] = digest(state)  # an edit made on purpose: signed again, or the checksum refuses it
     loader.load_state_dict(state)
     it = iter(loader)
     got = ids_of(next(it))

@@ -838,3 +838,21 @@ def test_json_array_with_an_integer_over_64_bits_is_named(tmp_path: Path) -> Non
     path.write_text('[{"id": 1}, {"id": 1000000000000000000000000000000}]')
     with pytest.raises(hr.SchemaError, match=re.escape(f"{path}: the JSON array's values do not fit one schema")):
         hr.open(str(path))  # was a bare OverflowError
+
+
+def _stop_at_five(row: dict[str, Any]) -> dict[str, Any]:
+    if row["id"] == 5:
+        raise StopIteration  # e.g. next() on an exhausted iterator inside the user's function
+    return {"twice": row["id"] * 2}
+
+
+@pytest.mark.parametrize(("workers", "worker_type"), [(0, "thread"), (2, "thread"), (2, "process")])
+def test_a_stop_iteration_from_a_user_function_is_an_error_not_the_end_of_the_epoch(
+    tmp_path: Path, workers: int, worker_type: str
+) -> None:
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(10)))
+    loader = hr.Loader(hr.open(str(tmp_path)).map(_stop_at_five).batch(2), num_workers=workers,
+                       worker_type=worker_type)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"map\(_stop_at_five\) raised StopIteration") as caught:
+        list(loader)
+    assert any("a.jsonl" in note for note in getattr(caught.value, "__notes__", []))

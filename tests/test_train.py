@@ -180,3 +180,15 @@ def test_resuming_after_the_tokenizer_file_changed_names_the_vocabulary(tmp_path
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert (f"{out / 'checkpoint.pt'} holds a model of vocab_size 4096, seq_len 16, n_layer 1, n_head 2, n_embd 32, "
             "this run builds one of vocab_size 266, seq_len 16") in run.stderr  # fmt: skip
+
+
+def test_checkpoint_flags_keep_no_credentials_of_data_urls() -> None:
+    from headrace.train.job import TrainOptions, _public_options
+
+    signed = "https://reader:hunter2pass@127.0.0.1:9/data/x.jsonl?X-Amz-Signature=deadbeefsig&X-Amz-Expires=60"
+    kept = _public_options(TrainOptions(data=[signed], storage_options={"token": "s3cr3tvalue"}))
+    assert "storage_options" not in kept
+    assert kept["data"] == ["https://reader:***@127.0.0.1:9/data/x.jsonl?X-Amz-Signature=***&X-Amz-Expires=60"]
+    # a re-signed URL is the same data: resuming with it is allowed
+    resigned = _public_options(TrainOptions(data=[signed.replace("deadbeefsig", "0ther5ig")]))
+    assert resigned["data"] == kept["data"]

@@ -153,7 +153,10 @@ class LogFilter(logging.Filter):
     """Redacts a record's message, its exception's traceback and its stack (set on the :data:`LOGGERS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's own bad format arguments: its handler reports them, as without us
+            return True
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None

@@ -35,8 +35,12 @@ class TextFormat(Format):
         limit = opts.max_line_bytes
         if opts.text_mode == "file":
             with open_stream(fs, shard) as f:
-                raw = f.read(limit + 1)
-                size = len(raw)
+                parts: list[bytes] = []  # in pieces: read(limit + 1) would reserve max_line_bytes per file
+                size = 0
+                while size <= limit and (more := f.read(min(DROP_BYTES, limit + 1 - size))):
+                    parts.append(more)
+                    size += len(more)
+                raw = b"".join(parts)
                 while size > limit and (more := f.read(DROP_BYTES)):  # read through, to say how long it is
                     size += len(more)
             if size > limit:  # the whole file is one record, over the limit

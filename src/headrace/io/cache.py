@@ -279,6 +279,9 @@ class DiskCache:
                     f.path.unlink()
             except FileNotFoundError:
                 continue
+            except OSError as e:  # e.g. another user's download in a shared folder: not ours to remove
+                log.info("cannot reclaim %s in the cache at %s: %s", f.path.name, self.directory, e)
+                continue
             gone += 1
             log.info("removed %s from the cache at %s: its download's process died", f.path.name, self.directory)
         if gone:

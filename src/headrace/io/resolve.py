@@ -184,7 +184,10 @@ def fs_for(
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     policy = retry or Retry()
     if scheme in ("http", "https") and "timeout" not in (options.get("client_kwargs") or {}):
-        import aiohttp  # fsspec's HTTP client; its default waits 5 minutes on a server that went quiet
+        try:
+            import aiohttp  # fsspec's HTTP client; its default waits 5 minutes on a server that went quiet
+        except ImportError as e:
+            raise SourceError(f"cannot open {url!r}: {e}; pip install 'headrace[remote]'") from e
 
         timeout = aiohttp.ClientTimeout(total=policy.deadline, sock_connect=policy.timeout, sock_read=policy.timeout)
         options["client_kwargs"] = {**(options.get("client_kwargs") or {}), "timeout": timeout}

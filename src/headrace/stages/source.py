@@ -261,9 +261,10 @@ class SourceNode(Node[Block]):
 
             def records_in(c: Chunk) -> int:  # an over-long line is a chunk without data, and one record
                 lines = split_lines(c.data)
-                return 1 if getattr(c, "long", -1) >= 0 else sum(1 for line in lines if not blank or line.strip())
+                return 1 if c.long >= 0 else sum(1 for line in lines if not blank or line.strip())
 
-            records = start.slot + sum(records_in(c) for c in chunks(self.source.fs, shard, 1 << 22, start.byte))
+            pieces = chunks(self.source.fs, shard, 1 << 22, start.byte, self.source.opts.max_line_bytes)
+            records = start.slot + sum(records_in(c) for c in pieces)
         else:
             records = fmt.count(self.source.fs, shard, self.source.opts)
         if self._at > records:

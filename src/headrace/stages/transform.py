@@ -35,7 +35,10 @@ class Step:
     lineage: Lineage | None = None
 
     def __call__(self, block: Block) -> Block:
-        return self.fn(block)
+        try:
+            return self.fn(block)
+        except StopIteration as e:  # escaping, it would end the epoch without a word (as PEP 479 says of generators)
+            raise RuntimeError(f"{self.what} raised StopIteration; return a value or raise another exception") from e
 
     def place(self, first: tuple[int, int] | None) -> str:
         """Where a block whose first row is ``first`` (shard, row) comes from."""
@@ -206,13 +209,16 @@ def map_fn(
             raise
         if not rows:
             return block
-        other = next((r for r in rows if not isinstance(r, Mapping)), None)
-        if other is not None:  # a list's items would silently become columns named 0, 1, ...
-            raise TypeError(f"{what} must return a dict per row, got {type(other).__name__}")
+        if set(map(type, rows)) != {dict}:  # C-speed check first; the slow search only to name the culprit
+            other = next((r for r in rows if not isinstance(r, Mapping)), None)
+            if other is not None:  # a list's items would silently become columns named 0, 1, ...
+                raise TypeError(f"{what} must return a dict per row, got {type(other).__name__}")
         keys = list(rows[0])
         try:
             out = {k: [r[k] for r in rows] for k in keys}
-            extra = next((set(r) - set(keys) for r in rows if len(r) != len(keys)), None)
+            extra = None
+            if set(map(len, rows)) != {len(keys)}:
+                extra = next((set(r) - set(keys) for r in rows if len(r) != len(keys)), None)
             if extra:  # a key the first row lacks would be dropped without a word
                 raise KeyError(sorted(extra, key=str)[0])
         except (KeyError, TypeError) as e:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 import headrace as hr
+from headrace.core.redact import redact
 from headrace.tokenizer import EOS as EOS  # re-exported: the trainer's end-of-text token
 from headrace.tokenizer import train_tokenizer  # torch-free, so the JAX and transformers examples use it too
 from headrace.train.model import GPT, GPTConfig
@@ -144,7 +145,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
                             f"(torch.load weights_only=True: {_unpickling_reason(e)}); headrace never loads a "
                             "checkpoint that could run code: delete it, or start afresh with --overwrite"
                             ) from None  # fmt: skip
-    except Exception as e:  # a damaged or truncated file: torch raises RuntimeError, EOFError, ValueError, ...
+    except torch.OutOfMemoryError:
+        raise  # the device's trouble, not the file's
+    except OSError as e:  # permissions, a vanished mount: the file may well be fine
+        raise hr.StateError(f"{path}: cannot read the checkpoint ({e})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError) as e:  # a damaged or truncated file
         raise hr.StateError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it, or start "
                             "afresh with --overwrite") from None  # fmt: skip
     if not isinstance(state, dict):
@@ -166,12 +171,23 @@ def _unpickling_reason(e: Exception) -> str:
 
 def _check_same_flags(path: Path, saved: dict[str, Any], o: TrainOptions) -> None:
     """Refuse, naming them, the flags in which this run differs from the checkpoint's."""
-    now = asdict(o)
+    now = _public_options(o)
     differ = [f"{flag} {_flag_value(saved.get(k))} (this run: {_flag_value(now[k])})"
               for k, flag in SAME_ON_RESUME.items() if saved.get(k) != now[k]]  # fmt: skip
     if differ:
         raise hr.StateError(f"{path} was trained with " + ", ".join(differ) + ": resume with the same flags, or "
                             "start afresh with --overwrite")  # fmt: skip
+
+
+def _public_options(o: TrainOptions) -> dict[str, Any]:
+    """The flags as a checkpoint keeps them: no storage options, URLs without their credentials."""
+
+    def public(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value)
+        return [public(v) for v in value] if isinstance(value, list) else value
+
+    return {k: public(v) for k, v in asdict(o).items() if k != "storage_options"}
 
 
 def _flag_value(value: Any) -> str:
@@ -197,8 +213,10 @@ def run(o: TrainOptions) -> dict[str, Any]:
     if o.resume:  # read and checked before anything is built: a refused checkpoint costs nothing
         state = load_checkpoint(checkpoint, device)
         _check_same_flags(checkpoint, state["options"], o)
-    elif o.overwrite and o.tokenizer is None and o.config is None:
-        (out / "tokenizer.json").unlink(missing_ok=True)  # afresh: trained again, on this run's data
+    elif o.overwrite:  # the old checkpoint goes first: a kill before the first save leaves none to resume
+        checkpoint.unlink(missing_ok=True)
+        if o.tokenizer is None and o.config is None:
+            (out / "tokenizer.json").unlink(missing_ok=True)  # afresh: trained again, on this run's data
     torch.manual_seed(o.seed)
     ds, tokenizer, vocab = dataset(o, out)
     config = GPTConfig(vocab, o.seq_len, o.n_layer, o.n_head, o.n_embd)
@@ -224,8 +242,7 @@ def run(o: TrainOptions) -> dict[str, Any]:
             loader.load_state_dict(state["loader"])
         except hr.StateError as e:
             raise hr.StateError(f"{checkpoint}: {e}") from None
-    # No storage_options: they may hold credentials, and a checkpoint is copied and shared.
-    saved_options = {k: v for k, v in asdict(o).items() if k != "storage_options"}
+    saved_options = _public_options(o)  # a checkpoint is copied and shared: no credentials in it
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, o.max_steps), last_epoch=step - 1)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     metrics = open(o.metrics, "a", encoding="utf-8") if o.metrics else None  # noqa: SIM115 - closed below
