@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import headrace as hr
+from headrace.core import state as states
 from headrace.formats.parquet import ParquetFormat
 from headrace.testing import check_resume, same
 
@@ -304,3 +306,35 @@ def test_malformed_states_are_state_errors_naming_the_field(
     with pytest.raises(hr.StateError, match=match):
         loader.load_state_dict(_edit(state, dotted, value))
         list(loader)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"pipeline": "x"}, r"state field pipeline: must be a list, got str|pipeline had 0 stages/items, now 3"),
+        ({"world": [1]}, r"state field world: must be an object, got list"),
+        ({"node": {1: 2, "a": 3}}, r"not a loader state as Loader.state_dict\(\) writes it"),
+    ],
+)
+@pytest.mark.parametrize("elastic", [False, True])
+def test_a_malformed_top_level_state_is_a_state_error(
+    tmp_path: Path, edit: dict[str, Any], match: str, elastic: bool
+) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    state = {**state, **edit}
+    if elastic:  # another world: the elastic path reads the same fields
+        state["world"] = {**state["world"], "world_size": 2} if isinstance(state["world"], dict) else state["world"]
+    with contextlib.suppress(TypeError):  # signed again: the checks behind the checksum are what is tested
+        state["digest"] = states.digest(state)
+    with pytest.raises(hr.StateError, match=match):
+        hr.Loader(ds).load_state_dict(state)
+
+
+def test_an_elastic_state_whose_pipeline_holds_no_stages_is_a_state_error(tmp_path: Path) -> None:
+    ds = _tampered_dataset(_rows_file(tmp_path))
+    state, _ = _saved_and_rest(ds, 13)
+    state = {**state, "pipeline": [1] * len(state["pipeline"]), "world": {**state["world"], "world_size": 2}}
+    state["digest"] = states.digest(state)
+    with pytest.raises(hr.StateError, match=r"state was saved from a different pipeline or world: pipeline\[0\]"):
+        hr.Loader(ds).load_state_dict(state)  # was AttributeError: 'int' object has no attribute 'get'

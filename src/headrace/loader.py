@@ -205,7 +205,7 @@ class Loader:
 
     def _load_elastic(self, state: dict[str, Any]) -> None:
         def any_batch_size(pipeline: list[Any]) -> list[Any]:  # a new world may batch the same global batch
-            return [{**s, "size": None} if s.get("stage") == "batch" else s for s in pipeline]
+            return [{**s, "size": None} if isinstance(s, dict) and s.get("stage") == "batch" else s for s in pipeline]
 
         saved_pipeline = list(state.get("pipeline", [])) if isinstance(state.get("pipeline"), list) else []
         states.check_digest(state)

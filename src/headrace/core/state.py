@@ -76,6 +76,9 @@ def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[s
             f"(it reads version {STATE_VERSION}); resume with the headrace version that wrote it"
         )
     check_digest(state)
+    for key, kind in (("pipeline", list), ("world", Mapping)):
+        if key in state and not isinstance(state[key], kind):
+            raise FieldError(key, f"must be {'a list' if kind is list else 'an object'}, got {_kind(state[key])}")
     if world is not None and state.get("fingerprint") == fingerprint([list(pipeline), dict(world)]):
         return
     diffs = _diff(list(state.get("pipeline", [])), list(pipeline), "pipeline")
@@ -92,7 +95,11 @@ def check(state: Mapping[str, Any], *, pipeline: Sequence[Any], world: Mapping[s
 
 def check_digest(state: Mapping[str, Any]) -> None:
     """Refuse a state whose digest does not match its contents (a state without one is from before digests)."""
-    if DIGEST in state and state[DIGEST] != digest(state):
+    try:
+        computed = digest(state)
+    except (TypeError, ValueError) as e:  # keys that are not strings, values JSON cannot hold
+        raise StateError(f"this is not a loader state as Loader.state_dict() writes it: {e}") from None
+    if DIGEST in state and state[DIGEST] != computed:
         raise StateError(
             "the state's checksum does not match: it was edited or truncated after Loader.state_dict() wrote it. "
             "Pass the state exactly as saved (a checkpoint written in full), or start the run afresh"
