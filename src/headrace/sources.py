@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from headrace.checks import positive
-from headrace.core.errors import SourceError
+from headrace.core.errors import SourceError, empty_file
 from headrace.core.policy import ErrorLog, check_policy
 from headrace.core.rng import DEFAULT_SEED
 from headrace.formats import format_named, format_of
@@ -182,8 +182,7 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
             raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
                               "csv, tsv, text, arrow, tar)")  # fmt: skip
         if size == 0 and policy == "raise":  # else quarantined and counted when the reader gets to it
-            raise SourceError(f"{url}: the file is empty (0 bytes); remove it, narrow the glob, or open with "
-                              "errors='skip' to leave it out")  # fmt: skip
+            raise empty_file(url)
         shards.append(Shard(url, size, f.name, split_suffix(url)[1]))
     fs = first_fs[0]
     opts = ReadOptions(
@@ -204,7 +203,7 @@ def _first_schema(fs: Any, shards: Sequence[Shard], opts: ReadOptions, policy: s
     for shard in shards:
         try:
             if shard.size == 0:
-                raise SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or narrow the glob")
+                raise empty_file(shard.url)
             return format_named(shard.format).schema(fs, shard, opts, ErrorLog("skip")), f"the shard {shard.url}"
         except SourceError as e:
             if policy == "raise":

@@ -21,6 +21,12 @@ class SourceError(HeadraceError):
     """A path, glob, file or format that cannot be opened as a dataset."""
 
 
+def empty_file(url: str) -> SourceError:
+    """The error of a shard that is a file of 0 bytes (raised, or quarantined under ``errors="skip"``)."""
+    return SourceError(f"{url}: the file is empty (0 bytes); remove it, narrow the glob, or open with "
+                       "errors='skip' to leave it out")  # fmt: skip
+
+
 class SchemaError(HeadraceError):
     """Columns or types that do not match what the pipeline expects."""
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from headrace.core import state as states
 from headrace.core.block import Block
-from headrace.core.errors import SourceError
+from headrace.core.errors import SourceError, empty_file
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import permutation
@@ -93,7 +93,7 @@ class Source:
         def one(shard: Shard) -> int | SourceError:
             try:
                 if shard.size == 0:
-                    raise SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or narrow the glob")
+                    raise empty_file(shard.url)
                 return count(shard)
             except SourceError as e:
                 if self.errors == "raise":
@@ -314,8 +314,7 @@ class SourceNode(Node[Block]):
                 self._leave_shard(left)
                 continue
             if self._pieces is None and shard.size == 0:  # listed as empty: nothing to read, say so once
-                self._quarantine(index, SourceError(f"{shard.url}: the file is empty (0 bytes); remove it or "
-                                                    "narrow the glob"), left)  # fmt: skip
+                self._quarantine(index, empty_file(shard.url), left)
                 continue
             if self._pieces is None:
                 if isinstance(src.fs, RemoteFS):  # the next shards download into the disk cache meanwhile
