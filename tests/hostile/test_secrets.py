@@ -194,6 +194,24 @@ def test_stats_logs_reprs_and_state_carry_no_secret(served: Served, logs: pytest
                  json.dumps(stats.scalars()), repr(stats), logs.text)  # fmt: skip
 
 
+def test_token_windows_over_a_signed_url_keep_no_secret_in_the_state(served: Served, http_store: Store) -> None:
+    import numpy as np
+
+    assert http_store.root is not None
+    path = f"hostile-secrets/t/{PATH_TOKEN}/tokens.bin"
+    (http_store.root / path).write_bytes(np.arange(4096, dtype=np.uint16).tobytes())
+    ds = hr.open(served.url(path), storage_options=OPTIONS).shuffle(seed=0, buffer_size=None).window(64).batch(4)
+    loader = hr.Loader(ds)
+    first = next(iter(loader))
+    assert first["input_ids"].shape == (4, 64)
+    state = loader.state_dict()
+    assert_clean(json.dumps(state), json.dumps(ds.describe()), repr(ds))
+    assert "tokens.bin" in json.dumps(state["pipeline"])
+    resigned = hr.open(served.url(path).replace(SIGNATURE, "0ther-signature-9"), storage_options=OPTIONS)
+    again = hr.Loader(resigned.shuffle(seed=0, buffer_size=None).window(64).batch(4))
+    again.load_state_dict(state)  # a URL signed anew is the same data: the state still fits
+
+
 def test_skipped_records_warn_and_are_listed_without_secrets(served: Served) -> None:
     ds = hr.open(served.url(BAD_PATH), storage_options=OPTIONS, errors="warn")
     loader = hr.Loader(ds.batch(5))

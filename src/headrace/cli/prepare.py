@@ -13,6 +13,7 @@ import sys
 
 from headrace.cli.display import human_size, plural
 from headrace.cli.options import positive_count
+from headrace.core.redact import redact
 
 
 def configure_prepare(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     elif not args.quiet:
         rate = result.new_tokens / max(result.seconds, 1e-9)
         resumed = f"; {result.resumed_units} of {result.units} units were done before" if result.resumed_units else ""
-        print(f"wrote {plural(totals['shards'], 'shard')} to {args.out}: {totals['tokens']:,} tokens "
+        print(f"wrote {plural(totals['shards'], 'shard')} to {redact(args.out)}: {totals['tokens']:,} tokens "
               f"({result.manifest['dtype']}), {plural(totals['documents'], 'document')}, {human_size(totals['bytes'])} "
               f"in {result.seconds:.1f} s ({rate:,.0f} tokens/s{resumed})")  # fmt: skip
         if totals["skipped"]:

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from headrace.core.redact import redact_notes
 from headrace.prepare.job import Job, PrepareError, Unit
 from headrace.prepare.progress import Progress
 from headrace.prepare.work import init_worker, run_in_worker, run_unit
@@ -81,6 +82,7 @@ def run_local(job: Job, units: Sequence[Unit], workers: int, progress: Progress,
             for f in finished:
                 error = f.exception()
                 if error is not None:
+                    redact_notes(error)  # its worker's traceback travels as text: no credentials in it
                     raise error
     except BrokenProcessPool:
         stop.set()

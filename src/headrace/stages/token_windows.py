@@ -18,6 +18,7 @@ from headrace.core.block import Block
 from headrace.core.node import Node, State
 from headrace.core.world import World
 from headrace.formats.tokens import TokenShards
+from headrace.io.resolve import url_path
 from headrace.stages.order import GlobalOrder
 from headrace.stages.partition import Remainder, strided_length, strided_positions, strided_state
 
@@ -45,7 +46,7 @@ class TokenWindows:
         return 0 if total < need else (total - need) // self.stride + 1
 
     def describe(self) -> dict[str, Any]:
-        files = [u.rsplit("/", 1)[-1] for u in self.shards.urls]
+        files = [url_path(u).rsplit("/", 1)[-1] for u in self.shards.urls]  # no query: no signature in states
         return {"stage": "token_windows", "files": files, "tokens": self.shards.num_tokens, "seq_len": self.seq_len,
                 "stride": self.stride, "shift": self.shift, "seed": self.seed, "chunk_rows": self.chunk_rows,
                 "window": self.window}  # fmt: skip
