@@ -20,6 +20,8 @@ from headrace.stages.chat_sandbox import MAX_ITERATIONS
 
 pytestmark = pytest.mark.timeout(120)
 
+# a namespace of 80 attributes, each the same string of 1,000,000 characters
+NAMESPACE = "{% set s = 'a' * 1000000 %}{% set ns = namespace(" + ", ".join(f"a{i}=s" for i in range(80)) + ") %}"
 TOO_BIG = "chat templates may build at most 16,777,216 (max_rendered_chars)"
 # (template, what the error says, whether the template tries a huge allocation: then its traced peak is checked)
 HOSTILE = [
@@ -31,7 +33,7 @@ HOSTILE = [
     ("{{ 'a'.ljust(300000000) }}", "a width or count of 300,000,000", True),
     ("{{ 'a'.ljust(10000000) * 10 }}", "builds a value of 100,000,000 characters", True),
     ("{{ '{:>300000000}'.format('a') }}", "a format width or precision of more than 16,777,216", True),
-    ("{{ '{:>{w}}'.format('a', w=300000000) }}", "a width or count of 300,000,000", True),
+    ("{{ '{:>{w}}'.format('a', w=300000000) }}", "a format width or precision of more than 16,777,216", True),
     ("{{ '%300000000s' % 'a' }}", "a format width or precision of more than 16,777,216", True),
     ("{{ '%*s' % (300000000, 'a') }}", "a width or count of 300,000,000", True),
     ("{{ '%s'|format('a') ~ '%300000000d'|format(1) }}", "a format width or precision", True),
@@ -43,7 +45,7 @@ HOSTILE = [
     ("{% set s = 'a' * 1000000 %}{{ ([s, s, s, s, s, s, s, s, s, s] * 2)|join }}", "builds a value of", True),
     (
         "{% set s = 'a' * 1000000 %}{{ ','.join([s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s]) }}",
-        "builds a value of 16,777,233 characters",
+        "builds a value of more than 16,777,216 characters",
         True,
     ),  # the list measured up to the limit
     ("{{ dict.fromkeys(range(100000), 'a' * 1000) }}", "builds a value of more than 16,777,216 characters", True),
@@ -51,7 +53,7 @@ HOSTILE = [
     ("{% set s = ['a' * 1000000] * 20 %}{{ s|string }}", "builds a value of more than 16,777,216", True),
     ("{% set s = ['a' * 1000000] * 20 %}{{ s|tojson }}", "builds a value of more than 16,777,216", True),
     ("{% set s = ['a' * 1000000] * 20 %}{{ 'x' ~ s }}", "builds a value of more than 16,777,216", True),
-    ("{% set s = ['a' * 1000000] * 20 %}{{ '%s' % (s,) }}", "builds a value of 16,777,219 characters", True),
+    ("{% set s = ['a' * 1000000] * 20 %}{{ '%s' % (s,) }}", "builds a value of more than 16,777,216 characters", True),
     ("{% set s = [0] * 1000 %}{{ s * 1001 }}", "builds a list of 1,001,000 items; chat templates may build at", True),
     ("{{ [1]|batch(300000000, 'x')|list }}", "a width or count of 300,000,000", True),
     (
@@ -79,6 +81,43 @@ HOSTILE = [
         "renders more than 16,777,216 characters (max_rendered_chars)",
         True,
     ),
+    # widths that add up: each under the limit, the whole far over it (each of these built 80 M characters)
+    (
+        "{{ '%16000000d%16000000d%16000000d%16000000d%16000000d' % (1, 1, 1, 1, 1) }}",
+        f"builds a value of more than 16,777,216 characters; {TOO_BIG}",
+        True,
+    ),
+    (
+        "{{ '%*d%*d%*d%*d%*d' % (16000000, 1, 16000000, 1, 16000000, 1, 16000000, 1, 16000000, 1) }}",
+        "more than 16,777,216",
+        True,
+    ),
+    ("{{ ('%16000000d' * 5)|format(1, 1, 1, 1, 1) }}", "builds a value of more than 16,777,216", True),
+    ("{{ ('{0:16000000}' * 5).format(1) }}", f"builds a value of more than 16,777,216 characters; {TOO_BIG}", True),
+    ("{{ ('{0:{1}}' * 5).format(1, 16000000) }}", "builds a value of more than 16,777,216 characters", True),
+    ("{{ ('{0:.16000000f}' * 5).format(1.0) }}", "builds a value of more than 16,777,216 characters", True),
+    ("{% set s = 'a' * 1000000 %}{{ ('{}' * 20).format(*([s] * 20)) }}", "builds a value of more than 16,777", True),
+    ("{% set s = 'a' * 1000000 %}{{ ('{!r}' * 20).format(*([s] * 20)) }}", "builds a value of more than 16,777", True),
+    # joins of generators and dict views: measured before the string is built (each built 100 M characters)
+    ("{% set s = 'a' * 1000000 %}{{ ([s] * 100)|select|join }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ ''.join(([s] * 100)|select) }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ ''.join(dict.fromkeys(range(100), s).values()) }}", "more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ dict.fromkeys(range(100), s).values()|string }}", "more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ dict.fromkeys(range(100), s).items() }}", "more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ 'x' ~ dict.fromkeys(range(100), s).values() }}", "more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ '%s' % (dict.fromkeys(range(100), s).values(),) }}", "more than 16,777", True),
+    ("{{ ','.join('a' * 10000000) }}", "builds a value of 19,999,999 characters", True),
+    # lists of more than MAX_ITEMS items are refused before they are built (each built a list of 10 M items)
+    ("{{ ('a' * 10000000)|list|length }}", "builds a list of 10,000,000 items", True),
+    ("{{ ('a' * 10000000)|select|list|length }}", "builds a list of more than 1,000,000 items", True),
+    ("{{ ('a' * 10000000)|sort|length }}", "builds a list of 10,000,000 items", True),
+    # a namespace's text holds its attributes' (each built 80 M characters)
+    (NAMESPACE + "{{ ns }}", "builds a value of more than 16,777,216", True),
+    (NAMESPACE + "{{ ns|string }}", "builds a value of more than 16,777,216", True),
+    (NAMESPACE + "{{ '%s' % ns }}", "builds a value of more than 16,777,216", True),
+    # escaping makes a string longer: measured first (each built 60 M characters)
+    ("{{ ('\\'' * 12000000)|e|length }}", "builds a value of 60,000,000 characters", True),
+    ("{{ ('x'|safe + '\\'' * 12000000)|length }}", "builds a value of 60,000,001 characters", True),
     ("{{ 10 ** 1000000 }}", "10 ** 1000000 has more than 65,536 bits", True),
     ("{{ (10 ** 10000) * (10 ** 10000) }}", "a product of more than 65,536 bits", True),
     ("{{ messages|tojson(indent=1000) }}", "tojson(indent=...) of more than 64", True),
@@ -210,6 +249,17 @@ def test_templates_near_the_bounds_still_render_exactly(tokenizer: str, tmp_path
         ("{{ '100%% 123456789012 %s' % 'a' }}", "100% 123456789012 a"),
         ("{{ '{{x:123456789012}} {:>5}'.format('a') }}", "{x:123456789012}     a"),
         ("{{ '%5d|%-3s|' % (42, 'b') }}", "   42|b  |"),
+        # values are not widths: only widths and counts are held to max_rendered_chars
+        ("{{ '{}'.format(20000000) }}", "20000000"),
+        ("{{ '{:,}/{n}'.format(20000000, n=30000000) }}", "20,000,000/30000000"),
+        ("{{ '%d' % 20000000 }}", "20000000"),
+        ("{{ '%(n)d' % {'n': 20000000} }}", "20000000"),
+        ("{{ '%*d' % (9, 20000000) }}", " 20000000"),
+        ("{{ '%d-%s'|format(20000000, 30000000) }}", "20000000-30000000"),
+        ("{{ '%(a)s'|format(a=20000000) }}", "20000000"),
+        ("{{ '{:>9}'.format(20000000) ~ ','.join(['20000000', 'x']) }}", " 2000000020000000,x"),
+        ("{{ x|default(20000000) }} {{ 'abc'|truncate(20000000) }} {{ 20000000|string }}", "20000000 abc 20000000"),
+        ("{{ 'a b'.split(' ', 20000000)|join(',') }} {{ [20000000, 1]|max }}", "a,b 20000000"),
     ],
 )
 def test_numbers_that_are_not_widths_are_not_refused(template: str, rendered: str) -> None:
@@ -239,3 +289,65 @@ def test_a_template_nested_thousands_deep_is_refused_when_chat_is_called(
     ds = hr.open(write_jsonl(tmp_path / "c.jsonl", CONVERSATIONS))
     with pytest.raises(TokenizerError, match="does not compile: it nests too deeply"):
         ds.chat(tokenizer, template=template)
+
+
+def small(template: str, max_chars: int = 1000) -> str:
+    from headrace.stages.chat_sandbox import BoundedSandbox
+
+    env = BoundedSandbox(max_chars)
+    return env.render_bounded(env.from_string(template), {})
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{{ '%900d%900d%900d%900d%900d' % (1, 1, 1, 1, 1) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '%.900f%.900f' % (1.5, 2.5) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '%*d%*d' % (900, 1, 900, 2) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '%900d%900d'|format(1, 2) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '%(a)900d%(a)900d'|format(a=1) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '{0:900}{0:900}'.format(1) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '{0:{1}}{0:{1}}'.format(1, 900) }}", "builds a value of more than 1,000 characters"),
+        ("{{ '{a:{w}}{a:{w}}'.format_map({'a': 1, 'w': 900}) }}", "builds a value of more than 1,000 characters"),
+        ("{{ ('{}' * 3).format('a' * 400, 'b' * 400, 'c' * 400) }}", "builds a value of more than 1,000 characters"),
+        ("{{ ('x'|safe + '{0:900}{0:900}').format(1) }}", "builds a value of more than 1,000 characters"),
+        ("{{ ('a' * 600)|center(900) ~ 'a'.rjust(1001) }}", "a width or count of 1,001 (more than max_rendered"),
+        ("{{ 'ab'.replace('a', 'b', 1001) }}", "a width or count of 1,001"),
+        ("{{ 'ab'|wordwrap(1001) }}", "a width or count of 1,001"),
+    ],
+)
+def test_sizes_are_summed_over_all_fields_before_formatting(template: str, says: str) -> None:
+    """Every width, precision and value of a ``%``, ``format`` or ``.format`` counts: the sum is checked first."""
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError) as caught:
+        small(template)
+    assert says in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ '%5d|%-4s|%.2f|%x|%r|%c|%%|%+05d' % (42, 'ab', 3.14159, 255, 'q', 65, 7) }}",
+        "{{ '%(a)s=%(b)r' % {'a': 1, 'b': [1, 'x']} }}",
+        "{{ '%*.*f' % (8, 2, 3.14159) }}",
+        "{{ '%s'|format([1, 'a']) }} {{ '%s and %s'|format('a', 'b') }}",
+        "{{ '{:>8}|{:<4}|{:^7.3f}|{!r}|{:,}|{:08.2f}|{:x}|{{}}'.format('ab', 'c', 3.14159, 'q', 1234567, -2.5, 255) }}",
+        "{{ '{0}{1}{0}|{a[0]}|{b.x}'.format('x', 'y', a=[5], b={'x': 2}) }}",
+        "{{ '{0:{1}}|{0:>{w}.{p}}'.format('abc', 5, w=6, p=2) }}",
+        "{{ '{a}-{b}'.format_map({'a': 1, 'b': 'z'}) }}",
+        "{{ ([1, 2, 3]|map('string')|join(', ')) ~ ('-'.join(['a', 'b'])) ~ (','.join('abc')) }}",
+        "{{ (range(3)|select('odd')|join) ~ ({'k': 1, 'j': 2}|join('+')) ~ ({'k': 'v'}.values()|join) }}",
+        "{{ {'a': [1, 'x']}.items()|list }} {{ {'a': 1}.values() }} {{ 'x' ~ {'a': 'é'}.keys() ~ (['\\n', \"'\"],) }}",
+        "{{ 'abc'|list }} {{ 'cba'|sort|join }} {{ 'abca'|unique|list }} {{ [3, 1]|reverse|list }} {{ 'ab'|reverse }}",
+        "{{ 'ab'|center(6) }}|{{ 'a'.ljust(3) }}|{{ '7'.zfill(3) }}|{{ 'x\ny'|indent(2, true) }}|",
+        "{{ 'aaa'.replace('a', 'bb', 2) }}|{{ 'a\tb'.expandtabs(4) }}|{{ 'a b c'|wordwrap(2) }}",
+        "{{ [1, 2, 3]|batch(2)|list }}|{{ namespace(a=1) }}|{{ '<a>'|e }}|{{ ('<%s>'|safe) % '&' }}",
+        "{{ 'x'|safe + '<' }}",
+    ],
+)
+def test_formatting_renders_as_the_plain_sandbox(template: str) -> None:
+    """Under the limits, ``%``, ``format``, ``.format``, ``join`` and the list filters render exactly as jinja2's."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    assert small(template) == ImmutableSandboxedEnvironment().from_string(template).render()

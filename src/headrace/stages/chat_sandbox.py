@@ -6,9 +6,17 @@ module also bounds what one rendering may cost, deterministically (no clocks: th
 record always pass or always fail):
 
 - no string the template builds (``*``, ``+``, ``~``, ``%``, ``format``, ``join``, ``replace``, ``center``,
-  ``indent``, ...) may exceed ``max_chars`` characters, and this is checked *before* the string is
-  allocated: ``'a' * 300000000`` is refused at once; no list it builds may hold more than
-  ``MAX_ITEMS`` items; a list or dict turned into text (output, ``~``, ``%``, filters) is measured first;
+  ``indent``, ``escape``, ...) may exceed ``max_chars`` characters, and this is checked *before* the string
+  is allocated: ``'a' * 300000000`` is refused at once. ``%`` and ``|format`` add up the format's text,
+  every width and precision (written or given by ``*``) and every value's text before formatting;
+  ``str.format`` does so field by field, before each field is converted or formatted (nested ``{w}``
+  widths included); ``join`` measures its items first (an iterator or generator is listed first, at
+  most ``MAX_ITEMS`` items). Only widths and counts (``center``, ``ljust``, ``zfill``, ``indent``,
+  ``wordwrap``, ``replace``'s count, ``batch``, format widths, ``*``) are held to ``max_chars`` one by
+  one: a value formatted (``'%d' % 20000000``) is just text of its length;
+- no list it builds may hold more than ``MAX_ITEMS`` items (``'a' * 10000000|list`` is refused before
+  the list exists); a list, dict, dict view or namespace turned into text (output, ``~``, ``%``,
+  filters) is measured first;
 - the output of one rendering is at most ``max_chars`` characters;
 - the values built add up to at most ``WORK_FACTOR * max_chars`` characters (quadratic string building
   in a loop stops early);
@@ -33,7 +41,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from functools import update_wrapper
+from itertools import islice
 from typing import Any
 
 import jinja2
@@ -41,8 +51,10 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import LoopContext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
+from markupsafe import Markup
 
 MAX_ITERATIONS = 200_000  # loop iterations per rendering, all loops together
 MAX_ITEMS = 1_000_000  # items of a list, tuple or dict a template builds
@@ -53,43 +65,90 @@ WORK_FACTOR = 16  # the values one rendering builds add up to at most WORK_FACTO
 # Filters the templates' loops, ~ and {{ output }} are rewritten to use (no template can name them: no underscore
 # is needed, but the names are not jinja2's and a template defining a filter is impossible).
 _LOOP, _CONCAT, _TEXT = "headrace_loop", "headrace_concat", "headrace_text"
-# str methods whose result can be much longer than the string: an estimate of the result's length from the call.
-_GROWING = {"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "format", "format_map",
-            "translate"}  # fmt: skip
+# str methods whose result can be much longer than the string: an estimate of the result's length from the call
+# (format and format_map are bounded field by field, by _BoundedFormatter).
+_GROWING = {"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "translate"}
 # Filters that turn their value into text: a list or dict given to them is measured first.
 _TEXT_FILTERS = {"string", "tojson", "pprint", "e", "escape", "forceescape", "urlencode", "xmlattr", "safe", "urlize",
                  "wordcount", "truncate", "capitalize", "lower", "upper", "title", "trim", "striptags", "center",
                  "indent", "wordwrap", "replace", "format", "join"}  # fmt: skip
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?([-#0 +]*\d*(?:\.\d+)?)")  # the flags, width and precision of a % field
-_FORMAT_SPEC = re.compile(r"\{[^{}]*?:([^{}]*)\}")  # the format spec of a {} field
+# Filters that make a list of their value's items (join: the items joined); a string's items are its characters.
+_LISTING = {"list", "sort", "unique", "batch", "slice", "groupby", "dictsort", "join", "reverse"}
+_VIEWS = (KeysView, ValuesView, ItemsView)  # dict.keys(), .values(), .items()
+_CONTAINERS = (list, tuple, dict, set, frozenset, *_VIEWS)
+_MEASURED = (*_CONTAINERS, Namespace)  # values whose text holds their items' text: measured before they become text
+_ESCAPE_FACTOR = 6  # markupsafe escapes a character to at most 5 (&#39;)
+# a % field: mapping key, flags, width, precision, length modifier, conversion
+_PERCENT_FIELD = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.?)", re.DOTALL)
+_FLOAT_CHARS = 330  # the most characters a float takes before its width and precision: f"{1e308:f}" has 316
+_REPR_CHUNK = 65_536  # a long string's repr is measured this many characters at a time
+
+
+def repr_size(s: str, limit: int) -> int:
+    """The length of ``repr(s)``, or more (quotes and backslashes counted as escaped); past ``limit``: some length over.
+
+    >>> repr_size("it's", 100), repr_size("a\\nb", 100), repr_size("\\x00", 100)
+    (7, 6, 6)
+    """
+    if s.isprintable():
+        return len(s) + 2 + s.count("\\") + s.count("'")
+    total = 2 + s.count("'")  # non-printable characters' escapes (up to 10 characters each), a slice at a time
+    for at in range(0, len(s), _REPR_CHUNK):
+        total += len(repr(s[at : at + _REPR_CHUNK])) - 2
+        if total > limit:
+            break
+    return total
 
 
 def size_of(value: Any, limit: int) -> int:
-    """The characters ``value``'s text takes, roughly (a container: its items' and one per item); at most ``limit + 1``.
+    """The characters ``str(value)`` takes, roughly; at most ``limit + 1`` (a container's strings: their repr).
 
-    >>> size_of(["ab", {"c": "de"}], 100)  # 2 items, "ab", 1 item, "c", "de"
-    8
+    A container counts one character per item (its separators) and its items' reprs; a number, its digits.
+
+    >>> size_of(["ab", {"c": "de"}], 100)  # 2 items, 'ab', 1 item, 'c', 'de'
+    14
+    >>> size_of("ab", 100), size_of(2**64, 100), size_of({"a": 1}.values(), 100)
+    (2, 68, 5)
     """
     if isinstance(value, str):
         return len(value)
-    if not isinstance(value, (list, tuple, dict, set, frozenset)):
-        return 1
     total, stack = 0, [value]
     while stack and total <= limit:
         item = stack.pop()
         if isinstance(item, str):
-            total += len(item)
+            total += repr_size(item, limit)
         elif isinstance(item, dict):
             total += len(item)
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
+        elif isinstance(item, _CONTAINERS):
             total += len(item)
             stack.extend(item)
+        elif isinstance(item, Namespace):  # <Namespace {...}>
+            attrs = item._Namespace__attrs  # type: ignore[attr-defined]
+            total += 13 + len(attrs)
+            stack.extend(attrs.keys())
+            stack.extend(attrs.values())
+        elif isinstance(item, bool) or item is None:
+            total += 5
+        elif isinstance(item, int):  # binary digits: at least as many as any base's
+            total += item.bit_length() + 3
+        elif isinstance(item, float):
+            total += 24  # repr(-1.2345678901234567e-308)
         else:
             total += 1
     return min(total, limit + 1)
+
+
+def escaped_size(s: str) -> int:
+    """The length of ``markupsafe.escape(s)``.
+
+    >>> escaped_size("a<b & 'c'")
+    24
+    """
+    if isinstance(s, Markup):
+        return len(s)
+    return len(s) + 4 * (s.count("&") + s.count('"') + s.count("'")) + 3 * (s.count("<") + s.count(">"))
 
 
 class _Rewrite(NodeTransformer):
@@ -159,32 +218,62 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             raise SecurityError("the template recurses too deeply (a macro or recursive loop calling itself)") from None
         return "".join(out)
 
-    def _charge(self, size: int) -> None:
+    def _check_size(self, size: int) -> None:
+        """Refused if a value of ``size`` characters (``max_chars + 1``: more than ``max_chars``) would be too long."""
         if size > self.max_chars:
             what = f"{size:,}" if size != self.max_chars + 1 else f"more than {self.max_chars:,}"  # size_of stopped
             raise SecurityError(f"the template builds a value of {what} characters; chat templates may build at "
                                 f"most {self.max_chars:,} (max_rendered_chars)")  # fmt: skip
+
+    def _charge(self, size: int) -> None:
+        """A value of ``size`` characters is built: checked, and counted in this rendering's work."""
+        self._check_size(size)
         budget = self._budget
         budget.work = work = getattr(budget, "work", 0) + size
         if work > WORK_FACTOR * self.max_chars:
             raise SecurityError(f"the template builds more than {WORK_FACTOR * self.max_chars:,} characters in all "
                                 f"({WORK_FACTOR} x max_rendered_chars): string building in a loop?")  # fmt: skip
 
-    def _items(self, n: int) -> None:
+    def _check_items(self, n: int) -> None:
         if n > MAX_ITEMS:
             raise SecurityError(f"the template builds a list of {n:,} items; chat templates may build at most "
                                 f"{MAX_ITEMS:,}")  # fmt: skip
+
+    def _items(self, n: int) -> None:
+        self._check_items(n)
         self._charge(n)
 
     def _measure(self, value: Any) -> None:
-        """Before a list or dict becomes text: its text would be at most ``max_chars`` characters."""
-        if isinstance(value, _CONTAINERS):
+        """Before a list, dict or namespace becomes text: its text would be at most ``max_chars`` characters."""
+        if not isinstance(value, str) and isinstance(value, _MEASURED):  # str first: most values are
             self._charge(size_of(value, self.max_chars))
 
     def _text(self, value: Any) -> Any:
-        if isinstance(value, _CONTAINERS):
+        if not isinstance(value, str) and isinstance(value, _MEASURED):
             self._measure(value)
         return value
+
+    def _listed(self, value: Any) -> Any:
+        """``value``, or its items in a list if it is an iterator or generator; refused past ``MAX_ITEMS`` items."""
+        if isinstance(value, (str, *_CONTAINERS, range)) or not hasattr(value, "__iter__"):
+            return value  # sized (a template's containers hold at most MAX_ITEMS items), or not iterable: fn says
+        items = list(islice(value, MAX_ITEMS + 1))
+        if len(items) > MAX_ITEMS:
+            raise SecurityError(f"the template builds a list of more than {MAX_ITEMS:,} items; chat templates may "
+                                f"build at most {MAX_ITEMS:,}")  # fmt: skip
+        return items
+
+    def _joined_size(self, items: Any, sep: str) -> int:
+        """The length of ``sep.join(map(str, items))`` (items: a string or a container, not an iterator)."""
+        if isinstance(items, str):
+            return len(items) + len(sep) * max(0, len(items) - 1)
+        total, n = 0, 0
+        for item in items:
+            n += 1
+            total += size_of(item, self.max_chars)
+            if total > self.max_chars:
+                return self.max_chars + 1
+        return total + len(sep) * max(0, n - 1)
 
     def _counted(self, iterable: Iterable[Any]) -> Iterator[Any]:
         budget = self._budget  # this thread's: a generator runs in the thread that renders
@@ -218,7 +307,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             self._charge(len(left) + len(right))
             return left + right
         self._check_binop(operator_, left, right)
-        return self.binop_table[operator_](left, right)
+        result = self.binop_table[operator_](left, right)
+        if operator_ == "%" and isinstance(result, str):
+            self._charge(len(result))
+        return result
 
     def _check_binop(self, op: str, left: Any, right: Any) -> None:
         ints = isinstance(left, int) and isinstance(right, int)
@@ -232,43 +324,100 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 self._charge(len(seq) * max(n, 0))
             elif isinstance(n, int) and isinstance(seq, (list, tuple)):
                 self._items(len(seq) * max(n, 0))
-        if op == "+" and isinstance(left, str) and isinstance(right, str):
-            self._charge(len(left) + len(right))
+        if op == "+" and isinstance(left, str) and isinstance(right, str):  # Markup + str escapes the str
+            self._charge(escaped_size(left) + escaped_size(right) if isinstance(left, Markup) or isinstance(
+                right, Markup) else len(left) + len(right))  # fmt: skip
         elif op == "+" and isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
             self._items(len(left) + len(right))
         if op == "%" and isinstance(left, str):
-            self._check_percent(left, right)
+            self._check_size(self._percent_size(left, right) * (_ESCAPE_FACTOR if isinstance(left, Markup) else 1))
 
-    def _check_percent(self, fmt: str, args: Any) -> None:
-        """``fmt % args``: no width or precision (written or from ``*``) above the limit."""
-        self._check_numbers(fmt, "%")
-        values = args if isinstance(args, tuple) else (args,)
-        self._check_ints(values, {})
-        self._charge(len(fmt) + sum(size_of(v, self.max_chars) for v in values))
+    def _percent_size(self, fmt: str, args: Any) -> int:
+        """An upper bound of ``len(fmt % args)``: the format's text, every width and precision, every value's text.
 
-    def _check_numbers(self, fmt: str, style: str) -> None:
-        """No width or precision above ``max_chars`` in the fields of a ``%`` (style ``%``) or ``{}`` format."""
-        fields = _PERCENT_FIELD if style == "%" else _FORMAT_SPEC
-        escaped = ("%%",) if style == "%" else ("{{", "}}")
-        for e in escaped:
-            fmt = fmt.replace(e, "")
-        for spec in fields.findall(fmt):
-            if any(int(n) > self.max_chars for n in re.findall(r"\d+", spec)):
+        Only widths and precisions (written, or given by ``*``) are held to ``max_chars`` one by one; the values
+        formatted are measured, whatever they are (``'%d' % 20000000`` is 8 characters).
+        """
+        positional = args if isinstance(args, tuple) else (args,)
+        at, total = 0, len(fmt)
+        for field in _PERCENT_FIELD.finditer(fmt):
+            key, width, precision, conversion = field.groups()
+            for number in (width, precision):
+                if number == "*":
+                    given = positional[at] if at < len(positional) else None
+                    at += 1
+                    if isinstance(given, int):
+                        total += self._check_width(given)
+                elif number:
+                    total += self._check_width(int(number), written=True)
+            if conversion in ("%", ""):
+                continue
+            if key is not None:
+                value = args.get(key) if isinstance(args, Mapping) else None  # not a mapping: Python raises
+            else:
+                value = positional[at] if at < len(positional) else None
+                at += 1
+            total += self._shown(value, conversion)
+            if total > self.max_chars:
+                return self.max_chars + 1  # more than max_chars, whatever the fields after
+        return total
+
+    def _shown(self, value: Any, conversion: str) -> int:
+        """The characters ``value`` takes converted with ``conversion`` (``%``'s, or ``s`` for ``format()``)."""
+        if isinstance(value, str):
+            if conversion == "r" or (conversion == "a" and value.isascii()):
+                return repr_size(value, self.max_chars)
+            return 10 * len(value) + 2 if conversion == "a" else len(value)  # ascii(): \U0001f600
+        if isinstance(value, float):
+            return _FLOAT_CHARS
+        return size_of(value, self.max_chars)
+
+    def _check_width(self, n: int, written: bool = False) -> int:
+        """``n``, a width, precision or count: refused above ``max_chars`` (a value is never checked here)."""
+        if abs(n) > self.max_chars:
+            if written:
                 raise SecurityError(f"a format width or precision of more than {self.max_chars:,} characters")
+            raise SecurityError(f"a width or count of {n:,} (more than max_rendered_chars, {self.max_chars:,})")
+        return abs(n)
 
-    def _check_ints(self, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
-        for v in (*args, *kwargs.values()):
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > self.max_chars:
-                raise SecurityError(f"a width or count of {v:,} (more than max_rendered_chars, {self.max_chars:,})")
+    def _check_widths(self, *numbers: Any) -> None:
+        for n in numbers:
+            if isinstance(n, int) and not isinstance(n, bool):
+                self._check_width(n)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``str.format`` and ``format_map``, with each field's size checked before it is formatted."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        f_self: str = value.__self__
+        formatter: SandboxedFormatter
+        if isinstance(f_self, Markup):
+            formatter = _BoundedEscapeFormatter(self, escape=f_self.escape)
+        else:
+            formatter = _BoundedFormatter(self)
+        is_format_map = value.__name__ == "format_map"
+        str_type = type(f_self)
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    return wrapped(*args, **kwargs)  # jinja2's TypeError
+                return str_type(formatter.vformat(f_self, (), args[0]))
+            return str_type(formatter.vformat(f_self, args, kwargs))
+
+        return update_wrapper(wrapper, value)
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(__obj, LoopContext) and args:  # loop(children) of a recursive loop: counted as loops are
             args = (__self._counted(args[0]), *args[1:])
-        target = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
-        receiver = getattr(target, "__self__", None)
-        if isinstance(receiver, str) and getattr(target, "__name__", "") in _GROWING:
-            __self._check_ints(args, kwargs)
-            __self._charge(__self._estimate(receiver, target.__name__, args, kwargs))
+        receiver = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(receiver, str) and name in _GROWING:
+            if name == "join" and args:
+                args = (__self._listed(args[0]), *args[1:])
+            escapes = _ESCAPE_FACTOR if isinstance(receiver, Markup) else 1  # Markup's methods escape their arguments
+            __self._check_size(__self._estimate(receiver, name, args, kwargs) * escapes)
         result = super().call(__context, __obj, *args, **kwargs)
         __self._account(result)
         return result
@@ -282,24 +431,23 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def _estimate(self, s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
         """An upper bound of the length of ``s.name(*args, **kwargs)``, computed without building it."""
-        limit = self.max_chars
         if name in ("center", "ljust", "rjust", "zfill"):
             width = args[0] if args else kwargs.get("width", 0)
+            self._check_widths(width)
             return max(len(s), width if isinstance(width, int) else 0)
         if name == "expandtabs":
             tab = args[0] if args else kwargs.get("tabsize", 8)
+            self._check_widths(tab)
             return len(s) + s.count("\t") * (tab if isinstance(tab, int) else 8)
         if name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
             count = s.count(args[0]) if args[0] else len(s) + 1
-            if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
-                count = min(count, args[2])
+            limit = args[2] if len(args) > 2 else kwargs.get("count", -1)
+            self._check_widths(limit)
+            if isinstance(limit, int) and limit >= 0:
+                count = min(count, limit)
             return len(s) + count * max(0, len(args[1]) - len(args[0]))
-        if name == "join" and args:
-            items = args[0] if isinstance(args[0], (list, tuple)) else []
-            return size_of(list(items), limit) + len(s) * max(0, len(items) - 1)
-        if name in ("format", "format_map"):
-            self._check_numbers(s, "{")
-            return len(s) + sum(size_of(v, limit) for v in (*args, *kwargs.values()))
+        if name == "join" and args and isinstance(args[0], (str, *_CONTAINERS)):
+            return self._joined_size(args[0], s)
         if name == "translate" and args and isinstance(args[0], dict):
             longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
             return len(s) * max(1, longest)
@@ -309,13 +457,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         """``fn`` with its counts and widths bounded first and its result measured; the way it is passed kept."""
         pass_arg = getattr(fn, "jinja_pass_arg", None)  # how jinja2 marks a filter taking the context/environment
         env = self
+        first = 1 if pass_arg is not None else 0  # the context or environment is not the template's
 
         def bounded(*args: Any, **kwargs: Any) -> Any:
-            given = args[1:] if pass_arg is not None else args  # the context or environment is not the template's
-            if given:
+            if len(args) > first:
+                value = args[first]
+                if name in _LISTING:
+                    value = env._listed(value)
+                    args = (*args[:first], value, *args[first + 1 :])
                 if name in _TEXT_FILTERS:
-                    env._measure(given[0])
-                env._check_filter(name, given[0], given[1:], kwargs)
+                    env._measure(value)
+                env._check_filter(name, value, args[first + 1 :], kwargs)
             result = fn(*args, **kwargs)
             env._account(result)
             return result
@@ -325,31 +477,95 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return bounded
 
     def _check_filter(self, name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._check_ints(args, kwargs)
+        """Before filter ``name`` runs on ``value``: its widths and counts, and the size of what it builds."""
         text = value if isinstance(value, str) else ""
+        if name in _LISTING and isinstance(value, (str, *_CONTAINERS, range)) and name not in ("join", "reverse"):
+            self._check_items(len(value))  # a string's characters, or a user's list longer than a template's may be
         if name == "indent":
             width = args[0] if args else kwargs.get("width", 4)
+            self._check_widths(width)
             per_line = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
-            self._charge(len(text) + (text.count("\n") + 1) * per_line)
+            self._check_size(len(text) + (text.count("\n") + 1) * per_line)
         elif name == "center":
-            self._charge(self._estimate(text, "center", args, kwargs))
+            self._check_size(self._estimate(text, "center", args, kwargs))
         elif name == "replace":
-            self._charge(self._estimate(text, "replace", args, kwargs))
+            self._check_size(self._estimate(text, "replace", args, kwargs))
         elif name == "format":
-            self._check_percent(text, args or tuple(kwargs.values()))
+            if args and kwargs:
+                return  # jinja2 refuses both
+            self._check_size(
+                self._percent_size(text, kwargs or args) * (_ESCAPE_FACTOR if isinstance(text, Markup) else 1)
+            )
         elif name == "wordwrap":
             wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring", "\n")
             width = args[0] if args else kwargs.get("width", 79)
+            self._check_widths(width)
             lines = len(text) // max(1, width if isinstance(width, int) else 79) + 1
-            self._charge(len(text) + lines * (len(wrap) if isinstance(wrap, str) else 1))
-        elif name == "join":
-            items = value if isinstance(value, (list, tuple)) else []
+            self._check_size(len(text) + lines * (len(wrap) if isinstance(wrap, str) else 1))
+        elif name in ("e", "escape", "forceescape"):
+            self._check_size(escaped_size(text))
+        elif name == "urlencode":
+            self._check_size(12 * len(text))  # a character: up to 4 bytes of %XX
+        elif name in ("batch", "slice"):
+            self._check_widths(args[0] if args else kwargs.get("linecount", kwargs.get("slices")))
+        elif name == "join" and isinstance(value, (str, *_CONTAINERS, range)):
             sep = args[0] if args else kwargs.get("d", "")
-            self._charge(size_of(list(items), self.max_chars) + len(str(sep)) * max(0, len(items) - 1))
+            self._check_size(self._joined_size(value, str(sep)))
         elif name == "tojson":
             indent = args[1] if len(args) > 1 else kwargs.get("indent")
             if (isinstance(indent, int) and indent > MAX_INDENT) or (isinstance(indent, str) and len(indent) > 64):
                 raise SecurityError(f"tojson(indent=...) of more than {MAX_INDENT} in a chat template")
+
+
+class _BoundedFormatterMixin:
+    """``str.format``'s fields each measured before they are converted or formatted, and all added up."""
+
+    _total = 0
+    _factor = 1  # how much longer than the formatted field its escaped text may be
+
+    @property
+    def _sandbox(self) -> BoundedSandbox:
+        return self._env  # type: ignore[attr-defined, no-any-return]  # SandboxedFormatter's
+
+    def vformat(self, format_string: str, args: Any, kwargs: Any) -> str:
+        self._total = 0
+        return super().vformat(format_string, args, kwargs)  # type: ignore[misc, no-any-return]
+
+    def parse(self, format_string: str) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+        for literal, *field in super().parse(format_string):  # type: ignore[misc]
+            self._add(len(literal))  # the literal text (or a nested spec's: counted, though not output)
+            yield (literal, *field)  # type: ignore[misc]
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion in ("r", "a", "s"):
+            self._fits(self._sandbox._shown(value, conversion) * self._factor)
+        return super().convert_field(value, conversion)  # type: ignore[misc]
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        env = self._sandbox
+        widths = sum(env._check_width(int(n), written=True) for n in re.findall(r"\d+", str(format_spec)))
+        shown = env._shown(value, "s")
+        if "," in str(format_spec) or "_" in str(format_spec):  # digits grouped
+            shown *= 2
+        self._add((widths + shown) * self._factor)
+        return super().format_field(value, format_spec)  # type: ignore[misc, no-any-return]
+
+    def _fits(self, size: int) -> None:
+        total = self._total + size
+        if total > self._sandbox.max_chars:
+            self._sandbox._check_size(min(total, self._sandbox.max_chars + 1))
+
+    def _add(self, size: int) -> None:
+        self._fits(size)
+        self._total += size
+
+
+class _BoundedFormatter(_BoundedFormatterMixin, SandboxedFormatter):
+    pass
+
+
+class _BoundedEscapeFormatter(_BoundedFormatterMixin, SandboxedEscapeFormatter):
+    _factor = _ESCAPE_FACTOR
 
 
 def dict_fromkeys(env: BoundedSandbox, keys: Any, value: Any = None) -> dict[Any, Any]:
