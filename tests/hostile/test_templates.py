@@ -106,6 +106,8 @@ HOSTILE = [
     ("{% set s = 'a' * 1000000 %}{{ dict.fromkeys(range(100), s).items() }}", "more than 16,777,216", True),
     ("{% set s = 'a' * 1000000 %}{{ 'x' ~ dict.fromkeys(range(100), s).values() }}", "more than 16,777,216", True),
     ("{% set s = 'a' * 1000000 %}{{ '%s' % (dict.fromkeys(range(100), s).values(),) }}", "more than 16,777", True),
+    ("{% set s = 'a' * 1000000 %}{{ ([s] * 100)|map('upper')|join }}", "builds a value of more than 16,777,216", True),
+    ("{% set s = 'a' * 1000000 %}{{ ''.join(([s] * 100)|map('upper')) }}", "more than 16,777,216", True),
     ("{{ ','.join('a' * 10000000) }}", "builds a value of 19,999,999 characters", True),
     # lists of more than MAX_ITEMS items are refused before they are built (each built a list of 10 M items)
     ("{{ ('a' * 10000000)|list|length }}", "builds a list of 10,000,000 items", True),

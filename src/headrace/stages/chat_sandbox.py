@@ -253,11 +253,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             self._measure(value)
         return value
 
-    def _listed(self, value: Any) -> Any:
-        """``value``, or its items in a list if it is an iterator or generator; refused past ``MAX_ITEMS`` items."""
+    def _listed(self, value: Any, joined: bool = False) -> Any:
+        """``value``, or its items in a list if it is an iterator or generator; refused past ``MAX_ITEMS`` items
+        (``joined``: or once the items' text is over ``max_chars`` characters, before the next item is made)."""
         if isinstance(value, (str, *_CONTAINERS, range)) or not hasattr(value, "__iter__"):
             return value  # sized (a template's containers hold at most MAX_ITEMS items), or not iterable: fn says
-        items = list(islice(value, MAX_ITEMS + 1))
+        if joined:
+            items, size = [], 0
+            for item in islice(value, MAX_ITEMS + 1):
+                size += size_of(item, self.max_chars)
+                self._check_size(min(size, self.max_chars + 1))
+                items.append(item)
+        else:
+            items = list(islice(value, MAX_ITEMS + 1))
         if len(items) > MAX_ITEMS:
             raise SecurityError(f"the template builds a list of more than {MAX_ITEMS:,} items; chat templates may "
                                 f"build at most {MAX_ITEMS:,}")  # fmt: skip
@@ -415,7 +423,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         name = getattr(__obj, "__name__", "")
         if isinstance(receiver, str) and name in _GROWING:
             if name == "join" and args:
-                args = (__self._listed(args[0]), *args[1:])
+                args = (__self._listed(args[0], joined=True), *args[1:])
             escapes = _ESCAPE_FACTOR if isinstance(receiver, Markup) else 1  # Markup's methods escape their arguments
             __self._check_size(__self._estimate(receiver, name, args, kwargs) * escapes)
         result = super().call(__context, __obj, *args, **kwargs)
@@ -463,7 +471,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if len(args) > first:
                 value = args[first]
                 if name in _LISTING:
-                    value = env._listed(value)
+                    value = env._listed(value, joined=name == "join")
                     args = (*args[:first], value, *args[first + 1 :])
                 if name in _TEXT_FILTERS:
                     env._measure(value)
