@@ -19,6 +19,7 @@ from headrace.formats.tokens import files as token_files
 from headrace.formats.tokens import readers as token_readers
 from headrace.pipeline import Dataset, SourceStage
 from headrace.testing import check_resume
+from servers import Store
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,23 @@ def test_nanogpt_bin_rows_of_tokens_per_row(tmp_path: Path, docs: list[np.ndarra
     assert len(rows) == -(-len(stream) // 1000) and len(rows[-1]) == len(stream) % 1000
     assert np.concatenate(rows).tolist() == stream.tolist()
     check_resume(ds.batch(7, pad="longest"), every=4)
+
+
+def test_token_files_on_a_store_with_enforced_keys_are_told_apart_with_its_credentials(
+    s3_store: Store, tmp_path: Path, docs: list[np.ndarray]
+) -> None:
+    stream = np.concatenate(docs[:300]).astype(np.uint16)
+    write_megatron(tmp_path, docs[:300], shards=1)
+    fs = s3_store.filesystem()
+    fs.pipe(f"{s3_store.bucket}/tokens/nano.bin", stream.tobytes())  # nanoGPT: no .idx beside it
+    for name in ("part-00000.bin", "part-00000.idx"):
+        fs.put(str(tmp_path / name), f"{s3_store.bucket}/tokens/mega/{name}")
+    nano = hr.open(s3_store.url("tokens/nano.bin"), storage_options=s3_store.storage_options)
+    assert nano.source.shards[0].format == "nanogpt"  # was "megatron": the .idx was looked for without the keys
+    assert np.concatenate(ids_of(nano)).tolist() == stream.tolist()
+    mega = hr.open(s3_store.url("tokens/mega/part-00000.bin"), storage_options=s3_store.storage_options)
+    assert mega.source.shards[0].format == "megatron"
+    assert [len(r) for r in ids_of(mega)] == [len(d) for d in docs[:300]]
 
 
 def test_npy_one_and_two_dimensional(tmp_path: Path, docs: list[np.ndarray]) -> None:

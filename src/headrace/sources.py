@@ -174,10 +174,14 @@ def open(  # noqa: A001 - the public name, as in DESIGN.md; never imported unqua
                 fs.invalidate_cache()  # list afresh: fsspec keeps listings per filesystem instance
         return fs, path
 
+    def exists(url: str) -> bool:  # with the dataset's credentials and retries
+        fs, path = fs_of(url)
+        return bool(fs.exists(path))
+
     found = resolve(urls, fs_of, lambda p: fmt is not None or format_of(p) is not None)
     shards = []
     for url, size in found:
-        f = fmt or format_of(url)
+        f = fmt or format_of(url, exists)
         if f is None:
             raise SourceError(f"{url}: unknown format from the file name; pass format= (one of parquet, jsonl, "
                               "csv, tsv, text, arrow, tar)")  # fmt: skip

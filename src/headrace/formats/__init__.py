@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from headrace.core.errors import SourceError
 from headrace.formats.arrow import ArrowFormat
 from headrace.formats.base import Format, Piece, ReadOptions, Start
@@ -40,11 +42,12 @@ def format_named(name: str) -> Format:
     return FORMATS[key]
 
 
-def format_of(url: str) -> Format | None:
-    """The format a file's suffix names (compression suffixes looked through), or None."""
+def format_of(url: str, exists: Callable[[str], bool] | None = None) -> Format | None:
+    """The format a file's suffix names (compression suffixes looked through), or None. ``exists(url)``:
+    the dataset's filesystem, asked whether a ``.bin`` has a Megatron ``.idx`` beside it."""
     base = split_suffix(url)[0].lower()  # an HTTP URL's query left out
     if base.endswith(".bin"):
-        return FORMATS[bin_format(url)]
+        return FORMATS[bin_format(url, exists)]
     for suffix, name in SUFFIXES.items():
         if base.endswith(suffix):
             return FORMATS[name]

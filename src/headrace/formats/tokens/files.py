@@ -61,8 +61,9 @@ def megatron_index_path(url: str) -> str:
     return base[: -len(".bin")] + ".idx" if base.lower().endswith(".bin") else base + ".idx"
 
 
-def bin_format(url: str) -> str:
-    """``"megatron"`` if a ``.bin`` file has a sibling ``.idx``, else ``"nanogpt"``.
+def bin_format(url: str, exists: Callable[[str], bool] | None = None) -> str:
+    """``"megatron"`` if a ``.bin`` file has a sibling ``.idx``, else ``"nanogpt"``. ``exists(url)`` asks the
+    dataset's own filesystem (its credentials and retries); without it, a remote store is asked anonymously.
 
     >>> import tempfile, os
     >>> folder = tempfile.mkdtemp()
@@ -73,12 +74,14 @@ def bin_format(url: str) -> str:
     Megatron (whose reader then says that the ``.idx`` is missing and how to read it as nanoGPT).
     """
     idx = megatron_index_path(url)
-    if "://" not in idx or idx.startswith("file://"):
+    if exists is None and ("://" not in idx or idx.startswith("file://")):
         return "megatron" if os.path.exists(idx.removeprefix("file://")) else "nanogpt"
     try:
+        if exists is not None:
+            return "megatron" if exists(idx) else "nanogpt"
         fs, path = fs_for(idx)
         return "megatron" if fs.exists(path) else "nanogpt"
-    except Exception:  # no credentials here, or no such protocol: let the reader explain
+    except Exception:  # no credentials for it (a presigned .bin), or no such protocol: let the reader explain
         return "megatron"
 
 
