@@ -207,7 +207,7 @@ def _first_schema(fs: Any, shards: Sequence[Shard], opts: ReadOptions, policy: s
     for shard in shards:
         try:
             if shard.size == 0:
-                raise empty_file(shard.url)
+                raise empty_file(shard.url, skipping=policy != "raise")
             return format_named(shard.format).schema(fs, shard, opts, ErrorLog("skip")), f"the shard {shard.url}"
         except SourceError as e:
             if policy == "raise":

@@ -21,10 +21,10 @@ class SourceError(HeadraceError):
     """A path, glob, file or format that cannot be opened as a dataset."""
 
 
-def empty_file(url: str) -> SourceError:
-    """The error of a shard that is a file of 0 bytes (raised, or quarantined under ``errors="skip"``)."""
-    return SourceError(f"{url}: the file is empty (0 bytes); remove it, narrow the glob, or open with "
-                       "errors='skip' to leave it out")  # fmt: skip
+def empty_file(url: str, skipping: bool = False) -> SourceError:
+    """The error of a shard that is a file of 0 bytes: raised, or (``skipping``) quarantined and counted."""
+    hint = "" if skipping else ", or open with errors='skip' to leave it out"
+    return SourceError(f"{url}: the file is empty (0 bytes); remove it or narrow the glob{hint}")
 
 
 class SchemaError(HeadraceError):

@@ -93,7 +93,7 @@ class Source:
         def one(shard: Shard) -> int | SourceError:
             try:
                 if shard.size == 0:
-                    raise empty_file(shard.url)
+                    raise empty_file(shard.url, skipping=self.errors != "raise")
                 return count(shard)
             except SourceError as e:
                 if self.errors == "raise":
@@ -314,7 +314,7 @@ class SourceNode(Node[Block]):
                 self._leave_shard(left)
                 continue
             if self._pieces is None and shard.size == 0:  # listed as empty: nothing to read, say so once
-                self._quarantine(index, empty_file(shard.url), left)
+                self._quarantine(index, empty_file(shard.url, skipping=True), left)
                 continue
             if self._pieces is None:
                 if isinstance(src.fs, RemoteFS):  # the next shards download into the disk cache meanwhile
