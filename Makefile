@@ -36,8 +36,8 @@ $(AZURITE):
 	else echo "npm not found: tests/test_remote.py will skip Azure (install Node.js 20 and npm)"; fi
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples corpora
+	$(VENV)/bin/ruff format --check src tests benchmarks examples corpora
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -66,4 +66,4 @@ $(BENCH_VENV)/.setup-stamp: pyproject.toml Makefile
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .demo .bench build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .demo .bench .corpora build src/*.egg-info

@@ -1,6 +1,6 @@
 """Issue-2 benchmark: headrace against Hugging Face ``datasets`` streaming, same run, same data, same machine.
 
-Two measurements on real text (the paragraphs of ``../shared/corpora``, repeated with fresh ids):
+Two measurements on real text (the paragraphs of ``corpora/``, repeated with fresh ids):
 
 1. **Throughput** (rows/s): local Parquet -> shuffle(buffer 10,000) -> batched map adding a text-length
    column -> batches of 256, iterated to the end. headrace ``Loader`` with ``num_workers`` 0 and 2; HF
@@ -52,7 +52,7 @@ import headrace as hr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of ../shared/corpora
+import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of corpora/
 import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
 from suite import Result  # noqa: E402
 

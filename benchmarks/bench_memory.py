@@ -9,7 +9,7 @@ so a child of a 450 MB process reports at least 450 MB. The process also reports
 right after its imports (before the data is opened), and this process samples ``/proc/PID/status`` every
 20 ms to say what the peak was made of (anonymous memory, file pages, shared memory).
 
-**Data.** Rows are passages of the real documents of ``../shared/corpora`` (``tests/corpora.py``): the
+**Data.** Rows are passages of the real documents of ``corpora/`` (``tests/corpora.py``): the
 paragraphs of one document joined (with a blank line) until a passage has at least 8,000 characters, about
 7.3 KB on average, the size of a web document in a pretraining set. Passages rather than single paragraphs
 (160 B) because MosaicML reads about 10,000 samples/s here (an ``open``, ``seek`` and ``read`` of the shard
@@ -73,7 +73,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
-import corpora  # noqa: E402 - tests/corpora.py: the real documents of ../shared/corpora
+import corpora  # noqa: E402 - tests/corpora.py: the real documents of corpora/
 from bench_core import HF_ENV, warm_page_cache  # noqa: E402 - the HF setup (offline, temporary cache)
 from peers import LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
 from suite import Result, build_once  # noqa: E402
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     if lit is not None:
         lit_bytes = sum(p.stat().st_size for p in lit.glob("*.bin"))
     result.notes += [
-        f"Data: passages of the real documents of shared/corpora (paragraphs of one document joined to at least "
+        f"Data: passages of the real documents of corpora/ (paragraphs of one document joined to at least "
         f"{PASSAGE_CHARS:,} characters; {unit.text_bytes / unit.rows:,.0f} B of text per row on average). The "
         f"smallest size is {unit.rows:,} rows, {unit.text_bytes / 1e6:,.0f} MB of text: "
         f"{sizes[0].parquet_bytes / 1e6:,.0f} MB of Parquet ({FILES} files, row groups of {ROW_GROUP:,} rows, snappy), "

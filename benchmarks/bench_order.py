@@ -1,6 +1,6 @@
 """Issue-4 benchmark: global order, elastic resume and shuffle quality; headrace vs HF ``datasets``, MosaicML, litdata.
 
-Same run, same data, same machine. The data is the real paragraphs of ``../shared/corpora`` repeated
+Same run, same data, same machine. The data is the real paragraphs of ``corpora/`` repeated
 with fresh ids: 10M rows (text cut to 100 characters) in 25 Parquet files, the same rows written
 as MosaicML MDS shards (``id`` int64, ``text`` str), and the same rows written by ``litdata.optimize``
 (litdata's own writer: one sample ``{"id": int, "text": str}`` per row, in id order, ``chunk_bytes="64MB"``

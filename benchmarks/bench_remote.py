@@ -1,6 +1,6 @@
 """Issue-5 benchmark: remote reads from S3 (SeaweedFS on loopback), same run, same data, same machine.
 
-Real text (the paragraphs of ``../shared/corpora``, repeated with fresh ids, as ``bench_core.py`` writes it)
+Real text (the paragraphs of ``corpora/``, repeated with fresh ids, as ``bench_core.py`` writes it)
 as Parquet shards uploaded to a real S3 server, SeaweedFS, started on 127.0.0.1 by ``tests/servers.py``.
 One tokenizer for all: the byte-level BPE (16k) that ``bench_tokens.py`` trains on the corpus.
 

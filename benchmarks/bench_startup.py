@@ -1,7 +1,7 @@
 """Time to the first batch over 1,000 small local shards: headrace, HF ``datasets``, MosaicML and litdata.
 
 A training job's first seconds: a fresh Python process opens a dataset of many small shards and takes its
-first batch of 256 rows. The data is the real paragraphs of ``../shared/corpora`` (``tests/corpora.py``),
+first batch of 256 rows. The data is the real paragraphs of ``corpora/`` (``tests/corpora.py``),
 repeated with fresh ids, as ``bench_core.build_data`` writes them: 1,000 Parquet files of 200 rows (``id``,
 ``doc``, ``text``; ``--quick``: 200 files). The same rows, in the same order, are written as 1,000 MDS shards
 of 200 rows (one ``MDSWriter``, a shard flushed every 200 rows, ``size_limit`` out of the way) and as 1,000
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         result.notes.append(f"failed or missing, left out: {why}")
     size = sum(p.stat().st_size for p in files)
     result.notes += [
-        f"Data: {args.shards:,} Parquet files of {ROWS_PER_SHARD} real paragraphs of shared/corpora (bench_core's "
+        f"Data: {args.shards:,} Parquet files of {ROWS_PER_SHARD} real paragraphs of corpora/ (bench_core's "
         f"build_data: id, doc, text; one row group each; {size / 1e6:,.1f} MB in all), the same rows as "
         f"{args.shards:,} MDS shards (one MDSWriter, flush_shard every {ROWS_PER_SHARD} rows) and {args.shards:,} "
         f"litdata chunks (optimize(chunk_size={ROWS_PER_SHARD})); every loader reads id and text, batches of 256.",

@@ -1,6 +1,6 @@
 """Issue-3 benchmark: the token pipeline against its peers, same run, same tokenizer, same text, same machine.
 
-Three measurements on real text (the 139,128 paragraphs of ``../shared/corpora``, via ``tests/corpora.py``):
+Three measurements on real text (the 139,128 paragraphs of ``corpora/``, via ``tests/corpora.py``):
 
 1. **Parquet text -> tokenize -> pack 2048 -> batches of 8** (tokens/s). headrace
    ``Loader(open(glob, columns=["text"]).tokenize(tok).pack(2048).batch(8), num_workers=N)`` for N = 0 and 2;
@@ -57,7 +57,7 @@ import headrace as hr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of ../shared/corpora
+import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of corpora/
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # noqa: E402 - the issue-2 benchmark: its HF setup, page-cache warming and machine info

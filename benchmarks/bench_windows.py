@@ -1,6 +1,6 @@
 """Pre-tokenized windows for causal-LM training: headrace against nanoGPT, litdata and MosaicML ``streaming``.
 
-Same run, same tokens, same machine. The real paragraphs of ``../shared/corpora`` (``tests/corpora.py``;
+Same run, same tokens, same machine. The real paragraphs of ``corpora/`` (``tests/corpora.py``;
 10,000 of them spread over the corpus with ``--quick``) are tokenized once with the byte-level BPE of
 ``bench_tokens.py`` (16,384 ids, ``<|endoftext|>`` after every document) and written as a nanoGPT
 ``.bin`` (flat uint16), the corpus repeated to 50M tokens (2M with ``--quick``). From that one token

@@ -1,12 +1,13 @@
-"""What the examples share: a few Shakespeare plays from ../shared/corpora as Parquet, one row per paragraph."""
+"""What the examples share: a few Shakespeare plays from the repository's corpora (``corpora/``, unpacked on first
+use) as Parquet, one row per paragraph."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-CORPORA = Path(os.environ.get("HEADRACE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpora"))
+from unpacked import corpora_dir  # corpora/unpacked.py, beside the examples in the checkout
 
 
 def write_plays(plays: str, folder: Path, flag: str = "--data") -> str:
@@ -20,9 +21,9 @@ def write_plays(plays: str, folder: Path, flag: str = "--data") -> str:
         out = folder / f"{name}.parquet"
         if out.exists():
             continue
-        source = CORPORA / "shakespeare" / f"{name}.txt"
+        source = corpora_dir() / "shakespeare" / f"{name}.txt"
         if not source.exists():
-            sys.exit(f"no {source}: set HEADRACE_CORPORA to the shared/corpora folder, or pass {flag}")
+            sys.exit(f"no {source}: name plays of corpora/ (see corpora/README.md), or pass {flag}")
         text = source.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
         paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
         tmp = out.with_suffix(".tmp")

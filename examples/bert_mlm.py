@@ -1,6 +1,6 @@
 """BERT-style masked-LM pre-training: headrace tokenizes, packs and masks the text; a tiny BERT learns from it.
 
-What it shows: the ``mask`` stage. Real text (Shakespeare plays from ``../shared/corpora``, converted to
+What it shows: the ``mask`` stage. Real text (Shakespeare plays from ``corpora/``, converted to
 Parquet under ``--work``, or any ``--data`` that ``hr.open`` reads) is shuffled, tokenized with a BERT
 WordPiece tokenizer as ``[CLS] document [SEP]``, packed into rows of ``--seq_len`` tokens (RoBERTa's
 "full sentences"), and masked by headrace: 15% of the non-special tokens chosen, 80% of those replaced

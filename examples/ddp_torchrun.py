@@ -11,7 +11,7 @@ optimizer (rank 0), each rank's loader state (plain JSON, a few hundred bytes) a
 state (dropout); ``--resume`` continues from it exactly: the same batches and the same losses as a run
 that was never stopped. A resume needs the same number of processes (packed streams are not elastic).
 
-Run it (CPU, 2 processes, a few seconds; data: Shakespeare plays from ``../shared/corpora`` converted
+Run it (CPU, 2 processes, a few seconds; data: Shakespeare plays from ``corpora/`` converted
 to Parquet under ``--out``, or any ``--data`` that ``hr.open`` reads)::
 
     python -m torch.distributed.run --nproc_per_node=2 examples/ddp_torchrun.py --out /tmp/ddp --max_steps 40

@@ -1,6 +1,6 @@
 """A small GPT in Flax NNX, trained on a headrace stream of tokenized, packed text through ``JaxLoader``.
 
-What it shows: the JAX side of headrace. Real text (Shakespeare plays from ``../shared/corpora``,
+What it shows: the JAX side of headrace. Real text (Shakespeare plays from ``corpora/``,
 converted to Parquet under ``--work``, or any ``--data`` that ``hr.open`` reads) is shuffled, tokenized
 with a byte-level BPE (trained on the data at start, or ``--tokenizer``), packed into rows of
 ``--seq_len + 1`` tokens and batched; ``headrace.integrations.jax.JaxLoader`` turns each batch into a

@@ -9,7 +9,7 @@ the uninterrupted run would have used next (same losses, bit for bit). The model
 built from ``GPT2Config`` (random weights; nothing is downloaded); without ``--tokenizer`` a small
 byte-level BPE is trained on the data first and saved with every checkpoint.
 
-Run it (CPU, a few seconds; the data defaults to two Shakespeare plays from ``../shared/corpora``,
+Run it (CPU, a few seconds; the data defaults to two Shakespeare plays from ``corpora/``,
 converted to Parquet under ``OUTPUT_DIR/data``)::
 
     python examples/hf_trainer_causal_lm.py --output_dir /tmp/clm --max_steps 40 --save_steps 20
@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _plays import CORPORA, write_plays
+from _plays import write_plays
 
 import headrace as hr
 from headrace.tokenizer import EOS, train_tokenizer
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--preprocessing_num_workers", type=int, default=0,
                       help="headrace worker threads reading and tokenizing (default: 0, in the loop)")  # fmt: skip
     data.add_argument("--plays", default=DEFAULT_PLAYS, help="without --dataset_name/--data_files: Shakespeare "
-                      f"plays from {CORPORA}/shakespeare to convert (default: {DEFAULT_PLAYS})")  # fmt: skip
+                      f"plays from the repository's corpora/ to convert (default: {DEFAULT_PLAYS})")  # fmt: skip
     tok = p.add_argument_group("tokenizer and model")
     tok.add_argument("--tokenizer", help="a tokenizer.json or a folder holding one (default: train a byte-level "
                      "BPE on the data, or take the one saved in --resume_from_checkpoint)")  # fmt: skip

@@ -1,6 +1,6 @@
 """Stream the real corpora through a shuffled, mapped, batched pipeline; checkpoint half-way; resume elsewhere.
 
-Run with ``make demo``. The corpora (Shakespeare and the Python docs, ``../shared/corpora``) are
+Run with ``make demo``. The corpora (Shakespeare and the Python docs, ``corpora/``) are
 converted to Parquet shards in ``.demo/``; an uninterrupted epoch is timed and fingerprinted batch by
 batch; then a run stops half-way, saves its JSON state, and a *new process* resumes from it. The
 demo checks that the resumed batches are identical to the uninterrupted run's second half.

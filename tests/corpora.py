@@ -1,4 +1,5 @@
-"""Real text from ``../shared/corpora`` turned into dataset shards, for tests, the demo and benchmarks.
+"""Real text from the repository's ``corpora/`` (unpacked on first use) turned into dataset shards, for tests,
+the demo and benchmarks.
 
 Every record is a paragraph of a real document with a global ``id`` (its position in the corpus),
 the document it came from, and the text. Shards hold consecutive ids, so tests can check exact order.
@@ -8,21 +9,24 @@ from __future__ import annotations
 
 import csv
 import json
-import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = Path(os.environ.get("HEADRACE_CORPORA", ROOT.parent / "shared" / "corpora"))
+sys.path.insert(0, str(ROOT / "corpora"))
+from unpacked import corpora_dir  # noqa: E402 - corpora/unpacked.py: the archive in the checkout, unpacked once
+
+CORPORA = corpora_dir()
 
 
 def documents(limit: int | None = None) -> list[tuple[str, str]]:
     """``(name, text)`` of the real documents, Shakespeare first then the Python docs, sorted by path."""
     files = sorted((CORPORA / "shakespeare").glob("*.txt")) + sorted((CORPORA / "python-docs").rglob("*.txt"))
     if not files:
-        raise FileNotFoundError(f"no corpora under {CORPORA}; set HEADRACE_CORPORA to the shared/corpora folder")
+        raise FileNotFoundError(f"no corpora under {CORPORA}; see corpora/README.md")
     out = []
     for path in files[:limit]:
         out.append((str(path.relative_to(CORPORA)), path.read_text(encoding="utf-8", errors="replace")))
