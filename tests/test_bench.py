@@ -39,3 +39,22 @@ def test_bench_errors_are_one_line(parquet_dir: Path, capsys: pytest.CaptureFixt
     assert "ID,GROUP" in capsys.readouterr().err
     assert main(["bench", str(parquet_dir), "--batches", "3", "--batch-size", "10"]) == 0
     assert "rows/s" in capsys.readouterr().out
+
+
+def test_bench_names_stages_by_their_kind_and_each_map_apart(tmp_path: Path) -> None:
+    """pack is run by the window machinery but is called pack; two maps of the same name are numbered."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(f'{{"id": {i}}}\n' for i in range(16)))
+    (tmp_path / "hr_bench_a.py").write_text("def ids(row):\n    return {'input_ids': [row['id']] * 3}\n")
+    (tmp_path / "hr_bench_b.py").write_text(
+        "def ids(row):\n    return {'input_ids': [t + 1 for t in row['input_ids']]}\n"
+    )
+    (tmp_path / "hr_bench_c.py").write_text("def more(row):\n    return {'input_ids': row['input_ids'] + [0]}\n")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"source: {{path: {data}}}\nsteps:\n  - map: {{fn: 'hr_bench_a:ids'}}\n"
+                      "  - map: {fn: 'hr_bench_b:ids'}\n  - map: {fn: 'hr_bench_c:more'}\n  - pack: {seq_len: 4}\n"
+                      "  - batch: {size: 2}\n")  # fmt: skip
+    report = bench(str(config), "--batches", "2")
+    assert [s["stage"] for s in report["stages"]] == ["batch", "pack", "map(more)", "map(ids)#2", "map(ids)#1",
+                                                      "source"]  # fmt: skip
+    assert report["batches"] == 2 and report["rows"] == 4

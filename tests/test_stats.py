@@ -25,7 +25,7 @@ def test_counts_and_stages_of_a_token_pipeline(parquet_dir: Path, bpe_path: str)
     assert s.rows == sum(len(b["input_ids"]) for b in batches)
     assert s.tokens == sum(b["input_ids"].size for b in batches) == s.rows * 64
     assert s.bytes == sum(sum(v.nbytes for v in b.values()) for b in batches)
-    assert [name for name, _ in s.stages] == ["batch", "window", "map/filter/tokenize", "limit", "source"]
+    assert [name for name, _ in s.stages] == ["batch", "pack", "tokenize", "limit", "source"]
     assert all(seconds >= 0 for _, seconds in s.stages) and sum(t for _, t in s.stages) > 0
     assert s.first_batch_s is not None and 0 < s.first_batch_s <= s.elapsed_s
     assert s.tokens_per_s > 0 and s.queue_capacity == 2

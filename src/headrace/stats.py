@@ -53,20 +53,44 @@ class StageTimer:
 
 
 def stage_name(node: Node[Any]) -> str:
+    """The pipeline step a node runs, by its kind: ``map(clean)``, ``filter(f)``, ``tokenize``, ``pack``, ...
+
+    A map or filter names its function (a :class:`~headrace.stages.transform.Step`'s ``what``);
+    ``pack`` is run by the window machinery (a window of ``seq_len`` every ``seq_len`` tokens, no
+    label shift) and by the best-fit packer, and is called ``pack`` either way.
+    """
     name = type(node).__name__.removesuffix("Node").lower()
-    return {"transform": "map/filter/tokenize", "globalsource": "source", "tokenwindow": "windows"}.get(name, name)
+    if name == "transform":
+        what = getattr(getattr(node, "fn", None), "what", None)
+        return what if isinstance(what, str) and what else "transform"
+    if name == "window":
+        plain = getattr(node, "shift", None) == 0 and getattr(node, "stride", None) == getattr(node, "seq_len", -1)
+        return "pack" if plain else "window"
+    return {"bestfit": "pack", "globalsource": "source", "tokenwindow": "windows"}.get(name, name)
 
 
 def instrument(node: Node[Any]) -> list[StageTimer]:
-    """Time every node along ``node``'s ``upstream`` chain (a mixture counts as one stage, its sources in it)."""
-    timers = []
+    """Time every node along ``node``'s ``upstream`` chain (a mixture counts as one stage, its sources in it).
+
+    Names that would repeat (two ``map(<lambda>)``, two ``pack``) are numbered in pipeline order,
+    source first: ``map(<lambda>)#1``, ``map(<lambda>)#2``.
+    """
+    chain = []
     seen: set[int] = set()
     current: Node[Any] | None = node
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        timers.append(StageTimer(current, stage_name(current)))
+        chain.append(current)
         current = getattr(current, "upstream", None)
-    return timers
+    names = [stage_name(n) for n in chain]
+    counts = {name: names.count(name) for name in names}
+    numbered = {name: 0 for name in names}
+    for i in reversed(range(len(names))):  # the chain is output first; number from the source
+        name = names[i]
+        if counts[name] > 1:
+            numbered[name] += 1
+            names[i] = f"{name}#{numbered[name]}"
+    return [StageTimer(n, name) for n, name in zip(chain, names, strict=True)]
 
 
 @dataclass
