@@ -106,8 +106,8 @@ def test_bench_a_config_with_a_step_time(config: Path) -> None:
 
     report = bench("--step-time", "0.002")
     assert report["batches"] == 20 and report["workers"] == 2
-    assert [s["stage"] for s in report["stages"]] == ["batch", "window", "map/filter/tokenize", "map/filter/tokenize",
-                                                      "shuffle", "mix"]  # fmt: skip
+    assert [s["stage"] for s in report["stages"]] == ["batch", "pack", "tokenize", "filter(long_enough)", "shuffle",
+                                                      "mix"]  # fmt: skip
     assert report["step_time"] == 0.002 and 0 <= report["data_wait"] <= 1 and isinstance(report["keeps_up"], bool)
     assert report["tokens_per_s"] > 0
     assert bench("--workers", "0")["workers"] == 0
@@ -117,3 +117,53 @@ def _env(config: Path) -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": f"{config.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+FOLDER_CONFIG = """
+source: {{path: {data}}}
+steps:
+  - map: {{fn: "{module}:ids"}}
+  - pack: {{seq_len: 4}}
+  - batch: {{size: 2}}
+"""
+FOLDER_FNS = "def ids(row):\n    return {'input_ids': [row['id']] * 3}\n"
+
+
+def _bench_in(cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``headrace`` script (not ``python -m``, which would put the working directory on sys.path)."""
+    script = Path(sys.executable).with_name("headrace")
+    return subprocess.run([str(script), "bench", str(config), "--batches", "2", "--json"], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["cwd", "config"])
+def test_a_function_module_is_found_in_the_working_directory_and_next_to_the_config(tmp_path: Path, where: str) -> None:
+    work, conf = tmp_path / "work", tmp_path / "conf"
+    work.mkdir()
+    conf.mkdir()
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(f'{{"id": {i}}}\n' for i in range(8)))
+    module = f"hr_{where}_fns"
+    (work if where == "cwd" else conf).joinpath(f"{module}.py").write_text(FOLDER_FNS)
+    config = conf / "pipeline.yaml"
+    config.write_text(FOLDER_CONFIG.format(data=data, module=module))
+    run = _bench_in(work, config)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["batches"] == 2 and report["rows"] == 4
+    assert [s["stage"] for s in report["stages"]] == ["batch", "pack", "map(ids)", "source"]
+
+
+def test_a_function_module_found_nowhere_names_the_places_searched(tmp_path: Path) -> None:
+    work, conf = tmp_path / "work", tmp_path / "conf"
+    work.mkdir()
+    conf.mkdir()
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"id": 0}\n')
+    config = conf / "pipeline.yaml"
+    config.write_text(FOLDER_CONFIG.format(data=data, module="hr_nowhere_fns"))
+    run = _bench_in(work, config)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert (f"headrace: error: {config}: steps[0].map.fn: cannot import 'hr_nowhere_fns:ids': no module "
+            f"'hr_nowhere_fns' in the Python path (sys.path), the working directory {work}, the config's folder "
+            f"{conf}; put hr_nowhere_fns.py (or a package) in one of them, or install it") in run.stderr  # fmt: skip

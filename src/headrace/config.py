@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,12 +192,60 @@ def _function(c: _Checker, ref: Any, where: str) -> Callable[..., Any]:
         raise c.error(where, f"name a function as 'module:name' (e.g. 'mypackage.fns:clean'), got {ref!r}")
     module, _, attr = ref.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
+        fn = getattr(_import(module, _places(c.origin)), attr)
+    except _NotFound as e:
+        raise c.error(where, f"cannot import {ref!r}: no module {e.name!r} in {e.searched}; put {e.name}.py "
+                             "(or a package) in one of them, or install it") from None  # fmt: skip
     except (ImportError, AttributeError) as e:
         raise c.error(where, f"cannot import {ref!r} ({e}); is the module on the Python path?") from None
     if not callable(fn):
         raise c.error(where, f"{ref!r} is not callable")
     return fn  # type: ignore[no-any-return]
+
+
+class _NotFound(ImportError):
+    def __init__(self, name: str, searched: str) -> None:
+        super().__init__(f"no module {name!r}")
+        self.name, self.searched = name, searched
+
+
+def _places(origin: str) -> list[str]:
+    """Where a function's module is looked for after the Python path: the working directory, the config's folder."""
+    places = [os.getcwd()]
+    if os.path.isfile(origin):
+        folder = os.path.dirname(os.path.abspath(origin))
+        if folder not in places:
+            places.append(folder)
+    return places
+
+
+def _import(module: str, places: list[str]) -> Any:
+    """``importlib.import_module(module)``, else from the first of ``places`` that holds its top-level package.
+
+    The places go on the end of ``sys.path`` only while importing (they never shadow an installed
+    module); the module stays in ``sys.modules``, so forked workers have it.
+    """
+    top = module.split(".", 1)[0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != top:  # the module exists but something it imports does not: its own error
+            raise
+    for place in places:
+        if not (os.path.isfile(os.path.join(place, top + ".py")) or os.path.isdir(os.path.join(place, top))):
+            continue
+        added = place not in sys.path
+        if added:
+            sys.path.append(place)
+        try:
+            importlib.invalidate_caches()
+            return importlib.import_module(module)
+        finally:
+            if added and place in sys.path:
+                sys.path.remove(place)
+    searched = ", ".join(["the Python path (sys.path)", f"the working directory {places[0]}"]
+                         + [f"the config's folder {p}" for p in places[1:]])  # fmt: skip
+    raise _NotFound(top, searched)
 
 
 __all__ = ["ConfigError", "Pipeline"]
