@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 
 import headrace as hr
 from corpora import CORPORA, split
-from headrace.cli import SHOWN_SHARDS, main
+from headrace.cli import SHOWN_SHARDS, build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -259,3 +260,21 @@ def test_in_process_usage_errors_and_version(tmp_path: Path, capsys: pytest.Capt
 
     assert main(["inspect", str(tmp_path), "--columns", " , "]) == 2
     assert capsys.readouterr().err.startswith("headrace: error: --columns")
+
+
+def test_help_shows_the_default_of_every_option_that_has_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--seq-len SEQ_LEN tokens per training sequence (default: 128)" in out
+    assert "--checkpoint-every N save OUT/checkpoint.pt every N steps and at the end (default: 100)" in out
+    assert "(default: None)" not in out and "(default: False)" not in out and "(default: [])" not in out
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(commands) == ["bench", "inspect", "prepare", "train"]
+    for name, command in commands.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)  # type: ignore[attr-defined]
+    assert main(["inspect", "--help"]) == 0
+    assert "-n N, --rows N sample rows to show (0: none) (default: 5)" in " ".join(capsys.readouterr().out.split())

@@ -192,3 +192,15 @@ def test_checkpoint_flags_keep_no_credentials_of_data_urls() -> None:
     # a re-signed URL is the same data: resuming with it is allowed
     resigned = _public_options(TrainOptions(data=[signed.replace("deadbeefsig", "0ther5ig")]))
     assert resigned["data"] == kept["data"]
+
+
+def test_checkpoint_every_above_max_steps_warns_and_still_trains(tmp_path: Path, bpe_path: str) -> None:
+    import torch
+
+    out = tmp_path / "late"
+    run = train(out, *SMALL, "--tokenizer", bpe_path, "--checkpoint-every", "5")
+    assert ("headrace: warning: --checkpoint-every 5 is larger than --max-steps 2: no checkpoint is saved until the "
+            "end (step 2)") in run.stderr  # fmt: skip
+    assert "trained 2 steps" in run.stdout and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    quiet = train(tmp_path / "often", *SMALL, "--tokenizer", bpe_path, "--checkpoint-every", "2")
+    assert "warning" not in quiet.stderr

@@ -30,16 +30,21 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="none; a window shuffle of --buffer-size rows; or the global order (indexed sources)",
     )
-    parser.add_argument("--buffer-size", type=positive_count, default=10_000)
+    parser.add_argument(
+        "--buffer-size", type=positive_count, default=10_000, help="rows in the buffer of --shuffle buffer"
+    )
     parser.add_argument("--window", type=positive_count, default=16, help="row groups mixed by the global order")
-    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--seed", type=non_negative, default=0, help="the shuffle's seed")
     parser.add_argument("--batch-size", type=positive_count, default=256, help="paths only (a config batches)")
     parser.add_argument("--batches", type=positive_count, default=200, help="stop after this many batches")
     parser.add_argument(
         "--workers", type=non_negative, default=None, help="loader workers (default: 0, or the config's)"
     )
-    parser.add_argument("--worker-type", choices=("thread", "process"), default=None)
-    parser.add_argument("--prefetch", type=non_negative, default=None, help="default: 2, or the config's")
+    parser.add_argument("--worker-type", choices=("thread", "process"), default=None,
+                        help="loader worker kind (default: thread, or the config's)")  # fmt: skip
+    parser.add_argument(
+        "--prefetch", type=non_negative, default=None, help="batches prefetched (default: 2, or the config's)"
+    )
     parser.add_argument("--step-time", type=float, default=0.0, metavar="SECONDS",
                         help="play a training loop of SECONDS per step: does the loader keep up?")  # fmt: skip
     parser.add_argument(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import headrace as hr
 from headrace.cli.bench import configure_bench, run_bench
 from headrace.cli.inspect import configure_inspect, run_inspect
+from headrace.cli.options import DefaultsHelpFormatter
 from headrace.cli.prepare import configure_prepare, run_prepare
 from headrace.cli.train import configure_train, run_train
 from headrace.core.redact import redact
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"headrace {hr.__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        child = sub.add_parser(command.name, help=command.help, description=command.help)
+        child = sub.add_parser(command.name, help=command.help, description=command.help,
+                               formatter_class=DefaultsHelpFormatter)  # fmt: skip
         command.configure(child)
         child.set_defaults(run=command.run)
     return parser

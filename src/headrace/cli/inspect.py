@@ -32,9 +32,7 @@ def configure_inspect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-mode", choices=("line", "file"), default="line", help="text files: a row per line or per file"
     )
-    parser.add_argument(
-        "-n", "--rows", type=non_negative, default=5, metavar="N", help="sample rows to show (default 5; 0: none)"
-    )
+    parser.add_argument("-n", "--rows", type=non_negative, default=5, metavar="N", help="sample rows to show (0: none)")
     parser.add_argument(
         "--count", action="store_true", help="count the rows of sequential formats (jsonl, csv, text): reads every file"
     )

@@ -11,6 +11,24 @@ import json
 from typing import Any
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` ends each option's line with ``(default: VALUE)`` when it has one.
+
+    Like ``argparse.ArgumentDefaultsHelpFormatter``, without its noise: options whose default is
+    ``None``, ``False`` or empty (flags, "not given") show none, and a help text that already says
+    its default in words (``(default: cuda when there is one)``) is left as it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            default = "on" if default else "off"
+        return f"{text} (default: {default})".lstrip()
+
+
 def add_remote_options(parser: argparse.ArgumentParser) -> None:
     """``-o KEY=VALUE`` storage options and the disk cache, for the commands that read datasets."""
     parser.add_argument("-o", "--storage-option", action="append", default=[], metavar="KEY=VALUE",

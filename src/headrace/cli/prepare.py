@@ -24,7 +24,7 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--column", default="text", help="the text column (default: text)")
     parser.add_argument("--format", help="input format when the suffix does not say (parquet, jsonl, csv, text, ...)")
     parser.add_argument("--text-mode", choices=("line", "file"), default="line",
-                        help="text files: a document per line (default) or per file")  # fmt: skip
+                        help="text files: a document per line or per file")  # fmt: skip
     parser.add_argument("--add-eos", action=argparse.BooleanOptionalAction, default=True,
                         help="append the tokenizer's end-of-text id to every document (default: on)")  # fmt: skip
     parser.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=False,
@@ -32,17 +32,17 @@ def configure_prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "uint16", "int32"), default="auto",
                         help="token dtype; auto: uint16 when the vocabulary fits, else int32")  # fmt: skip
     parser.add_argument("--tokens-per-shard", type=positive_count, default=None, metavar="N",
-                        help="start a new shard at the first document boundary after N tokens "
-                        "(default 268M; suffixes k, M, G)")  # fmt: skip
+                        help="start a new shard at the first document boundary after N tokens, "
+                        "suffixes k, M, G (default: 268M)")  # fmt: skip
     parser.add_argument("--unit-rows", type=positive_count, default=None, metavar="N",
-                        help="rows of an indexed input (Parquet, Arrow) per unit of work (default 100k)")  # fmt: skip
+                        help="rows of an indexed input (Parquet, Arrow) per unit of work (default: 100k)")  # fmt: skip
     parser.add_argument("--workers", type=positive_count, default=None, metavar="N",
                         help="worker processes (default: the cores); the output does not depend on it")  # fmt: skip
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local processes, or a Ray cluster through Ray Data (same output)")  # fmt: skip
     parser.add_argument("--ray-address", help="Ray cluster to connect to (default: RAY_ADDRESS, or a local Ray)")
     parser.add_argument("--errors", choices=("raise", "skip", "warn"), default="raise",
-                        help="malformed records and null texts: stop (default), or skip and count them")  # fmt: skip
+                        help="malformed records and null texts: stop (raise), or skip and count them")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true",
                         help="start over: delete what an earlier run left in OUT (default: resume it)")  # fmt: skip
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")

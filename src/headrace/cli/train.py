@@ -10,6 +10,7 @@ The job is :func:`headrace.train.run`; this module maps its flags and prints the
 from __future__ import annotations
 
 import argparse
+import sys
 
 from headrace.cli.options import non_negative, positive_count, remote_options
 
@@ -21,21 +22,22 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer.json, a transformers folder or a tiktoken encoding "
                         "(default: a byte-level BPE trained on the data, kept in --out)")  # fmt: skip
     parser.add_argument("--config", help="a pipeline config (.yaml) whose batches hold input_ids")
-    parser.add_argument("--seq-len", type=positive_count, default=128)
-    parser.add_argument("--batch-size", type=positive_count, default=16)
-    parser.add_argument("--max-steps", type=positive_count, default=500)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--layers", type=positive_count, default=2)
-    parser.add_argument("--heads", type=positive_count, default=4)
-    parser.add_argument("--embd", type=positive_count, default=128)
+    parser.add_argument("--seq-len", type=positive_count, default=128, help="tokens per training sequence")
+    parser.add_argument("--batch-size", type=positive_count, default=16, help="sequences per step")
+    parser.add_argument("--max-steps", type=positive_count, default=500, help="train up to this step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, warm-up then cosine decay)")
+    parser.add_argument("--layers", type=positive_count, default=2, help="transformer blocks")
+    parser.add_argument("--heads", type=positive_count, default=4, help="attention heads")
+    parser.add_argument("--embd", type=positive_count, default=128, help="embedding width (a multiple of --heads)")
     parser.add_argument("--out", default="headrace-train", help="checkpoints and the trained tokenizer go here")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
     again.add_argument("--overwrite", action="store_true",
                        help="start afresh, replacing OUT/checkpoint.pt (else an existing one is refused)")  # fmt: skip
-    parser.add_argument("--checkpoint-every", type=positive_count, default=100, metavar="N")
-    parser.add_argument("--log-every", type=positive_count, default=10, metavar="N")
-    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--checkpoint-every", type=positive_count, default=100, metavar="N",
+                        help="save OUT/checkpoint.pt every N steps and at the end")  # fmt: skip
+    parser.add_argument("--log-every", type=positive_count, default=10, metavar="N", help="log the loss every N steps")
+    parser.add_argument("--seed", type=non_negative, default=0, help="the model's initialization and the data order")
     parser.add_argument("--workers", type=non_negative, default=0, help="loader worker threads")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when there is one)")
     parser.add_argument("--metrics", help="append a JSON line per logged step to this file")
@@ -60,6 +62,10 @@ def run_train(args: argparse.Namespace) -> int:
         storage_options=remote_options(argparse.Namespace(storage_option=args.storage_option, cache_dir=None,
                                                           cache_limit=None))["storage_options"],
     )  # fmt: skip
+    if args.checkpoint_every > args.max_steps:
+        print(f"headrace: warning: --checkpoint-every {args.checkpoint_every} is larger than --max-steps "
+              f"{args.max_steps}: no checkpoint is saved until the end (step {args.max_steps}); a run stopped before "
+              "then has nothing to --resume. Training anyway", file=sys.stderr)  # fmt: skip
     summary = run(options)
     if not summary["losses"]:  # resumed at or past --max-steps
         print(f"nothing to train: {summary['checkpoint']} is at step {summary['steps']} (--max-steps "
