@@ -39,6 +39,7 @@ _END = object()  # the last item an iteration produces: it carries the final ski
 # The prefetch threads still running, each with its stop event and the node it drives; a thread removes itself
 # when it ends (not when its iteration does: it may still be in a slow stage then).
 _LIVE: dict[int, tuple[threading.Event, threading.Thread, Node[Any]]] = {}
+POLL_S = 0.1  # how often a training loop waiting for a batch looks for a Ctrl-C caught by another thread
 EXIT_WAIT_S = 10.0  # how long the exit waits for prefetch threads still in a stage
 
 
@@ -447,10 +448,7 @@ class Loader:
         ended = False
         try:
             while True:
-                try:
-                    item = q.get(timeout=self.timeout)
-                except queue.Empty:
-                    raise self._timed_out(node) from None
+                item = self._next_item(q, node)
                 if isinstance(item, BaseException):
                     raise item
                 ended = item[0] is _END
@@ -470,6 +468,20 @@ class Loader:
                 else:
                     log.warning("headrace: the prefetch thread has not ended yet; it ends in the background (a slow "
                                 "stage: a big shuffle buffer, a remote read, a close)")  # fmt: skip
+
+    def _next_item(self, q: queue.Queue[Any], node: Node[Any]) -> Any:
+        """The next item of the prefetch queue, within ``timeout``. Waits in slices of ``POLL_S``: a Ctrl-C that
+        the kernel hands to another thread only sets a flag, which the main thread reads when it wakes up; a
+        wait with no end would never see it."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            if wait <= 0:
+                raise self._timed_out(node)
+            try:
+                return q.get(timeout=wait)
+            except queue.Empty:
+                continue
 
     def _timed_out(self, node: Node[Any]) -> LoaderTimeout:
         busy = node.busy()

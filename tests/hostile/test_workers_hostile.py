@@ -76,7 +76,7 @@ def no_worker_left() -> Iterator[None]:
 
 # -- hangs ----------------------------------------------------------------------------------------------
 HUNG_JOB = """
-import signal, sys, threading, time
+import os, signal, sys, threading, time
 import headrace as hr
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with it ignored
@@ -87,6 +87,13 @@ def hang(row):
         threading.Event().wait()  # never returns
     return {}
 
+def ctrl_c_caught_by_another_thread():  # the kernel hands a process's SIGINT to any thread not blocking it
+    while not os.path.exists(sys.argv[5]):  # no stdin: a forked worker closing it would wait for this thread
+        time.sleep(0.05)
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+if sys.argv[4] == "elsewhere":
+    threading.Thread(target=ctrl_c_caught_by_another_thread, daemon=True).start()
 loader = hr.Loader(hr.open(sys.argv[1]).map(hang).batch(10), num_workers=int(sys.argv[3]),
                    worker_type=sys.argv[2], prefetch=2)
 for batch in loader:
@@ -94,15 +101,20 @@ for batch in loader:
 """
 
 
+@pytest.mark.parametrize("caught_by", ["main", "elsewhere"])
 @pytest.mark.parametrize("kind,workers", KINDS)
-def test_ctrl_c_stops_a_loader_whose_map_never_returns(shards: Path, kind: str, workers: int) -> None:
-    job = subprocess.Popen([sys.executable, "-c", HUNG_JOB, str(shards), kind, str(workers)],
+def test_ctrl_c_stops_a_loader_whose_map_never_returns(shards: Path, kind: str, workers: int, caught_by: str) -> None:
+    go = shards / "go"
+    job = subprocess.Popen([sys.executable, "-c", HUNG_JOB, str(shards), kind, str(workers), caught_by, str(go)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert job.stdout is not None
     assert job.stdout.readline() == "hanging\n"
     workers_of_job = {p.pid for p in psutil.Process(job.pid).children(recursive=True)}
     assert len(workers_of_job) == (workers if kind == "process" else 0)
-    job.send_signal(signal.SIGINT)  # one Ctrl-C
+    if caught_by == "main":
+        job.send_signal(signal.SIGINT)  # one Ctrl-C
+    else:  # one Ctrl-C that another thread caught: the training loop's wait used to never see it
+        go.touch()
     try:
         _, err = job.communicate(timeout=20)  # a hang guard, not a speed assertion
     except subprocess.TimeoutExpired:
