@@ -17,6 +17,7 @@ import pytest
 
 import headrace as hr
 import headrace.loader as loader_module
+import headrace.prefetch as prefetch_module
 from headrace.core.node import Node
 
 
@@ -198,16 +199,16 @@ class SlowNode(Node[Any]):
 def test_a_prefetch_thread_still_in_a_slow_stage_stays_registered_until_it_ends(
     parquet_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(loader_module, "GRACE_S", 0.05)
+    monkeypatch.setattr(prefetch_module, "GRACE_S", 0.05)
     release = threading.Event()
     node = SlowNode(release)
     loader = hr.Loader(hr.open(str(parquet_dir)).batch(8), timeout=0.2)
     monkeypatch.setattr(loader, "_build", lambda pool: node)
-    before = set(loader_module._LIVE)
+    before = set(prefetch_module._LIVE)
     try:
         with caplog.at_level(logging.WARNING, logger="headrace"), pytest.raises(hr.LoaderTimeout):
             next(iter(loader))
-        left = [entry[1] for key, entry in loader_module._LIVE.items() if key not in before]
+        left = [entry[1] for key, entry in prefetch_module._LIVE.items() if key not in before]
         assert [t.name for t in left] == ["headrace-prefetch"]  # the exit hook still waits for it
         assert "the prefetch thread has not ended yet; it ends in the background" in caplog.text
         assert "inside" not in caplog.text  # no user function was running
@@ -215,13 +216,13 @@ def test_a_prefetch_thread_still_in_a_slow_stage_stays_registered_until_it_ends(
         release.set()
     left[0].join(timeout=30)
     assert node.closed.is_set()
-    assert set(loader_module._LIVE) - before == set()
+    assert set(prefetch_module._LIVE) - before == set()
 
 
 SLOW_STAGE_AT_EXIT = """
 import atexit, sys, threading
 import headrace as hr
-import headrace.loader
+import headrace.prefetch
 from headrace.core.node import Node
 
 release = threading.Event()
@@ -240,7 +241,7 @@ def release_soon():  # registered after headrace's exit hook, so it runs before 
     timer.start()
 
 atexit.register(release_soon)
-headrace.loader.GRACE_S = 0.05
+headrace.prefetch.GRACE_S = 0.05
 loader = hr.Loader(hr.open(sys.argv[1]).batch(8), timeout=0.2)
 loader._build = lambda pool: Slow()
 try:

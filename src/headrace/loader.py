@@ -9,16 +9,14 @@ Stopping never waits on user code: Ctrl-C, an exception, a ``break`` or a ``time
 once (processes are killed; a thread stuck in a function that never returns is left behind as a daemon,
 which does not keep the process alive), and the prefetch thread gets ``GRACE_S`` to finish its batch. One still
 in a slow stage after that (a big shuffle window, a remote read with retries) finishes in the background, and
-the interpreter's exit waits for it (see :func:`_stop_prefetching`).
+the interpreter's exit waits for it (see :mod:`headrace.prefetch`).
 """
 
 from __future__ import annotations
 
-import atexit
 import inspect
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
@@ -31,45 +29,12 @@ from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
+from headrace.prefetch import prefetched
 from headrace.stages.batch import RowNode
 from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources, stage_name
-from headrace.workers import GRACE_S, ProcessExecutor, ThreadExecutor
+from headrace.workers import ProcessExecutor, ThreadExecutor
 
 _END = object()  # the last item an iteration produces: it carries the final skipped count
-# The prefetch threads still running, each with its stop event and the node it drives; a thread removes itself
-# when it ends (not when its iteration does: it may still be in a slow stage then).
-_LIVE: dict[int, tuple[threading.Event, threading.Thread, Node[Any]]] = {}
-POLL_S = 0.1  # how often a training loop waiting for a batch looks for a Ctrl-C caught by another thread
-EXIT_WAIT_S = 10.0  # how long the exit waits for prefetch threads still in a stage
-
-
-@atexit.register
-def _stop_prefetching() -> None:
-    """At exit, stop the prefetch threads still running (an iteration left suspended by a ``break`` whose
-    generator was never closed, or one whose thread was still in a slow stage when it stopped) and wait for
-    them: a daemon thread still inside Arrow when the interpreter finalizes aborts the process.
-
-    They get ``EXIT_WAIT_S`` in all; once every thread left is waiting for a user function's call
-    (``node.busy()`` names one), only ``GRACE_S``: a function that never returns must not keep the process
-    from exiting, and a thread inside one is not inside Arrow."""
-    for stop, _, _ in list(_LIVE.values()):
-        stop.set()
-    began = time.monotonic()
-    while True:
-        left = [(thread, node) for _, thread, node in list(_LIVE.values()) if thread.is_alive()]
-        waited = time.monotonic() - began
-        if not left or waited >= EXIT_WAIT_S or (waited >= GRACE_S and all(_busy(n) for _, n in left)):
-            return
-        left[0][0].join(timeout=0.05)
-
-
-def _busy(node: Node[Any]) -> str | None:
-    """``node.busy()``, from another thread than the one driving the node; ``None`` if it cannot say."""
-    try:
-        return node.busy()
-    except Exception:
-        return None
-
 
 log = logging.getLogger("headrace")
 
@@ -347,7 +312,12 @@ class Loader:
             self._logs = node.error_logs()
             display = _Display(self) if self.progress else None
             inline = self.num_workers == 0 and self.prefetch == 0 and self.timeout is None  # a timeout needs a thread
-            items = self._produce(node) if inline else self._prefetched(node, pool)
+            if inline:
+                items = self._produce(node)
+            else:
+                self._queue = queue.Queue(maxsize=max(1, self.prefetch))
+                items = prefetched(self._produce(node), node, pool, self._queue, last=lambda item: item[0] is _END,
+                                   timeout=self.timeout, timed_out=lambda: self._timed_out(node))  # fmt: skip
             asked = time.perf_counter()
             for item, node_state, skipped in items:
                 if item is _END:  # records skipped after the last batch count too
@@ -405,83 +375,6 @@ class Loader:
             yield _END, None, sum(log.skipped for log in node.error_logs())
         finally:
             node.close()
-
-    def _prefetched(
-        self, node: Node[Any], pool: ProcessExecutor | ThreadExecutor | None
-    ) -> Generator[tuple[Any, State | None, int], None, None]:
-        """:meth:`_produce` run by a background thread, ``prefetch`` items ahead."""
-        q: queue.Queue[Any] = queue.Queue(maxsize=max(1, self.prefetch))
-        self._queue = q
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def run() -> None:
-            produced = self._produce(node)
-            try:
-                for item in produced:
-                    if not put(item):
-                        return
-            except BaseException as e:  # crosses to the consumer with its traceback
-                put(e)
-            finally:
-                try:
-                    produced.close()  # closes the node, in the thread that uses it
-                finally:
-                    _LIVE.pop(key, None)  # only now: until here, the exit waits for this thread
-
-        thread = threading.Thread(target=run, name="headrace-prefetch", daemon=True)
-        key = id(stop)
-        _LIVE[key] = (stop, thread, node)
-        try:
-            thread.start()
-        except BaseException:
-            _LIVE.pop(key, None)
-            raise
-        ended = False
-        try:
-            while True:
-                item = self._next_item(q, node)
-                if isinstance(item, BaseException):
-                    raise item
-                ended = item[0] is _END
-                yield item
-                if ended:
-                    return
-        finally:
-            if not ended and pool is not None:
-                pool.terminate()  # unblocks the prefetch thread if it waits for a worker stuck in user code
-            stop.set()
-            thread.join(timeout=GRACE_S)
-            if thread.is_alive():  # it stays in _LIVE until it ends: the exit waits for it (see _stop_prefetching)
-                busy = _busy(node)
-                if busy is not None:  # a user function that does not return (num_workers=0) is left, a daemon
-                    log.warning("headrace: the prefetch thread is still inside %s after %g s; leaving it", busy,
-                                GRACE_S)  # fmt: skip
-                else:
-                    log.warning("headrace: the prefetch thread has not ended yet; it ends in the background (a slow "
-                                "stage: a big shuffle buffer, a remote read, a close)")  # fmt: skip
-
-    def _next_item(self, q: queue.Queue[Any], node: Node[Any]) -> Any:
-        """The next item of the prefetch queue, within ``timeout``. Waits in slices of ``POLL_S``: a Ctrl-C that
-        the kernel hands to another thread only sets a flag, which the main thread reads when it wakes up; a
-        wait with no end would never see it."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while True:
-            wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            if wait <= 0:
-                raise self._timed_out(node)
-            try:
-                return q.get(timeout=wait)
-            except queue.Empty:
-                continue
 
     def _timed_out(self, node: Node[Any]) -> LoaderTimeout:
         busy = node.busy()

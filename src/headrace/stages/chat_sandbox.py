@@ -25,7 +25,8 @@ record always pass or always fail):
   ``MAX_INDENT``;
 - ``lipsum()`` (random text) is not provided; recursion too deep is refused.
 
-Every refusal is a ``jinja2.exceptions.SecurityError`` saying which limit; :mod:`headrace.stages.chat`
+The sizes are measured by :mod:`headrace.stages.chat_sizes`. Every refusal is a ``jinja2.exceptions.SecurityError``
+saying which limit; :mod:`headrace.stages.chat`
 turns it into a ``RecordError`` naming the record.
 
 >>> env = BoundedSandbox(max_chars=1000)
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import Callable, Iterable, Iterator
 from functools import update_wrapper
 from itertools import islice
 from typing import Any
@@ -52,9 +53,18 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
-from jinja2.utils import Namespace
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
+
+from headrace.stages.chat_sizes import (
+    CONTAINERS,
+    ESCAPE_FACTOR,
+    MEASURED,
+    escaped_size,
+    percent_size,
+    shown_size,
+    size_of,
+)
 
 MAX_ITERATIONS = 200_000  # loop iterations per rendering, all loops together
 MAX_ITEMS = 1_000_000  # items of a list, tuple or dict a template builds
@@ -74,81 +84,6 @@ _TEXT_FILTERS = {"string", "tojson", "pprint", "e", "escape", "forceescape", "ur
                  "indent", "wordwrap", "replace", "format", "join"}  # fmt: skip
 # Filters that make a list of their value's items (join: the items joined); a string's items are its characters.
 _LISTING = {"list", "sort", "unique", "batch", "slice", "groupby", "dictsort", "join", "reverse"}
-_VIEWS = (KeysView, ValuesView, ItemsView)  # dict.keys(), .values(), .items()
-_CONTAINERS = (list, tuple, dict, set, frozenset, *_VIEWS)
-_MEASURED = (*_CONTAINERS, Namespace)  # values whose text holds their items' text: measured before they become text
-_ESCAPE_FACTOR = 6  # markupsafe escapes a character to at most 5 (&#39;)
-# a % field: mapping key, flags, width, precision, length modifier, conversion
-_PERCENT_FIELD = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.?)", re.DOTALL)
-_FLOAT_CHARS = 330  # the most characters a float takes before its width and precision: f"{1e308:f}" has 316
-_REPR_CHUNK = 65_536  # a long string's repr is measured this many characters at a time
-
-
-def repr_size(s: str, limit: int) -> int:
-    """The length of ``repr(s)``, or more (quotes and backslashes counted as escaped); past ``limit``: some length over.
-
-    >>> repr_size("it's", 100), repr_size("a\\nb", 100), repr_size("\\x00", 100)
-    (7, 6, 6)
-    """
-    if s.isprintable():
-        return len(s) + 2 + s.count("\\") + s.count("'")
-    total = 2 + s.count("'")  # non-printable characters' escapes (up to 10 characters each), a slice at a time
-    for at in range(0, len(s), _REPR_CHUNK):
-        total += len(repr(s[at : at + _REPR_CHUNK])) - 2
-        if total > limit:
-            break
-    return total
-
-
-def size_of(value: Any, limit: int) -> int:
-    """The characters ``str(value)`` takes, roughly; at most ``limit + 1`` (a container's strings: their repr).
-
-    A container counts one character per item (its separators) and its items' reprs; a number, its digits.
-
-    >>> size_of(["ab", {"c": "de"}], 100)  # 2 items, 'ab', 1 item, 'c', 'de'
-    14
-    >>> size_of("ab", 100), size_of(2**64, 100), size_of({"a": 1}.values(), 100)
-    (2, 68, 5)
-    """
-    if isinstance(value, str):
-        return len(value)
-    total, stack = 0, [value]
-    while stack and total <= limit:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += repr_size(item, limit)
-        elif isinstance(item, dict):
-            total += len(item)
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, _CONTAINERS):
-            total += len(item)
-            stack.extend(item)
-        elif isinstance(item, Namespace):  # <Namespace {...}>
-            attrs = item._Namespace__attrs  # type: ignore[attr-defined]
-            total += 13 + len(attrs)
-            stack.extend(attrs.keys())
-            stack.extend(attrs.values())
-        elif isinstance(item, bool) or item is None:
-            total += 5
-        elif isinstance(item, int):  # binary digits: at least as many as any base's
-            total += item.bit_length() + 3
-        elif isinstance(item, float):
-            total += 24  # repr(-1.2345678901234567e-308)
-        else:
-            total += 1
-    return min(total, limit + 1)
-
-
-def escaped_size(s: str) -> int:
-    """The length of ``markupsafe.escape(s)``.
-
-    >>> escaped_size("a<b & 'c'")
-    24
-    """
-    if isinstance(s, Markup):
-        return len(s)
-    return len(s) + 4 * (s.count("&") + s.count('"') + s.count("'")) + 3 * (s.count("<") + s.count(">"))
 
 
 class _Rewrite(NodeTransformer):
@@ -245,18 +180,18 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def _measure(self, value: Any) -> None:
         """Before a list, dict or namespace becomes text: its text would be at most ``max_chars`` characters."""
-        if not isinstance(value, str) and isinstance(value, _MEASURED):  # str first: most values are
+        if not isinstance(value, str) and isinstance(value, MEASURED):  # str first: most values are
             self._charge(size_of(value, self.max_chars))
 
     def _text(self, value: Any) -> Any:
-        if not isinstance(value, str) and isinstance(value, _MEASURED):
+        if not isinstance(value, str) and isinstance(value, MEASURED):
             self._measure(value)
         return value
 
     def _listed(self, value: Any, joined: bool = False) -> Any:
         """``value``, or its items in a list if it is an iterator or generator; refused past ``MAX_ITEMS`` items
         (``joined``: or once the items' text is over ``max_chars`` characters, before the next item is made)."""
-        if isinstance(value, (str, *_CONTAINERS, range)) or not hasattr(value, "__iter__"):
+        if isinstance(value, (str, *CONTAINERS, range)) or not hasattr(value, "__iter__"):
             return value  # sized (a template's containers hold at most MAX_ITEMS items), or not iterable: fn says
         if joined:
             items, size = [], 0
@@ -338,47 +273,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         elif op == "+" and isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
             self._items(len(left) + len(right))
         if op == "%" and isinstance(left, str):
-            self._check_size(self._percent_size(left, right) * (_ESCAPE_FACTOR if isinstance(left, Markup) else 1))
-
-    def _percent_size(self, fmt: str, args: Any) -> int:
-        """An upper bound of ``len(fmt % args)``: the format's text, every width and precision, every value's text.
-
-        Only widths and precisions (written, or given by ``*``) are held to ``max_chars`` one by one; the values
-        formatted are measured, whatever they are (``'%d' % 20000000`` is 8 characters).
-        """
-        positional = args if isinstance(args, tuple) else (args,)
-        at, total = 0, len(fmt)
-        for field in _PERCENT_FIELD.finditer(fmt):
-            key, width, precision, conversion = field.groups()
-            for number in (width, precision):
-                if number == "*":
-                    given = positional[at] if at < len(positional) else None
-                    at += 1
-                    if isinstance(given, int):
-                        total += self._check_width(given)
-                elif number:
-                    total += self._check_width(int(number), written=True)
-            if conversion in ("%", ""):
-                continue
-            if key is not None:
-                value = args.get(key) if isinstance(args, Mapping) else None  # not a mapping: Python raises
-            else:
-                value = positional[at] if at < len(positional) else None
-                at += 1
-            total += self._shown(value, conversion)
-            if total > self.max_chars:
-                return self.max_chars + 1  # more than max_chars, whatever the fields after
-        return total
-
-    def _shown(self, value: Any, conversion: str) -> int:
-        """The characters ``value`` takes converted with ``conversion`` (``%``'s, or ``s`` for ``format()``)."""
-        if isinstance(value, str):
-            if conversion == "r" or (conversion == "a" and value.isascii()):
-                return repr_size(value, self.max_chars)
-            return 10 * len(value) + 2 if conversion == "a" else len(value)  # ascii(): \U0001f600
-        if isinstance(value, float):
-            return _FLOAT_CHARS
-        return size_of(value, self.max_chars)
+            self._check_size(
+                percent_size(left, right, self.max_chars, self._check_width)
+                * (ESCAPE_FACTOR if isinstance(left, Markup) else 1)
+            )
 
     def _check_width(self, n: int, written: bool = False) -> int:
         """``n``, a width, precision or count: refused above ``max_chars`` (a value is never checked here)."""
@@ -424,7 +322,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         if isinstance(receiver, str) and name in _GROWING:
             if name == "join" and args:
                 args = (__self._listed(args[0], joined=True), *args[1:])
-            escapes = _ESCAPE_FACTOR if isinstance(receiver, Markup) else 1  # Markup's methods escape their arguments
+            escapes = ESCAPE_FACTOR if isinstance(receiver, Markup) else 1  # Markup's methods escape their arguments
             __self._check_size(__self._estimate(receiver, name, args, kwargs) * escapes)
         result = super().call(__context, __obj, *args, **kwargs)
         __self._account(result)
@@ -434,7 +332,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         """A value a call or filter returned: a string's length and a container's items count as work."""
         if isinstance(result, str):
             self._charge(len(result))
-        elif isinstance(result, _CONTAINERS):
+        elif isinstance(result, CONTAINERS):
             self._items(len(result))
 
     def _estimate(self, s: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -454,7 +352,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if isinstance(limit, int) and limit >= 0:
                 count = min(count, limit)
             return len(s) + count * max(0, len(args[1]) - len(args[0]))
-        if name == "join" and args and isinstance(args[0], (str, *_CONTAINERS)):
+        if name == "join" and args and isinstance(args[0], (str, *CONTAINERS)):
             return self._joined_size(args[0], s)
         if name == "translate" and args and isinstance(args[0], dict):
             longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
@@ -487,7 +385,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def _check_filter(self, name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before filter ``name`` runs on ``value``: its widths and counts, and the size of what it builds."""
         text = value if isinstance(value, str) else ""
-        if name in _LISTING and isinstance(value, (str, *_CONTAINERS, range)) and name not in ("join", "reverse"):
+        if name in _LISTING and isinstance(value, (str, *CONTAINERS, range)) and name not in ("join", "reverse"):
             self._check_items(len(value))  # a string's characters, or a user's list longer than a template's may be
         if name == "indent":
             width = args[0] if args else kwargs.get("width", 4)
@@ -502,7 +400,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if args and kwargs:
                 return  # jinja2 refuses both
             self._check_size(
-                self._percent_size(text, kwargs or args) * (_ESCAPE_FACTOR if isinstance(text, Markup) else 1)
+                percent_size(text, kwargs or args, self.max_chars, self._check_width)
+                * (ESCAPE_FACTOR if isinstance(text, Markup) else 1)
             )
         elif name == "wordwrap":
             wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring", "\n")
@@ -516,7 +415,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             self._check_size(12 * len(text))  # a character: up to 4 bytes of %XX
         elif name in ("batch", "slice"):
             self._check_widths(args[0] if args else kwargs.get("linecount", kwargs.get("slices")))
-        elif name == "join" and isinstance(value, (str, *_CONTAINERS, range)):
+        elif name == "join" and isinstance(value, (str, *CONTAINERS, range)):
             sep = args[0] if args else kwargs.get("d", "")
             self._check_size(self._joined_size(value, str(sep)))
         elif name == "tojson":
@@ -546,13 +445,13 @@ class _BoundedFormatterMixin:
 
     def convert_field(self, value: Any, conversion: str | None) -> Any:
         if conversion in ("r", "a", "s"):
-            self._fits(self._sandbox._shown(value, conversion) * self._factor)
+            self._fits(shown_size(value, conversion, self._sandbox.max_chars) * self._factor)
         return super().convert_field(value, conversion)  # type: ignore[misc]
 
     def format_field(self, value: Any, format_spec: str) -> str:
         env = self._sandbox
         widths = sum(env._check_width(int(n), written=True) for n in re.findall(r"\d+", str(format_spec)))
-        shown = env._shown(value, "s")
+        shown = shown_size(value, "s", env.max_chars)
         if "," in str(format_spec) or "_" in str(format_spec):  # digits grouped
             shown *= 2
         self._add((widths + shown) * self._factor)
@@ -573,12 +472,12 @@ class _BoundedFormatter(_BoundedFormatterMixin, SandboxedFormatter):
 
 
 class _BoundedEscapeFormatter(_BoundedFormatterMixin, SandboxedEscapeFormatter):
-    _factor = _ESCAPE_FACTOR
+    _factor = ESCAPE_FACTOR
 
 
 def dict_fromkeys(env: BoundedSandbox, keys: Any, value: Any = None) -> dict[Any, Any]:
     """``dict.fromkeys`` for templates, of at most ``MAX_ITEMS`` keys."""
-    env._items(len(keys) if isinstance(keys, (str, *_CONTAINERS, range)) else 0)
+    env._items(len(keys) if isinstance(keys, (str, *CONTAINERS, range)) else 0)
     out = dict.fromkeys(keys, value)
     env._items(len(out))
     return out
