@@ -1,9 +1,14 @@
-"""Stream the real corpora through a shuffled, mapped, batched pipeline; checkpoint half-way; resume elsewhere.
+"""Stream the real corpora through a shuffled, mapped, filtered, batched pipeline; checkpoint half-way; resume in a
+new process and check the continuation is identical.
 
-Run with ``make demo``. The corpora (Shakespeare and the Python docs, ``corpora/``) are
-converted to Parquet shards in ``.demo/``; an uninterrupted epoch is timed and fingerprinted batch by
-batch; then a run stops half-way, saves its JSON state, and a *new process* resumes from it. The
-demo checks that the resumed batches are identical to the uninterrupted run's second half.
+The corpora shipped in the repository (``corpora/``: Shakespeare and the Python docs, unpacked on first use) are
+written as 8 Parquet shards, one row per paragraph (``id``, ``doc``, ``text``), under ``--out`` (default: a
+temporary folder, removed at the end). An uninterrupted epoch is timed and fingerprinted batch by batch; a second
+run stops half-way and saves its JSON state; a *new process* loads it and streams the rest. The demo exits 1 if
+the resumed batches differ from the uninterrupted run's second half::
+
+    python examples/resume_demo.py                      # every document: 127,168 paragraphs pass the filter
+    python examples/resume_demo.py --docs 20 --out /tmp/resume_demo
 """
 
 from __future__ import annotations
@@ -11,28 +16,56 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import headrace as hr
 
-ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".demo"
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpora"))
+from unpacked import corpora_dir  # corpora/unpacked.py, beside the examples in the checkout
+
+SHARDS = 8
+BATCH = 256
+MIN_CHARS = 20  # the filter: paragraphs shorter than this are dropped
 
 
-def prepare() -> str:
-    from corpora import paragraphs, write_parquet
+def paragraphs(docs: int | None) -> pa.Table:
+    """One row per non-empty paragraph of the first ``docs`` documents (Shakespeare, then the Python docs, each
+    sorted by path): ``id`` (its place, from 0), ``doc`` (the file, relative to the corpora) and ``text``."""
+    root = corpora_dir()
+    files = sorted((root / "shakespeare").glob("*.txt")) + sorted((root / "python-docs").rglob("*.txt"))
+    if not files:
+        sys.exit(f"no corpora under {root}: see corpora/README.md")
+    docs_col: list[str] = []
+    texts: list[str] = []
+    for path in files[:docs]:
+        text = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        for para in text.split("\n\n"):
+            if para.strip():
+                docs_col.append(str(path.relative_to(root)))
+                texts.append(para.strip())
+    return pa.table({"id": pa.array(range(len(texts)), pa.int64()), "doc": docs_col, "text": texts})
 
-    folder = WORK / "corpus"
-    if not (folder / "part-00007.parquet").exists():
-        table = paragraphs()
-        write_parquet(table, folder, shards=8, row_group_size=5000)
+
+def prepare(out: Path, docs: int | None) -> str:
+    """The paragraphs as ``SHARDS`` Parquet files of consecutive rows under ``out/corpus``; returns their glob."""
+    folder = out / "corpus"
+    if not (folder / f"part-{SHARDS - 1:05d}.parquet").exists():
+        table = paragraphs(docs)
+        folder.mkdir(parents=True, exist_ok=True)
+        bounds = [table.num_rows * i // SHARDS for i in range(SHARDS + 1)]
+        for i in range(SHARDS):
+            part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+            pq.write_table(part, folder / f"part-{i:05d}.parquet", row_group_size=5000)
     return str(folder / "*.parquet")
 
 
@@ -44,8 +77,8 @@ def pipeline(glob: str) -> hr.Dataset:
         hr.open(glob, columns=["id", "doc", "text"])
         .shuffle(seed=2026, buffer_size=10_000)
         .map(features, batched=True)
-        .filter(lambda b: b["chars"] >= 20, batched=True)
-        .batch(256)
+        .filter(lambda b: b["chars"] >= MIN_CHARS, batched=True)
+        .batch(BATCH)
     )
 
 
@@ -67,15 +100,9 @@ def resume(glob: str, state_file: Path) -> None:
     print(json.dumps({"digests": out, "first_batch_s": first}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--resume", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    glob = prepare()
-    if args.resume:
-        resume(glob, args.resume)
-        return
-
+def demo(out: Path, docs: int | None) -> bool:
+    """The whole demo in ``out``; True when the resumed batches are the uninterrupted run's."""
+    glob = prepare(out, docs)
     print(f"headrace {hr.__version__} demo: {glob}")
     loader = hr.Loader(pipeline(glob), num_workers=2, prefetch=4)
     t0 = time.perf_counter()
@@ -95,17 +122,38 @@ def main() -> None:
         if step + 1 == half:
             break
     state = run.state_dict()
-    state_file = WORK / "state.json"
+    state_file = out / "state.json"
     state_file.write_text(json.dumps(state))
     print(f"checkpoint after batch {half}: {len(json.dumps(state))} bytes of JSON (shuffle buffer of 10,000 rows)")
 
-    child = subprocess.run([sys.executable, __file__, "--resume", str(state_file)], check=True,
-                           capture_output=True, text=True)  # fmt: skip
+    child = subprocess.run([sys.executable, __file__, "--out", str(out), "--resume", str(state_file)],
+                           check=True, capture_output=True, text=True)  # fmt: skip
     resumed = json.loads(child.stdout)
-    same = resumed["digests"] == digests[half:]
+    same = bool(resumed["digests"] == digests[half:])
     print(f"resumed in a new process: first batch after {resumed['first_batch_s']:.3f} s, "
           f"{len(resumed['digests'])} batches")  # fmt: skip
     print(f"continuation identical to the uninterrupted run: {'YES' if same else 'NO'}")
+    return same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="folder for the Parquet shards and the state (default: a temporary "
+                        "folder, removed at the end; a folder given is kept, and its shards reused)")  # fmt: skip
+    parser.add_argument("--docs", type=int, default=None, help="only the first N documents (default: all)")
+    parser.add_argument("--resume", type=Path, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.resume:
+        resume(prepare(args.out, args.docs), args.resume)
+        return
+    if args.out is not None:
+        same = demo(args.out, args.docs)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="headrace-resume-demo-"))
+        try:
+            same = demo(scratch, args.docs)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if not same:
         sys.exit(1)
 

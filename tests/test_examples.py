@@ -129,3 +129,45 @@ def test_ddp_ranks_take_equal_steps_and_a_resume_repeats_the_same_batches_and_lo
     resumed = lines(tmp_path / "b.jsonl")
     assert [(r["rank"], r["steps"], r["step"]) for r in resumed[-1]["ranks"]] == [(0, 6, 12), (1, 6, 12)]
     assert resumed[:-1] == full[6:-1]  # steps 7..12: the same batches on every rank, the same losses
+
+
+@pytest.mark.timeout(200)
+def test_resume_demo_resumes_in_a_new_process_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The demo streams every paragraph of the shipped corpora that passes its filter, checkpoints after half the
+    batches and a new process streams exactly the other half; without --out it works in a temporary folder that
+    it removes, and nothing is written into the checkout."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from corpora import paragraphs
+
+    texts = paragraphs().column("text").to_pylist()
+    rows = sum(len(t) >= 20 for t in texts)  # the demo's filter
+    batches = -(-rows // 256)
+    expected = [
+        f"epoch 0: {batches} batches, {rows:,} rows",
+        f"checkpoint after batch {batches // 2}: ",
+        "resumed in a new process: first batch after ",
+        "continuation identical to the uninterrupted run: YES",
+    ]
+    assert (rows, batches) == (127_168, 497)  # the corpora in corpora/corpora.tar.zst
+
+    out = tmp_path / "out"
+    done = run(str(EXAMPLES / "resume_demo.py"), "--out", str(out))
+    printed = done.stdout.splitlines()
+    assert printed[0] == f"headrace {__import__('headrace').__version__} demo: {out}/corpus/*.parquet"
+    assert [line[: len(want)] for line, want in zip(printed[1:], expected, strict=True)] == expected
+    assert printed[3].endswith(f" s, {batches - batches // 2} batches")
+    assert sorted(p.name for p in out.iterdir()) == ["corpus", "state.json"]
+    assert sorted(p.name for p in (out / "corpus").iterdir()) == [f"part-{i:05d}.parquet" for i in range(8)]
+
+    scratch = tmp_path / "tmp"  # the default: a temporary folder, removed at the end
+    scratch.mkdir()
+    old_places = [EXAMPLES.parent / ".demo" / "corpus", EXAMPLES.parent / ".demo" / "state.json"]  # before #15
+    there = [p.exists() for p in old_places]
+    env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
+    again = subprocess.run([sys.executable, str(EXAMPLES / "resume_demo.py"), "--docs", "3"], capture_output=True,
+                           text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[-1] == "continuation identical to the uninterrupted run: YES"
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tmp"]  # its working directory: nothing either
+    assert [p.exists() for p in old_places] == there
