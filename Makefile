@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 TORCH := torch==2.13.0
 BENCH_VENV := .venv-bench
+DEMO_VENV := .venv-demo
 
 # The peers of the benchmark suite that cannot be installed with their dependencies: MosaicML streaming pins old
 # numpy/transformers and a CUDA torch, litdata wants torchvision (only CUDA wheels here). Installed without them;
@@ -15,7 +16,7 @@ define install_peers
 	$(1) -m pip install -q --no-deps $(PEERS)
 endef
 
-.PHONY: setup test lint typecheck pytest demo bench bench-quick clean
+.PHONY: setup setup-demo test lint typecheck pytest demo bench bench-quick clean
 
 AZURITE := node_modules/.bin/azurite-blob
 
@@ -47,8 +48,18 @@ pytest: setup
 
 test: lint typecheck pytest
 
-demo: setup
-	$(VENV)/bin/headrace train --out .demo/train --overwrite
+# The demo in its own small environment (.venv-demo): the package with the `train` extra (torch, tokenizers, rich)
+# and the CPU torch, nothing of the test environment (Ray, JAX, Flax, the peers).
+demo: setup-demo
+	$(DEMO_VENV)/bin/headrace train --out .demo/train --overwrite
+
+setup-demo: $(DEMO_VENV)/.setup-stamp
+
+$(DEMO_VENV)/.setup-stamp: pyproject.toml Makefile
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q $(TORCH)
+	$(DEMO_VENV)/bin/python -m pip install -q -e ".[train]"
+	touch $@
 
 # The benchmark suite, in its own environment (.venv-bench): every comparison with the peers, then BENCHMARKS.md.
 # `make bench-quick` runs it small (minutes); one workload: .venv-bench/bin/python -m benchmarks text --quick
@@ -66,4 +77,4 @@ $(BENCH_VENV)/.setup-stamp: pyproject.toml Makefile
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .demo .bench .corpora build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_VENV) .demo .bench .corpora build src/*.egg-info
