@@ -17,6 +17,7 @@ import numpy as np
 
 from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
+from headrace.core.cursor import Cursor
 from headrace.core.errors import WorkerError
 from headrace.core.node import Node, State
 from headrace.core.redact import redact, redact_notes
@@ -160,6 +161,57 @@ class TransformNode(Node[Block]):
             future.cancel()
 
 
+class RebatchNode(Node[Block]):
+    """Blocks of exactly ``size`` rows across the upstream's block boundaries (the last may be shorter).
+
+    What ``map(..., batched=True, batch_size=n)`` calls its function on, as HF ``datasets`` does.
+    """
+
+    upstream: Node[Block]
+
+    def __init__(self, upstream: Node[Block], size: int) -> None:
+        self.upstream, self.cursor, self.size = upstream, Cursor(upstream), size
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        if state is None:
+            self.cursor.reset(None)
+        else:
+            states.load_child(self.cursor.reset, state, "cursor")
+
+    def state_dict(self) -> State:
+        return {"cursor": self.cursor.state_dict()}
+
+    def next(self) -> Block:
+        rows = self.cursor.take(self.size)
+        if rows is None:
+            raise StopIteration
+        return rows
+
+
+def columns_fn(kind: str, pairs: tuple[tuple[str, str], ...], lineage: Lineage) -> BlockFn:
+    """``remove_columns``, ``select_columns`` (pairs ``(name, name)``) or ``rename_columns`` (``(old, new)``)."""
+    names = [a for a, _ in pairs]
+    what = f"{kind}({names if kind != 'rename_columns' else dict(pairs)})"
+
+    def per_block(block: Block) -> Block:
+        missing = [n for n in names if n not in block.columns]
+        if missing:
+            where = lineage(int(block.shard[0]), int(block.row[0])) if block.num_rows else "an empty block"
+            raise ValueError(redact(f"{what}: the rows have no column(s) {missing} (they have {list(block.columns)}), "
+                                  f"in the block starting at {where}"))  # fmt: skip
+        if kind == "remove_columns":
+            columns = {k: c for k, c in block.columns.items() if k not in names}
+        elif kind == "select_columns":
+            columns = {k: block.columns[k] for k in names}
+        else:
+            new = dict(pairs)
+            columns = {new.get(k, k): c for k, c in block.columns.items()}
+        return Block(columns=columns, shard=block.shard, row=block.row)
+
+    return Step(per_block, what, lineage)
+
+
 def _input(block: Block, batch_format: BatchFormat) -> Any:
     if batch_format == "python":
         return {k: to_pylist(c) for k, c in block.columns.items()}
@@ -181,6 +233,25 @@ def _merge(block: Block, out: Mapping[str, Any], remove: tuple[str, ...], what: 
     merged = {k: c for k, c in block.columns.items() if k not in remove and k not in columns}
     merged.update(columns)
     return Block(columns=merged, shard=block.shard, row=block.row)
+
+
+NUMPY_HINT = (
+    "the function got numpy arrays (batch_format='numpy', the default for batched maps); a function that "
+    "wants Python lists, such as a Hugging Face tokenizer, needs map(fn, batched=True, batch_format='python')"
+)
+
+
+def _numpy_hint(e: Exception, what: str, block: Block) -> Exception:
+    """A TypeError or ValueError from a function given numpy arrays of text, said again with the fix;
+    ``e`` itself when the block has no text column (the arrays are then not the likely cause)."""
+    texts = [k for k, c in block.columns.items() if to_numpy(c).dtype.kind in "OUS"]
+    if not texts or not isinstance(e, TypeError | ValueError):
+        return e
+    message = f"{what}: {e} ({NUMPY_HINT}; text columns: {texts})"
+    if type(e) in (TypeError, ValueError):
+        return type(e)(message)
+    e.add_note(f"headrace: {NUMPY_HINT}")
+    return e
 
 
 def _annotate(e: BaseException, what: str, block: Block, lineage: Callable[[int, int], str]) -> None:
@@ -205,6 +276,11 @@ def map_fn(
                 return _merge(block, fn(_input(block, batch_format)), remove_columns, what)
             rows = [fn(row) for row in block.to_pylist()]
         except Exception as e:
+            if batched and batch_format == "numpy":
+                hinted = _numpy_hint(e, what, block)
+                if hinted is not e:
+                    _annotate(hinted, what, block, lineage)
+                    raise hinted from e
             _annotate(e, what, block, lineage)
             raise
         if not rows:
