@@ -14,15 +14,19 @@ the interpreter's exit waits for it (see :mod:`headrace.prefetch`).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import queue
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
+from headrace import agree
+from headrace.agree import Agreement
 from headrace.core import state as states
 from headrace.core.errors import LoaderTimeout, StateError
 from headrace.core.node import Node, State
@@ -35,6 +39,10 @@ from headrace.stats import StageTimer, Stats, instrument, measure, own_times, so
 from headrace.workers import ProcessExecutor, ThreadExecutor
 
 _END = object()  # the last item an iteration produces: it carries the final skipped count
+# The iterations not yet finished: closed at exit, while the modules they use are still whole (a generator left
+# suspended by a `while True` training loop would otherwise be closed by the garbage collector at the very end,
+# after the interpreter has started tearing modules down, and print "Exception ignored in ...").
+_OPEN: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
 
 log = logging.getLogger("headrace")
 
@@ -44,9 +52,16 @@ class Loader:
 
     ``rank``/``world_size`` default to what ``torch.distributed``, JAX or the environment say.
     ``remainder`` decides what happens to rows that do not split evenly between ranks: ``"drop"``
-    them, or ``"pad"`` by repeating rows from the start, so every rank yields the same number of
-    batches. Iterating yields the rest of the current epoch; the next iteration starts the next epoch.
-    Without a ``batch()`` stage it yields rows (dicts), one at a time.
+    them, or ``"pad"`` by repeating rows from the start. Iterating yields the rest of the current epoch;
+    the next iteration starts the next epoch. Without a ``batch()`` stage it yields rows (dicts), one at
+    a time.
+
+    Every rank yields the same number of batches, whatever the pipeline (:mod:`headrace.agree`): with
+    several ranks the loaders agree before each batch, over ``torch.distributed``, JAX or ``agreement=``
+    (a :class:`~headrace.agree.FileAgreement`). ``uneven`` says what happens when a ``pack``, ``filter``,
+    ``mix``, batched ``map`` or skipped records leave the ranks with different counts: ``"stop"`` all at
+    the shortest rank, ``"pad"`` the shorter ranks by repeating their part of the epoch from its start,
+    or ``"off"`` (no agreement: a loader iterated on one rank only).
 
     ``timeout`` (seconds, ``None``: wait forever) bounds how long the training loop waits for one batch
     (the first included): past it, :class:`~headrace.core.errors.LoaderTimeout` names the stage and the
@@ -78,6 +93,8 @@ class Loader:
         log_every: float | None = None,
         progress: bool = False,
         timeout: float | None = None,
+        uneven: str = "stop",
+        agreement: Agreement | None = None,
     ) -> None:
         if num_workers < 0 or prefetch < 0:
             raise ValueError("num_workers and prefetch must be >= 0")
@@ -94,6 +111,14 @@ class Loader:
         self.prefetch = prefetch
         self.world = world or World.detect(rank, world_size)
         self.remainder = remainder
+        if uneven not in agree.POLICIES:
+            raise ValueError(f"uneven must be one of {agree.POLICIES}, got {uneven!r}")
+        if agreement is not None and agreement.consumers != self.world.consumers:
+            raise ValueError(f"agreement= is between {agreement.consumers} consumers, but this loader's world has "
+                             f"{self.world.consumers} ({self.world})")  # fmt: skip
+        self.uneven, self._agreement = uneven, agreement
+        self._padding = False  # this rank ran out and repeats its part of the epoch (uneven="pad")
+        self._before: dict[str, Any] | None = None  # the position before the last batch delivered
         self._epoch = 0
         self._node_state: State | None = None  # None: the start of the epoch
         self._batches = 0  # delivered in this epoch
@@ -115,18 +140,29 @@ class Loader:
         return {"rank": w.rank, "world_size": w.world_size, "worker": w.worker, "num_workers": w.num_workers,
                 "remainder": self.remainder}  # fmt: skip
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain JSON: where the delivered batches end. Kilobytes, never the data."""
+    def _position(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "node": self._node_state, "batches": self._batches, "skipped": self._skipped,
+                "start": self._start, "start_batches": self._start_batches, "padding": self._padding}  # fmt: skip
+
+    def state_dict(self, *, before_last: bool = False) -> dict[str, Any]:
+        """Plain JSON: where the delivered batches end. Kilobytes, never the data.
+
+        ``before_last=True``: where they ended before the last batch delivered, for a loop that fetches the
+        next batch before it checkpoints (nanoGPT's ``X, Y = get_batch()`` ahead of the step): resuming from
+        it yields that batch again first. Before any batch of this loader, the same as ``before_last=False``.
+        """
+        at = (self._before if before_last else None) or self._position()
         return states.wrap(
-            self._node_state or {},
+            at["node"] or {},
             pipeline=self.dataset.describe(),
             world=self._world_description(),
-            epoch=self._epoch,
-            batches=self._batches,
-            started=self._node_state is not None,
+            epoch=at["epoch"],
+            batches=at["batches"],
+            started=at["node"] is not None,
             weights=self._weights,
-            elastic={"start": self._start, "start_batches": self._start_batches},
-            skipped=self._skipped,  # for the record: after the end of an epoch, all that epoch skipped
+            elastic={"start": at["start"], "start_batches": at["start_batches"]},
+            skipped=at["skipped"],  # for the record: after the end of an epoch, all that epoch skipped
+            uneven={"padding": at["padding"]},
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,6 +188,14 @@ class Loader:
         self._epoch, self._batches, self._node_state = epoch, batches, dict(node) if started else None
         self._weights, self._start, self._start_batches = weights, start, start_batches
         self._skipped = field(state, "skipped") if "skipped" in state else 0  # older states lack it
+        self._padding, self._before = self._saved_padding(state), None
+
+    @staticmethod
+    def _saved_padding(state: dict[str, Any]) -> bool:
+        if "uneven" not in state:  # older states: never padding
+            return False
+        with states.within("uneven"):
+            return bool(states.field(states.field(state, "uneven", dict), "padding", bool))
 
     def _saved_weights(self, state: dict[str, Any]) -> dict[str, float] | None:
         """The mixture's weights of ``state`` (``None``: as built), checked against this pipeline's mixture."""
@@ -200,13 +244,14 @@ class Loader:
         self._start, self._start_batches = start + (batches - start_batches) * size * consumers, batches
         self._weights = self._saved_weights(state)
         self._node_state = None  # a fresh start at the global position, on this world
+        self._padding, self._before = False, None  # a new world splits the rest of the epoch afresh
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next iteration (shard order and shuffles change)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._epoch, self._node_state, self._batches = epoch, None, 0
-        self._start, self._start_batches = 0, 0
+        self._start, self._start_batches, self._padding, self._before = 0, 0, False, None
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Re-weight the mixture by source name from the next ``iter(loader)`` on; every source keeps its position.
@@ -264,16 +309,18 @@ class Loader:
         self._hooks.append((hook, every))
 
     # -- iteration ---------------------------------------------------------------------------------
-    def _build(self, pool: Executor | None) -> Node[Any]:
+    def _build(self, pool: Executor | None, *, fresh: bool = False) -> Node[Any]:
+        """The pipeline's nodes for this epoch, at the saved position (``fresh``: at the epoch's start)."""
+        node_state = None if fresh else self._node_state
         ctx = Context(world=self.world, epoch=self._epoch, remainder=self.remainder,  # type: ignore[arg-type]
                       pool=pool, depth=max(1, self.num_workers), start=self._start)  # fmt: skip
         node = self.dataset.build(ctx)
         if not self.dataset.batched:
             node = RowNode(node)
-        if self._node_state is not None:
+        if node_state is not None:
             try:
                 with states.within("node"):
-                    node.load_state_dict(self._node_state)
+                    node.load_state_dict(node_state)
             except BaseException:
                 node.close()
                 raise
@@ -292,7 +339,24 @@ class Loader:
             return ProcessExecutor(self.num_workers)
         return ThreadExecutor(self.num_workers, name="headrace-worker")
 
+    def _agreeing(self) -> Agreement | None:
+        """Who this loader agrees with on each batch (``None``: no one, alone or ``uneven="off"``)."""
+        if self._agreement is not None or self.uneven == "off":
+            return self._agreement if self.uneven != "off" else None
+        if self.world.world_size == 1:  # one rank's DataLoader workers need not agree: their sum is the rank's count
+            return None
+        found = agree.detect(self.world)
+        if found is None:
+            agree.warn_alone(self.world)
+        return found
+
     def __iter__(self) -> Iterator[Any]:
+        iteration = self._iterate()
+        _OPEN.add(iteration)
+        return iteration
+
+    def _iterate(self) -> Generator[Any, None, None]:
+        agreement = self._agreeing()
         pool = self._pool()
         self._began, self._stats, self._queue = time.perf_counter(), Stats(), None
         try:
@@ -302,6 +366,7 @@ class Loader:
                 pool.terminate()
             raise
         items: Generator[tuple[Any, State | None, int], None, None] | None = None
+        padding: _Padding | None = None
         display: _Display | None = None
         finished = False
         stats, logged = self._stats, time.perf_counter()
@@ -319,9 +384,19 @@ class Loader:
                 items = prefetched(self._produce(node), node, pool, self._queue, last=lambda item: item[0] is _END,
                                    timeout=self.timeout, timed_out=lambda: self._timed_out(node))  # fmt: skip
             asked = time.perf_counter()
-            for item, node_state, skipped in items:
+            while True:
+                item, node_state, skipped = next(items, (_END, None, self._skipped))
                 if item is _END:  # records skipped after the last batch count too
-                    self._skipped = skipped
+                    self._skipped = skipped if not self._padding else self._skipped
+                real = item is not _END and not self._padding
+                if agreement is not None:
+                    total = agreement.count(int(real))
+                    if total == 0 or (total < agreement.consumers and self.uneven == "stop"):
+                        break  # every rank has run out, or one has and the others stop with it
+                    if item is _END:  # the others go on: repeat this rank's part of the epoch from its start
+                        padding = padding or _Padding(self)
+                        item, node_state = padding.next()
+                elif not real:
                     break
                 got = time.perf_counter()
                 stats.wait_s += got - asked
@@ -330,7 +405,12 @@ class Loader:
                 rows, tokens, size = measure(item)
                 stats.batches, stats.rows, stats.tokens, stats.bytes = (
                     stats.batches + 1, stats.rows + rows, stats.tokens + tokens, stats.bytes + size)  # fmt: skip
-                self._node_state, self._batches, self._skipped = node_state, self._batches + 1, skipped
+                self._before = self._position()
+                self._node_state, self._batches = node_state, self._batches + 1
+                if real:
+                    self._skipped = skipped
+                else:
+                    self._padding = True
                 self._after_batch(stats.batches, display, got, logged)
                 if self.log_every is not None and got - logged >= self.log_every:
                     logged = got
@@ -346,13 +426,15 @@ class Loader:
                 items.close()  # the producer closes the node
             else:  # it never ran, so it cannot
                 node.close()
+            if padding is not None:
+                padding.close()
             if display is not None:
                 display.close()
             if pool is not None and finished:
                 pool.shutdown(wait=True)
         if finished:
             self._epoch, self._node_state, self._batches = self._epoch + 1, None, 0
-            self._start, self._start_batches = 0, 0
+            self._start, self._start_batches, self._padding = 0, 0, False
 
     def _after_batch(self, batches: int, display: _Display | None, now: float, logged: float) -> None:
         for hook, every in self._hooks:
@@ -392,11 +474,52 @@ class Loader:
         )
 
 
+class _Padding:
+    """The batches a rank that ran out repeats while the others finish (``uneven="pad"``): its part of the epoch
+    again from its start, made inline (no workers). Its state is the loader's while it pads, so a checkpoint taken
+    then resumes padding at the same batch (the loader's main producer then makes the pad batches, until it ends).
+    """
+
+    def __init__(self, loader: Loader) -> None:
+        self.loader = loader
+        self.node: Node[Any] | None = None
+
+    def next(self) -> tuple[Any, State]:
+        """The next pad batch and the state after it; a new pass from the epoch's start when one ends."""
+        for _fresh in range(2):
+            if self.node is None:
+                self.node = self.loader._build(None, fresh=True)
+            try:
+                return self.node.next(), self.node.state_dict()
+            except StopIteration:
+                self.close()
+        w = self.loader.world
+        raise StateError(
+            f"Loader(uneven='pad'): rank {w.rank} (worker {w.worker}) has no batch in epoch {self.loader.epoch} to pad "
+            "with while other ranks still have some; use uneven='stop', or give every rank data (fewer ranks, "
+            "smaller batches)"
+        )
+
+    def close(self) -> None:
+        if self.node is not None:
+            node, self.node = self.node, None
+            node.close()
+
+
 def _chain(node: Node[Any]) -> Iterator[Node[Any]]:
     current: Node[Any] | None = node
     while current is not None:
         yield current
         current = current.upstream
+
+
+@atexit.register
+def _close_open_iterations() -> None:
+    for iteration in list(_OPEN):
+        try:
+            iteration.close()
+        except Exception:  # an iteration that cannot stop cleanly must not keep the others open
+            log.debug("headrace: closing a loader iteration at exit failed", exc_info=True)
 
 
 class _Display:

@@ -1,0 +1,253 @@
+"""Equal steps on every rank, for every pipeline: 3 real ranks under torchrun (gloo) agree on each batch.
+
+Each pipeline below gives the ranks different batch counts on its own (``uneven="off"``, asserted): packing,
+a filter, a mixture, a batched map that changes the row count, records skipped as malformed. With the
+default ``uneven="stop"`` every rank yields the shortest rank's count, its own first batches; with
+``uneven="pad"`` the longest rank's count, its own batches then its part again from its start; a state
+taken while a rank pads resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from itertools import cycle, islice
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import headrace as hr
+from headrace.agree import AgreementError, FileAgreement
+
+pytest.importorskip("torch")
+
+RANKS = 3
+
+JOB = r"""
+import json, sys
+import torch.distributed as dist
+import headrace as hr
+
+parquet, jsonl_dir, bad, tokenizer, out = sys.argv[1:6]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+
+def heavy_head(batch):  # ranks 0 and 1 keep their rows, rank 2 (the end of the order) few
+    return batch["id"] < 3500
+
+
+def twice_small(batch):  # rows with small ids twice, the others once: rank 0 grows most
+    ids = batch["id"]
+    return {"id": ids.repeat((ids < 2000) + 1)}
+
+
+pipelines = {
+    "pack": lambda: hr.open(parquet).shuffle(seed=7, buffer_size=None).tokenize(tokenizer).pack(64).batch(4),
+    "filter": lambda: hr.open(parquet, columns=["id"]).filter(heavy_head, batched=True).batch(16),
+    "mix": lambda: hr.mix({"a": hr.open(parquet, columns=["id"]).filter(lambda r: r["id"] % (rank + 2) == 0),
+                           "b": hr.open(jsonl_dir, columns=["id"])}, {"a": 1, "b": 1}).batch(16),
+    "batched_map": lambda: hr.open(parquet, columns=["id"]).map(twice_small, batched=True).batch(16),
+    "skipped": lambda: hr.open(bad, errors="skip").batch(8),
+}
+
+
+def ids(batch):
+    key = "id" if "id" in batch else "input_ids"
+    return [int(x) for x in batch[key].reshape(-1)[:4]] if key == "input_ids" else [int(x) for x in batch[key]]
+
+
+result = {}
+for name, make in pipelines.items():
+    got = {policy: [ids(b) for b in hr.Loader(make(), uneven=policy, prefetch=1)] for policy in ("off", "stop", "pad")}
+    # a checkpoint in the middle of the padding of the shortest rank, resumed by a fresh loader
+    loader = hr.Loader(make(), uneven="pad", num_workers=1)
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, len(got["off"]))
+    cut = min(counts) + 1  # every rank has delivered this many; the shortest one is padding
+    it = iter(loader)
+    first = [ids(next(it)) for _ in range(cut)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    it.close()
+    again = hr.Loader(make(), uneven="pad")
+    again.load_state_dict(state)
+    got["resumed"] = first + [ids(b) for b in again]
+    got["padding_at_cut"] = state["uneven"]["padding"]
+    result[name] = got
+json.dump(result, open(f"{out}.{rank}", "w"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def torchrun(script: Path, *args: str, procs: int = RANKS) -> None:
+    from test_distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={procs}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *args]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory, parquet_dir: Path, jsonl_dir: Path, bpe_path: str) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("uneven")
+    bad = tmp / "bad.jsonl"  # malformed lines only in the first third of the order (rank 0's part)
+    bad.write_text("".join(f'{{"id": {i}}}\n' if i >= 600 or i % 3 else "{broken\n" for i in range(1800)))
+    job = tmp / "job.py"
+    job.write_text(JOB)
+    out = tmp / "out.json"
+    torchrun(job, str(parquet_dir), str(jsonl_dir), str(bad), bpe_path, str(out))
+    return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(RANKS)]
+
+
+PIPELINES = ["pack", "filter", "mix", "batched_map", "skipped"]
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_rank_yields_the_same_number_of_batches(ranks: list[dict], name: str) -> None:
+    alone = [r[name]["off"] for r in ranks]
+    counts = [len(a) for a in alone]
+    assert len(set(counts)) > 1, f"{name} should be uneven on its own, got {counts}"
+    for rank, r in enumerate(ranks):
+        assert r[name]["stop"] == alone[rank][: min(counts)]
+        padded = alone[rank] + list(islice(cycle(alone[rank]), max(counts) - counts[rank]))
+        assert r[name]["pad"] == padded
+        assert r[name]["resumed"] == padded  # resumed from a state taken at min(counts) + 1 batches
+    shortest = counts.index(min(counts))
+    assert [r[name]["padding_at_cut"] for r in ranks] == [c < min(counts) + 1 for c in counts]
+    assert ranks[shortest][name]["padding_at_cut"] is True
+
+
+def _below_24(row: dict) -> bool:
+    return bool(row["id"] < 24)
+
+
+def _file_consumer(path: str, folder: str, consumer: int, uneven: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    agreement = FileAgreement(folder, consumers=3, consumer=consumer, run=uneven)
+    ds = hr.open(path).filter(_below_24).batch(2)
+    loader = hr.Loader(ds, world=hr.World(rank=consumer, world_size=3), agreement=agreement, uneven=uneven)
+    queue.put((consumer, [b["id"].tolist() for b in loader]))
+
+
+@pytest.mark.parametrize("uneven", ["stop", "pad"])
+def test_file_agreement_makes_processes_without_a_process_group_agree(tmp_path: Path, uneven: str) -> None:
+    path = tmp_path / "rows.jsonl"  # 10 rows per consumer; the filter leaves 10, 10 and 4: 5, 5 and 2 batches
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(30)))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_file_consumer, args=(str(path), str(tmp_path / "agree"), c, uneven, queue))
+             for c in range(3)]  # fmt: skip
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    last = 2 if uneven == "stop" else 5  # the calls' files are removed, but the last one's
+    own = [[[i, i + 1] for i in range(lo, hi, 2)] for lo, hi in ((0, 10), (10, 20), (20, 24))]
+    if uneven == "stop":
+        assert got == {c: own[c][:2] for c in range(3)}
+    else:
+        assert got == {0: own[0], 1: own[1], 2: own[2] + own[2] + own[2][:1]}
+    assert sorted(p.name for p in (tmp_path / "agree").iterdir()) == [f"agree-{uneven}.{last}.{c}" for c in range(3)]
+
+
+def test_file_agreement_names_the_consumers_that_did_not_answer(tmp_path: Path) -> None:
+    agreement = FileAgreement(tmp_path, consumers=3, consumer=0, timeout=0.3)
+    with pytest.raises(AgreementError, match=r"consumer\(s\) \[1, 2\] of 3 did not answer call 0"):
+        agreement.count(1)
+
+
+def test_uneven_and_agreement_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": 1}\n')
+    with pytest.raises(ValueError, match="uneven must be one of"):
+        hr.Loader(hr.open(str(path)), uneven="drop")
+    with pytest.raises(ValueError, match="agreement= is between 2 consumers, but this loader's world has 3"):
+        hr.Loader(hr.open(str(path)), world=hr.World(0, 3), agreement=FileAgreement(tmp_path, 2, 0))
+
+
+def test_a_rank_without_a_process_group_says_counts_may_differ(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(12)))
+    with caplog.at_level("WARNING", logger="headrace"):
+        got = [b["id"].tolist() for b in hr.Loader(hr.open(str(path)).batch(2), world=hr.World(1, 5))]
+    assert got == [[2, 3]]  # no agreement: this rank's own part, nothing dropped or padded
+    assert "no process group to agree over" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="headrace"):
+        list(hr.Loader(hr.open(str(path)).batch(2), world=hr.World(1, 5), uneven="off"))
+    assert "no process group" not in caplog.text
+
+
+def test_state_before_the_last_batch_repeats_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(20)))
+    ds = hr.open(str(path)).shuffle(seed=2, buffer_size=8).batch(3)
+    loader = hr.Loader(ds, num_workers=2)
+    assert loader.state_dict(before_last=True) == loader.state_dict()  # nothing delivered yet
+    it = iter(loader)
+    seen = [next(it)["id"].tolist() for _ in range(4)]
+    state = loader.state_dict(before_last=True)  # a loop that fetched batch 4 ahead of checkpointing
+    it.close()
+    again = hr.Loader(ds)
+    again.load_state_dict(state)
+    rest = [b["id"].tolist() for b in again]
+    assert rest[0] == seen[3]
+    assert seen[:3] + rest == [b["id"].tolist() for b in hr.Loader(ds)]
+
+
+EXIT = r"""
+import sys, headrace as hr
+ds = hr.open(sys.argv[1]).shuffle(seed=1, buffer_size=50).batch(4)
+if sys.argv[2] == "view":  # the PyTorch view in a DataLoader, the loader's threads inside
+    import torch
+    from headrace.integrations.torch import IterableDataset
+
+    batches = iter(torch.utils.data.DataLoader(IterableDataset(ds, threads=2, prefetch=4), batch_size=None))
+else:
+    batches = iter(hr.Loader(ds, num_workers=2, worker_type=sys.argv[2], prefetch=4))
+
+
+def get_batch():  # nanoGPT's loop: a module-level iterator, never run to its end
+    return next(batches)
+
+
+for step in range(3):
+    x = get_batch()
+"""
+
+
+@pytest.mark.parametrize("kind", ["thread", "process", "view"])
+def test_no_traceback_at_exit_when_a_loop_leaves_an_iteration_open(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"id": {i}, "text": "{"x" * (i % 50)}"}}\n' for i in range(3000)))
+    script = tmp_path / "loop.py"
+    script.write_text(EXIT)
+    done = subprocess.run([sys.executable, str(script), str(path), kind], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_pad_refuses_a_rank_with_nothing_to_repeat(tmp_path: Path) -> None:
+    empty = tmp_path / "a.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(range(4))}), empty)
+    ds = hr.open(str(empty)).filter(lambda r: False).batch(2)
+
+    class Others:  # the others still have batches; this consumer has none at all
+        consumers = 2
+
+        def count(self, have: int) -> int:
+            return have + 1
+
+    loader = hr.Loader(ds, world=hr.World(0, 2), agreement=Others(), uneven="pad")
+    with pytest.raises(hr.StateError, match="rank 0 \\(worker 0\\) has no batch in epoch 0 to pad with"):
+        list(loader)
