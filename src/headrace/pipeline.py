@@ -7,9 +7,9 @@ tree of nodes for one epoch, rank and worker. The stages themselves are describe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 
@@ -44,9 +44,54 @@ from headrace.stages.batch import BatchOutput, Pad
 from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
+from headrace.stages.split import SliceStage, SplitStage, check_parts, parse_slice, place_keys, slice_source
 from headrace.stages.token_windows import indexed_windows
-from headrace.stages.transform import BatchFormat
+from headrace.stages.transform import BatchFormat, RebatchNode, TransformNode, columns_fn
 from headrace.tokenizer import TokenizerError, load_tokenizer
+
+
+@dataclass(frozen=True)
+class RebatchStage(Stage):
+    """``map``/``filter``'s ``batch_size``: blocks of exactly ``size`` rows for the function that follows."""
+
+    size: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "rebatch", "size": self.size}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return RebatchNode(parent.build(ctx), self.size)
+
+
+@dataclass(frozen=True)
+class ColumnsStage(Stage):
+    """``remove_columns``/``select_columns`` (pairs ``(name, name)``) or ``rename_columns`` (``(old, new)``)."""
+
+    kind: str
+    pairs: tuple[tuple[str, str], ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "columns": [list(p) for p in self.pairs]}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return TransformNode(parent.build(ctx), columns_fn(self.kind, self.pairs, parent.lineage), None, 1)
+
+    def apply(self, columns: Mapping[str, Any]) -> dict[str, Any]:
+        """What the stage makes of known columns (name -> type)."""
+        names = [a for a, _ in self.pairs]
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise ValueError(f"{self.kind}(): no column(s) {missing}; the columns are {list(columns)}")
+        if self.kind == "remove_columns":
+            return {k: v for k, v in columns.items() if k not in names}
+        if self.kind == "select_columns":
+            return {k: columns[k] for k in names}
+        new = dict(self.pairs)
+        return {new.get(k, k): v for k, v in columns.items()}
+
+
+ROW_KEEPING = (ShuffleStage, LimitStage, RepeatStage, ShardStage, SplitStage, SliceStage, RebatchStage)
+SPLITS = (SplitStage, SliceStage)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +151,54 @@ class Dataset:
         """The columns as read from the source (before any map)."""
         return self.source.schema
 
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """The columns and their types where the description knows them (HF's ``features``); ``None`` after a map.
+
+        A dict of column name to ``pyarrow.DataType`` (from a Hugging Face dataset: its own feature
+        types). Stages whose output is only known by running them (``map``, ``tokenize``, ``pack``, ...)
+        make it ``None``, as ``map`` does in HF's streaming datasets.
+
+        >>> import headrace as hr, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+        >>> _ = path.write_text('{"id": 1, "text": "a"}\\n')
+        >>> ds = hr.open(str(path))
+        >>> ds.features, ds.column_names
+        ({'id': DataType(int64), 'text': DataType(string)}, ['id', 'text'])
+        >>> ds.rename_column("text", "body").column_names, ds.map(lambda r: r).column_names is None
+        (['id', 'body'], True)
+        """
+        stages = self.stages
+        root = stages[0]
+        known: dict[str, Any]
+        if isinstance(root, SourceStage):
+            known = {f.name: f.type for f in root.source.schema}
+        elif isinstance(root, HFStage):
+            hf = getattr(root.source.dataset, "features", None)
+            if hf is None:
+                return None
+            known = dict(hf)
+        elif isinstance(root, MixStage):
+            kids = [child.features for child in root.children]
+            first = kids[0]
+            if first is None or any(k is None or list(k.items()) != list(first.items()) for k in kids):
+                return None
+            known = dict(first)
+        else:
+            return None
+        for stage in stages[1:]:
+            if isinstance(stage, ColumnsStage):
+                known = stage.apply(known)
+            elif not isinstance(stage, ROW_KEEPING) and not (isinstance(stage, MapStage) and stage.kind == "filter"):
+                return None
+        return known
+
+    @property
+    def column_names(self) -> list[str] | None:
+        """The column names where the description knows them (HF's ``column_names``); ``None`` after a map."""
+        features = self.features
+        return None if features is None else list(features)
+
     def describe(self) -> list[dict[str, Any]]:
         """The JSON description used for the state fingerprint (no data, no credentials)."""
         return [s.describe() for s in self.stages]
@@ -120,7 +213,7 @@ class Dataset:
         for stage in self.stages[1:]:
             if isinstance(stage, MapStage) and stage.kind == "map" and not stage.batched:
                 continue
-            if isinstance(stage, TokenizeStage | BatchStage):
+            if isinstance(stage, TokenizeStage | BatchStage | ColumnsStage):
                 continue
             return f"its {stage.describe()['stage']} stage can change how many rows each rank consumes"
         if not self.batched:
@@ -142,6 +235,28 @@ class Dataset:
 
     def __repr__(self) -> str:
         return redact(f"Dataset(stage={self.stage!r}, parent={self.parent!r})")
+
+    def _at_source(self) -> bool:
+        """Whether only splits (filters by the rows' place, which commute with reading order) follow the root."""
+        return all(isinstance(stage, SPLITS) for stage in self.stages[1:])
+
+    def _place_keys(self) -> tuple[str, ...]:
+        """Each lineage shard's place key (a path relative to the files' common folder), for :meth:`split`."""
+        for stage in self.stages[1:]:
+            if isinstance(stage, SliceStage):  # the slice kept some of the files: their keys in the whole dataset
+                return stage.keys
+        root = self.root
+        if isinstance(root, SourceStage):
+            return place_keys([s.url for s in root.source.shards])
+        if isinstance(root, TokenWindowStage):
+            return place_keys(root.spec.shards.urls)
+        if isinstance(root, MixStage):
+            return tuple(f"{name}:{key}" for name, child in zip(root.names, root.children, strict=True)
+                         for key in child._place_keys())  # fmt: skip
+        raise ValueError(
+            "split(): the rows of a Hugging Face dataset have no place that is the same on every rank "
+            "(each rank reads its own part); split by an id column instead: split(..., by='id')"
+        )
 
     def _then(self, stage: Stage) -> Dataset:
         if self.batched and not isinstance(stage, RepeatStage):
@@ -171,12 +286,16 @@ class Dataset:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if buffer_size is None:
             root = self.root
-            if len(self.stages) != 1 or not isinstance(root, SourceStage):
-                raise ValueError("shuffle(buffer_size=None) orders the source itself: call it right after open()")
+            if not self._at_source() or not isinstance(root, SourceStage):
+                raise ValueError("shuffle(buffer_size=None) orders the source itself: call it right after open() "
+                                 "(or after split())")  # fmt: skip
             rows = None if chunk_rows is None else positive(chunk_rows, "chunk_rows")
             src = replace(root.source, ordering="global", shuffle_seed=seed, window=positive(window, "window"),
                           chunk_rows=rows)  # fmt: skip
-            return Dataset(SourceStage(src))
+            ordered = Dataset(SourceStage(src))
+            for split in self.stages[1:]:  # a split keeps rows by their place: it commutes with the order
+                ordered = Dataset(split, ordered)
+            return ordered
         if buffer_size < 1:
             raise ValueError(f"shuffle(buffer_size=...) must be a positive number of rows or None, got {buffer_size}")
         root = self.root
@@ -192,22 +311,185 @@ class Dataset:
         fn: Callable[[Any], Any],
         *,
         batched: bool = False,
+        batch_size: int | None = None,
         batch_format: BatchFormat = "numpy",
-        remove_columns: Sequence[str] = (),
+        remove_columns: str | Sequence[str] | None = None,
     ) -> Dataset:
         """Apply ``fn`` to each row (a dict), or with ``batched=True`` to each block (a dict of columns).
 
         The returned dict updates the row's columns, as in HF ``datasets``; ``remove_columns`` drops
-        inputs. A batched function may change the number of rows (its output then stands alone).
-        ``batch_format``: ``"numpy"`` arrays, ``"python"`` lists or ``"arrow"`` arrays.
+        inputs (a name or a list; ``None`` too, so that HF's ``remove_columns=ds.column_names`` reads as
+        there). A batched function may change the number of rows (its output then stands alone).
+        ``batch_size=n`` calls it on exactly ``n`` rows at a time (the last call may have fewer), as HF
+        does; without it, on the blocks as read (up to ``block_rows``). ``batch_format``: ``"numpy"``
+        arrays (the default), ``"python"`` lists — what Hugging Face tokenizers take — or ``"arrow"`` arrays.
+
+        >>> import headrace as hr, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+        >>> _ = path.write_text("".join(f'{{"id": {i}}}\\n' for i in range(5)))
+        >>> sizes = hr.open(str(path)).map(lambda b: {"n": [len(b["id"])] * len(b["id"])}, batched=True, batch_size=2)
+        >>> [r["n"] for r in sizes]
+        [2, 2, 2, 2, 1]
         """
-        return self._then(MapStage(fn, "map", batched, check_format(batch_format), tuple(remove_columns)))
+        parent = self._sized("map", batched, batch_size)
+        removed = tuple(_names(remove_columns, "map(remove_columns=...)")) if remove_columns else ()
+        return parent._then(MapStage(fn, "map", batched, check_format(batch_format), removed))
 
     def filter(
-        self, fn: Callable[[Any], Any], *, batched: bool = False, batch_format: BatchFormat = "numpy"
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        batched: bool = False,
+        batch_size: int | None = None,
+        batch_format: BatchFormat = "numpy",
     ) -> Dataset:
-        """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask)."""
-        return self._then(MapStage(fn, "filter", batched, check_format(batch_format)))
+        """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask;
+        ``batch_size=n``: of exactly ``n`` rows, as in :meth:`map`)."""
+        parent = self._sized("filter", batched, batch_size)
+        return parent._then(MapStage(fn, "filter", batched, check_format(batch_format)))
+
+    def _sized(self, what: str, batched: bool, batch_size: int | None) -> Dataset:
+        if batch_size is None:
+            return self
+        if not batched:
+            raise ValueError(f"{what}(batch_size=...) sizes the batches of a batched function: pass batched=True too")
+        return self._then(RebatchStage(positive(batch_size, f"{what}(batch_size=...)")))
+
+    def remove_columns(self, column_names: str | Sequence[str]) -> Dataset:
+        """Drop columns (HF's ``remove_columns``)."""
+        return self._columns("remove_columns", [(n, n) for n in _names(column_names, "remove_columns()")])
+
+    def select_columns(self, column_names: str | Sequence[str]) -> Dataset:
+        """Keep only these columns, in this order (HF's ``select_columns``)."""
+        return self._columns("select_columns", [(n, n) for n in _names(column_names, "select_columns()")])
+
+    def rename_column(self, original_column_name: str, new_column_name: str) -> Dataset:
+        """Rename one column (HF's ``rename_column``); it keeps its place among the columns."""
+        return self.rename_columns({original_column_name: new_column_name})
+
+    def rename_columns(self, column_mapping: Mapping[str, str]) -> Dataset:
+        """Rename columns, ``{old: new}`` (HF's ``rename_columns``)."""
+        pairs = list(dict(column_mapping).items())
+        for old, new in pairs:
+            if not isinstance(old, str) or not isinstance(new, str) or not new:
+                raise ValueError(f"rename_columns(): names must be non-empty strings, got {old!r} -> {new!r}")
+        news = [new for _, new in pairs]
+        if len(set(news)) != len(news):
+            raise ValueError(f"rename_columns(): two columns would be named alike: {dict(pairs)}")
+        known = self.column_names
+        if known is not None:
+            clash = sorted(set(news) & (set(known) - {old for old, _ in pairs}))
+            if clash:
+                raise ValueError(f"rename_columns(): a column is already named {clash}; the columns are {known}")
+        return self._columns("rename_columns", pairs)
+
+    def _columns(self, kind: str, pairs: list[tuple[str, str]]) -> Dataset:
+        stage = ColumnsStage(kind, tuple(pairs))
+        known = self.features
+        if known is not None:
+            stage.apply(known)  # an unknown column fails here, not at the first batch
+        return self._then(stage)
+
+    @overload
+    def split(self, parts: Mapping[str, float], *, seed: int = ..., by: str | None = ...) -> dict[str, Dataset]: ...
+
+    @overload
+    def split(
+        self, parts: str, *, seed: int = ..., by: str | None = ..., split_rate: float | None = ...
+    ) -> Dataset: ...
+
+    def split(
+        self,
+        parts: Mapping[str, float] | str,
+        *,
+        seed: int = DEFAULT_SEED,
+        by: str | None = None,
+        split_rate: float | None = None,
+    ) -> dict[str, Dataset] | Dataset:
+        """Named parts, each an ordinary pipeline: by proportions (hashing each record), or an HF slice.
+
+        ``split({"train": 0.98, "validation": 0.02}, seed=0)`` gives a dict of datasets: each record goes to
+        one part by a hash of ``seed`` and its place — its file's path relative to the dataset's common
+        folder and its record number — or of its ``by`` column (an id). The same record always goes to the
+        same part, on any number of ranks or workers, and adding files beside the others leaves the
+        existing records where they were. Proportions hold within sampling noise (about
+        ``sqrt(p(1-p)/rows)``); proportions summing below 1 leave the rest out.
+
+        ``split("train[:10%]")``, ``"train[1000:2000]"``, ``"train[:10%]+train[-80%:]"``: HF's slice syntax,
+        rows by their position in the files' order (right after :func:`open`; files outside the slice are
+        not read). The name is only a label, as the dataset is already one split.
+
+        ``split("train", split_rate=0.9)`` (Streaming-Dataloader's ``split``/``split_rate``): the hash split
+        ``{"train": 0.9, "validation": 0.1}``, its ``"train"`` part (``"validation"`` for the rest).
+
+        >>> import headrace as hr, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+        >>> _ = path.write_text("".join(f'{{"id": {i}}}\\n' for i in range(1000)))
+        >>> parts = hr.open(str(path)).split({"train": 0.9, "validation": 0.1}, seed=1)
+        >>> train, val = ([r["id"] for r in parts[k]] for k in ("train", "validation"))
+        >>> len(train) + len(val), sorted(train + val) == list(range(1000)), 60 < len(val) < 140
+        (1000, True, True)
+        >>> [r["id"] for r in hr.open(str(path)).split("train[:1%]")]
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"split(seed=...) must be an integer >= 0, got {seed!r}")
+        if by is not None and (not isinstance(by, str) or not by):
+            raise ValueError(f"split(by=...) names the id column, got {by!r}")
+        if isinstance(parts, str):
+            return self._split_named(parts, seed, by, split_rate)
+        if split_rate is not None:
+            raise ValueError("split(split_rate=...) goes with a part name, as in split('train', split_rate=0.9)")
+        names, shares = check_parts(parts)
+        known = self.column_names
+        if by is not None and known is not None and by not in known:
+            raise ValueError(f"split(by={by!r}): no such column; the columns are {known}")
+        keys = () if by is not None else self._place_keys()
+        return {name: self._then(SplitStage(names, shares, i, seed, by, keys)) for i, name in enumerate(names)}
+
+    def _split_named(self, spec: str, seed: int, by: str | None, split_rate: float | None) -> Dataset:
+        if split_rate is not None:
+            if isinstance(split_rate, bool) or not isinstance(split_rate, int | float) or not 0 < split_rate < 1:
+                raise ValueError(f"split(split_rate=...) is the share of 'train', in (0, 1), got {split_rate!r}")
+            if spec not in ("train", "validation", "val", "test"):
+                raise ValueError(f"split({spec!r}, split_rate=...): the part is 'train' or 'validation' (the rest)")
+            parts = self.split({"train": split_rate, "validation": 1 - split_rate}, seed=seed, by=by)
+            return parts["train" if spec == "train" else "validation"]
+        _, slices = parse_slice(spec)
+        if slices == [(None, None, "abs")]:
+            return self  # "train": the whole split, as in HF
+        root = self.root
+        if len(self.stages) != 1 or not isinstance(root, SourceStage):
+            raise ValueError(f"split({spec!r}) slices the files' rows by position: call it right after open()")
+        if by is not None:
+            raise ValueError(f"split({spec!r}, by=...): by= goes with a split by proportions")
+        source, stage = slice_source(root.source, spec)
+        return Dataset(stage, Dataset(SourceStage(source)))
+
+    def train_test_split(
+        self,
+        test_size: float | None = None,
+        train_size: float | None = None,
+        *,
+        seed: int = DEFAULT_SEED,
+        by: str | None = None,
+    ) -> dict[str, Dataset]:
+        """``{"train": ..., "test": ...}`` as HF's ``train_test_split``, by :meth:`split` (hashed records).
+
+        Proportions only (``test_size=0.1``; default 0.25, or the rest of ``train_size``): a stream's row
+        count is not known ahead, so the parts hold their shares within sampling noise, not exact counts.
+        For an exact number of rows, slice: ``split("train[:1000]")``.
+        """
+        for name, value in (("test_size", test_size), ("train_size", train_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, float) or not 0 < value < 1):
+                raise ValueError(f"train_test_split({name}={value!r}): give a proportion in (0, 1), e.g. 0.1; for "
+                                 "an exact number of rows, slice: split('train[:1000]')")  # fmt: skip
+        if test_size is None:
+            test_size = 0.25 if train_size is None else 1.0 - train_size
+        if train_size is None:
+            train_size = 1.0 - test_size
+        parts = self.split({"train": train_size, "test": test_size}, seed=seed, by=by)
+        return {"train": parts["train"], "test": parts["test"]}
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` rows of the stream each consumer (rank) sees."""
@@ -426,8 +708,8 @@ class Dataset:
 
     def shard(self, num_shards: int, index: int) -> Dataset:
         """Keep part ``index`` of ``num_shards`` equal parts (on top of the rank split); right after open()."""
-        if len(self.stages) != 1:
-            raise ValueError("shard() must come right after open(): it splits what the source reads")
+        if not self._at_source():
+            raise ValueError("shard() must come right after open() (or split()): it splits what the source reads")
         if not 0 <= index < num_shards:
             raise ValueError(f"need 0 <= index < num_shards, got index={index} num_shards={num_shards}")
         return Dataset(ShardStage(num_shards, index), self)
@@ -450,6 +732,13 @@ class Dataset:
                     yield item
         finally:
             node.close()
+
+
+def _names(column_names: str | Sequence[str], what: str) -> list[str]:
+    names = [column_names] if isinstance(column_names, str) else list(column_names)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"{what}: give column names (each once), got {column_names!r}")
+    return names
 
 
 __all__ = ["REMAINDERS", "Context", "Dataset"]
