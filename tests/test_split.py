@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from pathlib import Path
 
 import pyarrow as pa
@@ -111,6 +112,31 @@ def test_each_part_is_an_ordinary_pipeline_that_resumes_exactly(folder: Path) ->
     assert sorted(r for b in val for r in b["id"].tolist()) == ids(parts["validation"])
     check_resume(val, every=3)
     check_resume(val, world=hr.World(rank=1, world_size=2), every=2)
+
+
+def _validation_on_rank(folder: str, agree: str, rank: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    from headrace.agree import FileAgreement
+
+    val = hr.open(folder, block_rows=500).split({"train": 0.9, "validation": 0.1}, seed=5)["validation"]
+    world = hr.World(rank=rank, world_size=3)
+    loader = hr.Loader(val.batch(2), world=world, agreement=FileAgreement(agree, consumers=3, consumer=rank))
+    alone = hr.Loader(val.batch(2), world=world, uneven="off")
+    queue.put((rank, [b["id"].tolist() for b in loader], [b["id"].tolist() for b in alone]))
+
+
+def test_a_part_gives_every_rank_the_same_number_of_batches(folder: Path, tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_validation_on_rank, args=(str(folder), str(tmp_path / "agree"), r, queue))
+             for r in range(3)]  # fmt: skip
+    for p in procs:
+        p.start()
+    got = dict((rank, (agreed, alone)) for rank, agreed, alone in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    counts = [len(got[r][1]) for r in range(3)]
+    assert len(set(counts)) > 1  # the hash leaves the ranks different counts on their own
+    assert [got[r][0] for r in range(3)] == [got[r][1][: min(counts)] for r in range(3)]  # uneven="stop"
 
 
 def test_hf_slices_keep_exactly_the_rows_hf_keeps(folder: Path) -> None:
