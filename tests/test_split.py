@@ -7,6 +7,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -150,6 +151,7 @@ def test_hf_slices_keep_exactly_the_rows_hf_keeps(folder: Path) -> None:
     assert ids(ds.split("train")) == list(range(ROWS))
     assert ds.split("train[:10%]").source.shards[0].name == "part-0.parquet"
     assert len(ds.split("train[:10%]").source.shards) == 1  # the files outside the slice are not read
+    assert sorted(ids(ds.split("train[20%:40%]").shuffle(seed=1, buffer_size=None))) == list(range(2000, 4000))
     with pytest.raises(ValueError, match="the slices overlap"):
         ds.split("train[:20%]+train[10%:30%]")
     with pytest.raises(ValueError, match="not a split name or slice"):
@@ -211,3 +213,16 @@ def test_a_batched_map_that_changes_the_row_count_cannot_split_by_place(folder: 
     with pytest.raises(ValueError, match="split before that map, or split by an id column"):
         ids(doubled.split({"x": 0.5})["x"])
     assert len(ids(doubled.split({"x": 0.5}, by="id")["x"])) % 2 == 0  # both copies of an id go together
+
+
+def test_token_windows_split_by_file_and_window_as_streaming_dataloaders_split_rate(tmp_path: Path) -> None:
+    np.save(tmp_path / "tokens.npy", np.arange(20_000, dtype=np.uint16))
+    windows = hr.open(str(tmp_path / "tokens.npy")).shuffle(seed=3, buffer_size=None).window(100)
+
+    def starts(ds: hr.Dataset) -> list[int]:
+        return sorted(int(row["input_ids"][0]) for row in ds)
+
+    train = starts(windows.split("train", split_rate=0.9, seed=1))
+    val = starts(windows.split("validation", split_rate=0.9, seed=1))
+    assert sorted(train + val) == starts(windows) == [100 * w for w in range(199)]
+    assert val == [100 * w for w in range(199) if unit(1, "tokens.npy", w) >= 0.9]
