@@ -177,12 +177,12 @@ def test_a_rank_without_a_process_group_says_counts_may_differ(
     path = tmp_path / "a.jsonl"
     path.write_text("".join(f'{{"id": {i}}}\n' for i in range(12)))
     with caplog.at_level("WARNING", logger="headrace"):
-        got = [b["id"].tolist() for b in hr.Loader(hr.open(str(path)).batch(2), world=hr.World(1, 5))]
+        got = [b["id"].tolist() for b in hr.Loader(hr.open(str(path)).filter(bool).batch(2), world=hr.World(1, 5))]
     assert got == [[2, 3]]  # no agreement: this rank's own part, nothing dropped or padded
     assert "no process group to agree over" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="headrace"):
-        list(hr.Loader(hr.open(str(path)).batch(2), world=hr.World(1, 5), uneven="off"))
+        list(hr.Loader(hr.open(str(path)).filter(bool).batch(2), world=hr.World(1, 5), uneven="off"))
     assert "no process group" not in caplog.text
 
 
@@ -251,3 +251,22 @@ def test_pad_refuses_a_rank_with_nothing_to_repeat(tmp_path: Path) -> None:
     loader = hr.Loader(ds, world=hr.World(0, 2), agreement=Others(), uneven="pad")
     with pytest.raises(hr.StateError, match="rank 0 \\(worker 0\\) has no batch in epoch 0 to pad with"):
         list(loader)
+
+
+def test_a_pipeline_equal_by_construction_does_not_agree(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(12)))
+    folder = tmp_path / "agree"
+    equal = hr.open(str(path)).shuffle(seed=1, buffer_size=4).map(lambda r: {"y": r["id"] * 2}).batch(2)
+    got = [b["id"].tolist() for b in hr.Loader(equal, world=hr.World(0, 1), agreement=None)]
+    assert len(got) == 6
+    agreement = FileAgreement(folder, consumers=1, consumer=0)
+    assert [b["id"].tolist() for b in hr.Loader(equal, agreement=agreement, world=hr.World(0, 1))] == got
+    assert list(folder.iterdir()) == []  # no call: every rank has the same count anyway
+    uneven = hr.open(str(path)).filter(lambda r: r["id"] < 5).batch(2)
+    assert [b["id"].tolist() for b in hr.Loader(uneven, agreement=agreement, world=hr.World(0, 1))] == [
+        [0, 1],
+        [2, 3],
+        [4],
+    ]
+    assert [p.name for p in folder.iterdir()] == ["agree.3.0"]  # 3 batches, then the call that found none
