@@ -129,3 +129,88 @@ def test_bad_inputs_are_clear(bert_dir: str, parquet_dir: Path, tmp_path: Path) 
                     stage=1, column="x")  # fmt: skip
     with pytest.raises(hr.SchemaError, match="holds int64, not token ids"):
         node.next()
+
+
+# -- configurable shares (issue #15): mask_replace_prob=, random_replace_prob= ---------------------------------
+
+# The masks of the pipeline below as headrace gave them before the shares could be chosen (computed with that
+# code): the default must keep giving them, byte for byte, so saved states and earlier runs stay valid.
+GOLDEN_TOKENS = 42432
+GOLDEN_SHA256 = "06de5691ddbd5172240864fef53cdee4eb85c4cf83a680a844910a1539b31d3a"
+GOLDEN_FIRST = [2035, 103, 1055, 2092, 1010, 2008, 4515, 2092, 102, 2552]
+GOLDEN_FIRST_LABELS = [-100, 1005, -100, -100, 1010, -100, -100, -100, -100, -100]
+
+
+def packed(bert_dir: str, parquet_dir: Path) -> hr.Dataset:
+    return hr.open(str(parquet_dir), block_rows=100).take(1000).tokenize(bert_dir).pack(64)
+
+
+def test_default_shares_give_exactly_the_masks_they_always_gave(bert_dir: str, parquet_dir: Path) -> None:
+    import hashlib
+
+    ds = packed(bert_dir, parquet_dir)
+    for masked in (ds.mask(bert_dir, seed=11), ds.mask(bert_dir, seed=11, mask_replace_prob=0.8,
+                                                         random_replace_prob=0.1)):  # fmt: skip
+        got = flat(masked.batch(32))
+        ids, labels = got["input_ids"].astype(np.int32), got["labels"].astype(np.int32)
+        assert len(ids) == GOLDEN_TOKENS
+        assert ids[:10].tolist() == GOLDEN_FIRST and labels[:10].tolist() == GOLDEN_FIRST_LABELS
+        assert hashlib.sha256(ids.tobytes() + labels.tobytes()).hexdigest() == GOLDEN_SHA256
+    describe = ds.mask(bert_dir, seed=11).describe()[-1]
+    assert set(describe) == {"stage", "tokenizer", "probability", "seed", "column"}  # the fingerprint as before
+    assert ds.mask(bert_dir, seed=11, mask_replace_prob=0.5).describe()[-1]["shares"] == [0.5, 0.1]
+
+
+def shares_of(bert_dir: str, parquet_dir: Path, **shares: float) -> tuple[np.ndarray, dict[str, float]]:
+    """The chosen positions and the share of them masked, replaced at random and kept."""
+    tok = load_tokenizer(bert_dir)
+    ds = hr.open(str(parquet_dir)).take(DOCS).tokenize(bert_dir).pack(128).map(keep_original, batched=True)
+    got = flat(ds.mask(bert_dir, seed=5, probability=0.3, **shares).batch(32))
+    ids, labels, original = got["input_ids"], got["labels"], got["original"]
+    chosen = labels != -100
+    assert (ids[~chosen] == original[~chosen]).all() and (labels[chosen] == original[chosen]).all()
+    picked, before = ids[chosen], original[chosen]
+    n = len(picked)
+    assert n > 30_000
+    return chosen, {
+        "mask": float((picked == tok.mask_id).sum() / n),
+        "random": float(((picked != tok.mask_id) & (picked != before)).sum() / n),
+        "kept": float((picked == before).sum() / n),
+    }
+
+
+def test_chosen_shares_follow_the_options(bert_dir: str, parquet_dir: Path) -> None:
+    chosen, got = shares_of(bert_dir, parquet_dir, mask_replace_prob=0.5, random_replace_prob=0.3)
+    assert abs(got["mask"] - 0.5) < 0.015 and abs(got["random"] - 0.3) < 0.015 and abs(got["kept"] - 0.2) < 0.015
+    same_choice, _ = shares_of(bert_dir, parquet_dir, mask_replace_prob=0.6, random_replace_prob=0.0)
+    assert np.array_equal(chosen, same_choice)  # the shares change what chosen tokens become, not which are chosen
+
+
+def test_all_mask_gives_only_mask_at_chosen_positions(bert_dir: str, parquet_dir: Path) -> None:
+    _, got = shares_of(bert_dir, parquet_dir, mask_replace_prob=1.0, random_replace_prob=0.0)
+    assert got == {"mask": 1.0, "random": 0.0, "kept": 0.0}
+    _, kept = shares_of(bert_dir, parquet_dir, mask_replace_prob=0.0, random_replace_prob=0.0)
+    assert kept == {"mask": 0.0, "random": 0.0, "kept": 1.0}  # labels only: every chosen token left as it was
+    _, random = shares_of(bert_dir, parquet_dir, mask_replace_prob=0.0, random_replace_prob=1.0)
+    assert random["mask"] < 0.001 and random["random"] > 0.99  # a random id may be [MASK] or the token itself
+
+
+def test_custom_shares_are_deterministic_and_resume(bert_dir: str, parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir), block_rows=100).take(400).tokenize(bert_dir).pack(64)
+    masked = ds.mask(bert_dir, seed=9, mask_replace_prob=0.7, random_replace_prob=0.2).batch(8)
+    a, again, threads = flat(masked), flat(masked), flat(masked, workers=2)
+    for other in (again, threads):
+        assert np.array_equal(a["input_ids"], other["input_ids"]) and np.array_equal(a["labels"], other["labels"])
+    assert check_resume(masked, every=7).steps > 30
+
+
+def test_bad_shares_are_refused(bert_dir: str, parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir)).tokenize(bert_dir)
+    with pytest.raises(ValueError, match=r"mask\(mask_replace_prob=0.8, random_replace_prob=0.3\): the two shares "
+                                         r"of the chosen tokens add up to more than 1"):  # fmt: skip
+        ds.mask(bert_dir, random_replace_prob=0.3)
+    with pytest.raises(ValueError, match=r"mask\(mask_replace_prob=...\) must be a fraction of the chosen tokens "
+                                         r"in \[0, 1\], got -0.1"):  # fmt: skip
+        ds.mask(bert_dir, mask_replace_prob=-0.1)
+    with pytest.raises(ValueError, match=r"mask\(random_replace_prob=...\) must be .* got '0.1'"):
+        ds.mask(bert_dir, random_replace_prob="0.1")  # type: ignore[arg-type]

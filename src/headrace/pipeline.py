@@ -614,19 +614,31 @@ class Dataset:
         return self._then(ChatStage(tok, template, column, max_rendered_chars))
 
     def mask(
-        self, tokenizer: Any, *, probability: float = 0.15, seed: int = DEFAULT_SEED, column: str = "input_ids"
+        self,
+        tokenizer: Any,
+        *,
+        probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        seed: int = DEFAULT_SEED,
+        column: str = "input_ids",
     ) -> Dataset:
         """BERT masked-LM: ``probability`` of non-special tokens chosen, 80% ``[MASK]``, 10% random, 10% kept.
 
+        ``mask_replace_prob`` and ``random_replace_prob`` (``DataCollatorForLanguageModeling``'s names)
+        are the shares of the chosen tokens that become ``[MASK]`` and a random id; the rest is kept.
         ``labels`` hold the original ids at chosen positions and -100 elsewhere; deterministic from
         ``rng(seed, epoch, stage, index)``.
         """
+        from headrace.stages.mlm import check_shares
+
         if not 0.0 < probability < 1.0:
             raise ValueError(f"mask(probability=...) must be in (0, 1), got {probability}")
+        shares = check_shares(mask_replace_prob, random_replace_prob)
         tok = load_tokenizer(tokenizer)
         if tok.mask_id is None:
             raise TokenizerError(f"{tok.name}: no mask token ([MASK] or <mask>) known; use a masked-LM tokenizer")
-        return self._then(MaskStage(tok, probability, seed, column))
+        return self._then(MaskStage(tok, probability, seed, column, shares))
 
     def decode_images(
         self,

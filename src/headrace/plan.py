@@ -332,16 +332,20 @@ class MaskStage(Stage):
     probability: float
     seed: int
     column: str
+    shares: tuple[float, float] = (0.8, 0.1)  # mask_replace_prob, random_replace_prob (BERT's 80/10/10)
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": "mask", "tokenizer": self.tokenizer.describe(), "probability": self.probability,
-                "seed": self.seed, "column": self.column}  # fmt: skip
+        out = {"stage": "mask", "tokenizer": self.tokenizer.describe(), "probability": self.probability,
+               "seed": self.seed, "column": self.column}  # fmt: skip
+        # BERT's shares keep the fingerprint they had before there was a choice (saved states stay valid)
+        return out if self.shares == (0.8, 0.1) else {**out, "shares": list(self.shares)}
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.mlm import MaskNode
 
         return MaskNode(parent.build(ctx), tokenizer=self.tokenizer, probability=self.probability, seed=self.seed,
-                        epoch=ctx.epoch, stage=depth, column=self.column)  # fmt: skip
+                        epoch=ctx.epoch, stage=depth, column=self.column, mask_replace_prob=self.shares[0],
+                        random_replace_prob=self.shares[1])  # fmt: skip
 
 
 @dataclass(frozen=True)

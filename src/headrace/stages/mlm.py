@@ -3,8 +3,10 @@
 Each token that is not special (the tokenizer's ``special_ids``, its pad id, or a position an
 ``attention_mask`` column marks as padding) is chosen with probability ``probability``, one
 Bernoulli draw per token. Of the chosen tokens 80% become the mask id, 10% a token drawn uniformly
-from ``[0, vocab_size)`` and 10% stay as they were. ``labels`` hold the original id at chosen
-positions and -100 elsewhere (an existing ``labels`` column is replaced).
+from ``[0, vocab_size)`` and 10% stay as they were (``mask_replace_prob`` and ``random_replace_prob``,
+as ``DataCollatorForLanguageModeling`` names them, change these shares: both are fractions of the
+chosen tokens, the rest is kept). ``labels`` hold the original id at chosen positions and -100
+elsewhere (an existing ``labels`` column is replaced).
 
 The draws of the k-th block this node emits come from ``rng(seed, epoch, stage, k)``: blocks are
 deterministic given the upstream position, so the masks are the same for any number of loader
@@ -29,6 +31,22 @@ IGNORE = -100
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the rest keep their id
 
 
+def check_shares(mask_replace_prob: float, random_replace_prob: float) -> tuple[float, float]:
+    """The two shares, checked: each in ``[0, 1]`` and together at most 1 (the rest of the chosen tokens is kept).
+
+    >>> check_shares(1.0, 0.0)
+    (1.0, 0.0)
+    """
+    for name, value in (("mask_replace_prob", mask_replace_prob), ("random_replace_prob", random_replace_prob)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"mask({name}=...) must be a fraction of the chosen tokens in [0, 1], got {value!r}")
+    if mask_replace_prob + random_replace_prob > 1.0:
+        raise ValueError(f"mask(mask_replace_prob={mask_replace_prob}, random_replace_prob={random_replace_prob}): "
+                         "the two shares of the chosen tokens add up to more than 1; the rest (1 - both) is kept "
+                         "as it was")  # fmt: skip
+    return float(mask_replace_prob), float(random_replace_prob)
+
+
 def mask_tokens(
     ids: np.ndarray,
     eligible: np.ndarray,
@@ -37,8 +55,15 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     gen: np.random.Generator,
+    mask_replace_prob: float = MASK_SHARE,
+    random_replace_prob: float = RANDOM_SHARE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(masked ids, labels)`` for flat ``ids``: BERT's 80/10/10 rule over the ``eligible`` positions.
+
+    Of the chosen positions, a share ``mask_replace_prob`` becomes ``mask_id``, a share
+    ``random_replace_prob`` a random id, and the rest keeps its id. One uniform draw per chosen
+    position decides (below ``mask_replace_prob``: mask; below both shares together: random), so the
+    default shares give the draws they always gave.
 
     >>> ids = np.arange(10, 20)
     >>> masked, labels = mask_tokens(ids, ids != 10, probability=0.5, mask_id=1, vocab_size=30,
@@ -50,8 +75,8 @@ def mask_tokens(
     where = np.flatnonzero(chosen)
     split = gen.random(len(where))
     masked = ids.copy()
-    masked[where[split < MASK_SHARE]] = mask_id
-    randomized = where[(split >= MASK_SHARE) & (split < MASK_SHARE + RANDOM_SHARE)]
+    masked[where[split < mask_replace_prob]] = mask_id
+    randomized = where[(split >= mask_replace_prob) & (split < mask_replace_prob + random_replace_prob)]
     masked[randomized] = gen.integers(0, vocab_size, size=len(randomized))
     labels = np.full(len(ids), IGNORE, dtype=np.result_type(ids.dtype, np.int8))
     labels[where] = ids[where]
@@ -84,6 +109,8 @@ class MaskNode(Node[Block]):
         epoch: int,
         stage: int,
         column: str = "input_ids",
+        mask_replace_prob: float = MASK_SHARE,
+        random_replace_prob: float = RANDOM_SHARE,
     ) -> None:
         if tokenizer.mask_id is None:
             raise TokenizerError(f"{tokenizer.name}: no mask token ([MASK] or <mask>); mask() needs a tokenizer "
@@ -96,6 +123,7 @@ class MaskNode(Node[Block]):
         self.special = np.array(sorted(special), dtype=np.int64)
         self.probability, self.seed, self.epoch, self.stage = probability, seed, epoch, stage
         self.column = column
+        self.shares = check_shares(mask_replace_prob, random_replace_prob)
         self.reset(None)
 
     def reset(self, state: State | None) -> None:
@@ -125,7 +153,8 @@ class MaskNode(Node[Block]):
             if len(pad) == len(ids):
                 eligible &= pad != 0
         masked, labels = mask_tokens(ids, eligible, probability=self.probability, mask_id=self.mask_id,
-                                     vocab_size=self.vocab_size, gen=gen)  # fmt: skip
+                                     vocab_size=self.vocab_size, gen=gen, mask_replace_prob=self.shares[0],
+                                     random_replace_prob=self.shares[1])  # fmt: skip
         out_type = ids.dtype if np.iinfo(ids.dtype).max >= self.vocab_size - 1 else np.dtype(np.int64)
         columns = dict(block.columns)
         columns[self.column] = _like(col, masked.astype(out_type))
