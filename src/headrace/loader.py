@@ -32,7 +32,7 @@ from headrace.core.errors import LoaderTimeout, StateError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
 from headrace.core.world import World
-from headrace.pipeline import REMAINDERS, Context, Dataset
+from headrace.pipeline import REMAINDERS, ColumnsStage, Context, Dataset, RebatchStage
 from headrace.plan import (
     AugmentStage,
     BatchStage,
@@ -543,7 +543,7 @@ def equal_by_construction(dataset: Dataset) -> bool:
             equal = stage.errors == "raise"
         else:
             equal = isinstance(stage, (ShuffleStage, BatchStage, TokenizeStage, LimitStage, ShardStage, RepeatStage,
-                                       MaskStage, AugmentStage))  # fmt: skip
+                                       MaskStage, AugmentStage, ColumnsStage, RebatchStage))  # fmt: skip
         if not equal:
             return False
     return True
