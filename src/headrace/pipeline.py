@@ -516,13 +516,27 @@ class Dataset:
         bos_id: int | None = None,
         eos_id: int | None = None,
         remove_column: bool = True,
+        truncation: bool = False,
+        max_length: int | None = None,
+        padding: bool | str = False,
+        pad_id: int | None = None,
+        return_attention_mask: bool | None = None,
     ) -> Dataset:
         """Tokenize ``column`` into ``output`` (a list of ids per row), in the tokenizer's native batch encoder.
 
         ``tokenizer``: a ``tokenizers.Tokenizer``, a ``transformers`` fast tokenizer, a ``tiktoken``
         encoding, a path to a ``tokenizer.json`` (or its folder), or ``"tiktoken:NAME"``. ``add_eos``
         appends the end-of-text id (``eos_id`` overrides the tokenizer's), ``add_bos`` prepends BOS.
+
+        For per-document models (not packed), as ``transformers`` does: ``truncation=True`` cuts each
+        text so that it fits ``max_length`` ids with BOS/EOS (kept) counted in; ``padding="max_length"``
+        pads every row on the right to ``max_length`` with ``pad_id`` (default: the tokenizer's pad
+        token), making ``output`` a ``[rows, max_length]`` array, and adds ``attention_mask`` (1 on real
+        tokens). ``return_attention_mask=True`` adds it without padding too (for
+        ``batch(n, pad="longest", pad_value={"input_ids": pad_id})``: padding per batch).
         """
+        from headrace.stages.tokenize import token_lengths
+
         tok = load_tokenizer(tokenizer)
         bos = (bos_id if bos_id is not None else tok.bos_id) if add_bos else None
         eos = (eos_id if eos_id is not None else tok.eos_id) if add_eos else None
@@ -530,7 +544,10 @@ class Dataset:
             raise TokenizerError(f"{tok.name}: no BOS token known; pass bos_id= or add_bos=False")
         if add_eos and eos is None:
             raise TokenizerError(f"{tok.name}: no EOS token known; pass eos_id= or add_eos=False")
-        return self._then(TokenizeStage(tok, column, output, bos, eos, remove_column))
+        fit = token_lengths(tok, int(bos is not None) + int(eos is not None), truncation=truncation,
+                            max_length=max_length, padding=padding, pad_id=pad_id,
+                            attention_mask=return_attention_mask)  # fmt: skip
+        return self._then(TokenizeStage(tok, column, output, bos, eos, remove_column, fit))
 
     def pack(
         self,

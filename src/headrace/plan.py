@@ -29,7 +29,7 @@ from headrace.stages.repeat import RepeatNode
 from headrace.stages.shuffle import ShuffleNode
 from headrace.stages.source import Source, SourceNode
 from headrace.stages.token_windows import TokenWindowNode, TokenWindows
-from headrace.stages.tokenize import tokenize_fn
+from headrace.stages.tokenize import WHOLE, Lengths, tokenize_fn
 from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
 from headrace.tokenizer import Tokenizer
 
@@ -256,14 +256,17 @@ class TokenizeStage(Stage):
     bos: int | None
     eos: int | None
     remove_column: bool
+    fit: Lengths = WHOLE  # truncation, padding, attention mask
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": "tokenize", "tokenizer": self.tokenizer.describe(), "column": self.column,
-                "output": self.output, "bos": self.bos, "eos": self.eos}  # fmt: skip
+        out = {"stage": "tokenize", "tokenizer": self.tokenizer.describe(), "column": self.column,
+               "output": self.output, "bos": self.bos, "eos": self.eos}  # fmt: skip
+        # whole documents keep the fingerprint they had before there was a choice (saved states stay valid)
+        return out if self.fit == WHOLE else {**out, "lengths": self.fit.describe()}
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         fn = tokenize_fn(self.tokenizer, column=self.column, output=self.output, bos=self.bos, eos=self.eos,
-                         remove_column=self.remove_column, lineage=parent.lineage)  # fmt: skip
+                         remove_column=self.remove_column, lineage=parent.lineage, fit=self.fit)  # fmt: skip
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
