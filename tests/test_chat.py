@@ -539,3 +539,61 @@ def test_real_templates_render_as_transformers(chat_bpe: str, conversations: lis
         with pytest.raises(jinja2.exceptions.TemplateError) as ours:
             renderer.render(bad)
         assert str(ours.value) == str(hf_error.value)
+
+
+# -- the rendered text (issue #15): text_column= and tokenize=False --------------------------------------------
+
+
+@pytest.mark.parametrize("template", [CHATML, HUB_STYLE, GENERATION, LLAMA_31, QWEN_3_STYLE],
+                         ids=["chatml", "hub-style", "generation", "llama-3.1", "qwen-3-style"])  # fmt: skip
+def test_tokenize_false_gives_apply_chat_template_text(
+    chat_bpe: str, chat_path: str, conversations: list, template: str
+) -> None:
+    """``chat(tokenize=False)`` is ``apply_chat_template(messages, tokenize=False)``, row for row, for any template —
+    also one that renders earlier turns differently (whose assistant spans chat() cannot find)."""
+    hf = hf_tokenizer(chat_bpe, template)
+    got = rows(hr.open(chat_path, block_rows=40).take(60).chat(chat_bpe, template=template, tokenize=False))
+    assert len(got) == 60 and set(got[0]) == {"id", "text"}
+    for row, conv in zip(got, conversations[:60], strict=True):
+        assert row["text"] == hf.apply_chat_template(conv, tokenize=False)
+
+
+def test_text_column_keeps_the_rendering_beside_ids_and_labels(chat_bpe: str, tmp_path: Path) -> None:
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "To be, or not to be?"},
+            {"role": "assistant", "content": "That is the question."}]  # fmt: skip
+    path = write_jsonl(tmp_path / "one.jsonl", [conv])
+    want = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTo be, or not to be?<|im_end|>\n"
+            "<|im_start|>assistant\nThat is the question.<|im_end|>\n")  # fmt: skip
+    plain = rows(hr.open(path).chat(chat_bpe, template=CHATML))
+    (row,) = rows(hr.open(path).chat(chat_bpe, template=CHATML, text_column="text"))
+    assert set(row) == {"id", "input_ids", "labels", "text"} and row["text"] == want
+    assert row["input_ids"] == plain[0]["input_ids"] and row["labels"] == plain[0]["labels"]
+    assert row["input_ids"] == load_tokenizer(chat_bpe).encode_lists([want])[0]
+    (only,) = rows(hr.open(path).chat(chat_bpe, template=CHATML, tokenize=False))
+    assert only == {"id": 0, "text": want}
+    (named,) = rows(hr.open(path).chat(chat_bpe, template=CHATML, tokenize=False, text_column="prompt"))
+    assert named == {"id": 0, "prompt": want}
+
+
+def test_rendered_text_then_tokenize_gives_chats_ids(chat_bpe: str, chat_path: str) -> None:
+    """EasyData's path (render to ``text``, then tokenize) gives the ids chat() gives, without labels."""
+    ds = hr.open(chat_path, block_rows=64)
+    ids = [r["input_ids"] for r in rows(ds.chat(chat_bpe, template=HUB_STYLE))]
+    text_first = ds.chat(chat_bpe, template=HUB_STYLE, tokenize=False).tokenize(chat_bpe, add_eos=False)
+    assert [r["input_ids"] for r in rows(text_first, workers=2)] == ids
+
+
+def test_chat_text_options_fingerprint_and_checks(chat_bpe: str, chat_path: str) -> None:
+    ds = hr.open(chat_path)
+    default = ds.chat(chat_bpe, template=CHATML).describe()[-1]
+    assert set(default) == {"stage", "tokenizer", "column", "template"}  # as before: saved states stay valid
+    text = ds.chat(chat_bpe, template=CHATML, tokenize=False).describe()[-1]
+    assert {k: text[k] for k in ("tokenize", "text_column")} == {"tokenize": False, "text_column": "text"}
+    assert text["template"] == default["template"]
+    with pytest.raises(ValueError, match=r"text_column='labels'\) would overwrite the token ids"):
+        ds.chat(chat_bpe, template=CHATML, text_column="labels")
+    with pytest.raises(ValueError, match=r"chat\(tokenize=...\) must be True or False"):
+        ds.chat(chat_bpe, template=CHATML, tokenize="no")  # type: ignore[arg-type]
+    texts = ds.take(96).chat(chat_bpe, template=CHATML, text_column="text")
+    report = check_resume(texts.batch(8, pad="longest", pad_value=LABEL_PAD), every=3)
+    assert report.steps == 12

@@ -610,25 +610,41 @@ class Dataset:
                                       column))  # fmt: skip
 
     def chat(
-        self, tokenizer: Any, *, template: str | None = None, column: str = "messages", max_rendered_chars: int = 0
+        self,
+        tokenizer: Any,
+        *,
+        template: str | None = None,
+        column: str = "messages",
+        max_rendered_chars: int = 0,
+        tokenize: bool = True,
+        text_column: str | None = None,
     ) -> Dataset:
         """Render message lists with a Jinja chat template, tokenize, and label only assistant turns.
 
         Emits ``input_ids`` and ``labels`` (-100 outside assistant turns). ``template`` defaults to the
         tokenizer's own chat template (``tokenizer_config.json``). The template is untrusted and runs in a
         bounded sandbox: a rendering over ``max_rendered_chars`` characters (0: 16 Mi) is a ``RecordError``.
+        ``text_column="text"`` also keeps the rendered conversation, as ``apply_chat_template(messages,
+        tokenize=False)`` gives it; ``tokenize=False`` renders only (into ``text_column``, default ``"text"``).
         """
         from headrace.stages.chat import compile_template
 
         if not isinstance(max_rendered_chars, int) or max_rendered_chars < 0:
             raise ValueError(f"chat(max_rendered_chars=...) must be a positive int (0: the default), got "
                              f"{max_rendered_chars!r}")  # fmt: skip
+        if not isinstance(tokenize, bool):
+            raise ValueError(f"chat(tokenize=...) must be True or False, got {tokenize!r}")
+        if text_column is not None and (not isinstance(text_column, str) or not text_column):
+            raise ValueError(f"chat(text_column=...) must name a column, got {text_column!r}")
+        if text_column in ("input_ids", "labels") and tokenize:
+            raise ValueError(f"chat(text_column={text_column!r}) would overwrite the token ids; name another column")
         tok = load_tokenizer(tokenizer)
         source = template or tok.chat_template
         if source is None:
             raise TokenizerError(f"{tok.name}: no chat template; pass chat(template=...) with a Jinja chat template")
         compile_template(source)  # a broken template fails here, not at the first batch
-        return self._then(ChatStage(tok, template, column, max_rendered_chars))
+        text = text_column if text_column is not None or tokenize else "text"
+        return self._then(ChatStage(tok, template, column, max_rendered_chars, tokenize, text))
 
     def mask(
         self,

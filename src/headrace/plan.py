@@ -316,16 +316,23 @@ class ChatStage(Stage):
     template: str | None
     column: str
     max_rendered_chars: int = 0  # 0: the default; not in describe(): a limit, not what the stage emits
+    tokenize: bool = True  # False: the rendered text only
+    text_column: str | None = None  # where the rendered text goes (None: not kept)
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
-                "template": fingerprint(self.template or self.tokenizer.chat_template)}  # fmt: skip
+        out = {"stage": "chat", "tokenizer": self.tokenizer.describe(), "column": self.column,
+               "template": fingerprint(self.template or self.tokenizer.chat_template)}  # fmt: skip
+        # ids and labels alone keep the fingerprint they had before there was a choice (saved states stay valid)
+        if self.tokenize and self.text_column is None:
+            return out
+        return {**out, "tokenize": self.tokenize, "text_column": self.text_column}
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.chat import chat_fn
 
         fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage,
-                     max_rendered_chars=self.max_rendered_chars or None)  # fmt: skip
+                     max_rendered_chars=self.max_rendered_chars or None, tokenize=self.tokenize,
+                     text_column=self.text_column)  # fmt: skip
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 

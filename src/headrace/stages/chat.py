@@ -159,6 +159,16 @@ class ChatRenderer:
         assert isinstance(env, BoundedSandbox)
         return env.render_bounded(self.template, {"messages": messages, **self.variables})
 
+    def text(self, messages: list[dict[str, Any]]) -> str:
+        """The rendering alone, as ``apply_chat_template(messages, tokenize=False)`` (one render, no spans).
+
+        >>> ChatRenderer("{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %};"
+        ...              "{% endfor %}", {}).text([{"role": "assistant", "content": "Yo"}])
+        'Yo;'
+        """
+        full = self._render(messages)
+        return _unmark(full)[0] if self.marked else full
+
     def render(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
         """``(text, spans)``; raises ``ValueError`` (template prefixes inconsistent) or Jinja errors."""
         full = self._render(messages)
@@ -299,12 +309,15 @@ def chat_fn(
     column: str,
     lineage: Callable[[int, int], str],
     max_rendered_chars: int | None = None,
+    tokenize: bool = True,
+    text_column: str | None = None,
 ) -> Callable[[Block], Block]:
     """A block function: ``column`` (message lists) into ``input_ids`` and ``labels`` (``list<int32>``).
 
     ``template`` (Jinja) defaults to the tokenizer's ``chat_template``; it is compiled once, here. A
     rendering longer than ``max_rendered_chars`` (None: :data:`MAX_RENDERED_CHARS`), or a template past
-    any other bound of the sandbox, is a ``RecordError`` naming the record.
+    any other bound of the sandbox, is a ``RecordError`` naming the record. ``text_column`` also keeps
+    the rendered conversation (a string column); with ``tokenize=False`` it is the only output.
 
     >>> from tokenizers import Tokenizer as HF, models, pre_tokenizers
     >>> from headrace.tokenizer import load_tokenizer
@@ -312,18 +325,34 @@ def chat_fn(
     ...                          unk_token="[UNK]"))
     >>> hf.pre_tokenizer = pre_tokenizers.Whitespace()
     >>> fn = chat_fn(load_tokenizer(hf), template="{% for m in messages %}{{ m.role }}: {{ m.content }} ; "
-    ...              "{% endfor %}", column="messages", lineage=lambda s, r: f"row {r}")
+    ...              "{% endfor %}", column="messages", lineage=lambda s, r: f"row {r}", text_column="text")
     >>> out = fn(Block.from_pydict({"messages": [[{"role": "user", "content": "hi"},
     ...                                           {"role": "assistant", "content": "yo"}]]}))
     >>> out.columns["input_ids"].to_pylist(), out.columns["labels"].to_pylist()
     ([[1, 3, 4, 6, 2, 3, 5, 6]], [[-100, -100, -100, -100, -100, -100, 5, 6]])
+    >>> out.columns["text"].to_pylist()
+    ['user: hi ; assistant: yo ; ']
     """
     source = template if template is not None else tokenizer.chat_template
     if source is None:
         raise TokenizerError(f"{tokenizer.name}: no chat template; pass chat(template=...) with a Jinja chat "
                              "template (as transformers' tokenizer.chat_template)")  # fmt: skip
+    if not tokenize and text_column is None:
+        raise ValueError("chat(tokenize=False) renders text only: name its column with text_column=")
     renderer = ChatRenderer(source, template_variables(tokenizer), max_rendered_chars or MAX_RENDERED_CHARS)
     dtype = np.int32 if tokenizer.vocab_size < 2**31 else np.int64
+    outputs = ("input_ids", "labels") if tokenize else ()
+
+    def rendered(messages: list[dict[str, Any]], where: str) -> tuple[str, list[tuple[int, int]]]:
+        try:
+            return renderer.render(messages) if tokenize else (renderer.text(messages), [])
+        except jinja2.exceptions.SecurityError as e:
+            raise RecordError(f"chat: {where}: the chat template was stopped on this conversation: {e}; the "
+                              "template is not trusted, so its work is bounded (see headrace's security "
+                              "model)") from None  # fmt: skip
+        except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as e:
+            raise RecordError(f"chat: {where}: the chat template failed on this conversation: "
+                              f"{type(e).__name__}: {e}") from None  # fmt: skip
 
     def per_block(block: Block) -> Block:
         col = block.columns.get(column)
@@ -333,34 +362,32 @@ def chat_fn(
             where = lineage(int(block.shard[0]), int(block.row[0])) if block.num_rows else "?"
             raise SchemaError(f"chat(column={column!r}): the column holds {col.type}, not lists of messages "
                               f"(at {where}); parse JSON strings with a map() first")  # fmt: skip
+        texts: list[str] = []
         ids_parts: list[np.ndarray] = []
         label_parts: list[np.ndarray] = []
         for r, conversation in enumerate(to_pylist(col)):
             where = lineage(int(block.shard[r]), int(block.row[r]))
-            messages = _messages(conversation, where, column)
-            try:
-                text, spans = renderer.render(messages)
-            except jinja2.exceptions.SecurityError as e:
-                raise RecordError(f"chat: {where}: the chat template was stopped on this conversation: {e}; the "
-                                  "template is not trusted, so its work is bounded (see headrace's security "
-                                  "model)") from None  # fmt: skip
-            except (jinja2.TemplateError, ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as e:
-                raise RecordError(f"chat: {where}: the chat template failed on this conversation: "
-                                  f"{type(e).__name__}: {e}") from None  # fmt: skip
-            ids, spans_of_tokens = tokenizer.encode_offsets(text)
-            label_parts.append(_labels(ids, spans_of_tokens, spans))
-            ids_parts.append(np.asarray(ids, dtype=np.int64))
-        lengths = np.fromiter((len(p) for p in ids_parts), dtype=np.int64, count=len(ids_parts))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        arrow_type = pa.int32() if dtype == np.int32 else pa.int64()
+            text, spans = rendered(_messages(conversation, where, column), where)
+            texts.append(text)
+            if tokenize:
+                ids, spans_of_tokens = tokenizer.encode_offsets(text)
+                label_parts.append(_labels(ids, spans_of_tokens, spans))
+                ids_parts.append(np.asarray(ids, dtype=np.int64))
+        columns = {k: v for k, v in block.columns.items() if k not in (column, *outputs, text_column)}
+        if tokenize:
+            lengths = np.fromiter((len(p) for p in ids_parts), dtype=np.int64, count=len(ids_parts))
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            arrow_type = pa.int32() if dtype == np.int32 else pa.int64()
 
-        def column_of(parts: list[np.ndarray]) -> pa.Array:
-            flat = np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype=dtype)
-            return pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(flat, arrow_type))
+            def column_of(parts: list[np.ndarray]) -> pa.Array:
+                flat = np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype=dtype)
+                return pa.ListArray.from_arrays(arrow_numbers(offsets), arrow_numbers(flat, arrow_type))
 
-        columns = {k: v for k, v in block.columns.items() if k not in (column, "input_ids", "labels")}
-        columns["input_ids"] = column_of(ids_parts)
-        columns["labels"] = column_of(label_parts)
+            columns["input_ids"] = column_of(ids_parts)
+            columns["labels"] = column_of(label_parts)
+        if text_column is not None:
+            big = sum(len(t) for t in texts) * 4 >= 2**31  # UTF-8 takes at most 4 bytes a character
+            columns[text_column] = pa.array(texts, type=pa.large_string() if big else pa.string())
         return Block(columns=columns, shard=block.shard, row=block.row)
 
     return per_block
