@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
 
     import headrace as hr
+    from headrace.integrations.torch import to_tensors
     from headrace.tokenizer import train_tokenizer
 
     cuda = torch.cuda.is_available()
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.max_steps:
         before = taken
         for batch in loader:  # this rank's part; iterating again goes on into the next epoch
-            ids = torch.from_numpy(batch["input_ids"]).long().to(device, non_blocking=True)
+            ids = to_tensors(batch)["input_ids"].to(device, non_blocking=True)  # int64, as the loss wants
             logits = model(ids[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)

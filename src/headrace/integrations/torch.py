@@ -1,10 +1,17 @@
 """PyTorch: batches as tensors, a ``torch.utils.data.IterableDataset`` view, and a device prefetcher.
 
+Integer columns (token ids, labels, positions, masks) become ``int64`` tensors in every torch path
+(:func:`to_tensors`, :class:`IterableDataset`, :class:`DevicePrefetcher`): what ``F.cross_entropy``,
+embeddings and Hugging Face models take. The numpy batches of :class:`~headrace.Loader` keep their
+compact dtypes (``int32`` token ids move half the bytes); ``int_dtype=None`` keeps them in torch too.
+
 :class:`IterableDataset` is a headrace :class:`~headrace.Dataset` as PyTorch sees datasets. Under
 ``DataLoader(view, batch_size=None, num_workers=N)`` each worker process reads its own part (the world
 is ranks × workers), and its ``state_dict()``/``load_state_dict()`` are what ``torchdata``'s
 ``StatefulDataLoader`` saves per worker, so ``StatefulDataLoader`` resumes exactly. Without a
-``batch()`` stage it yields rows, for loaders that batch themselves (``transformers.Trainer``).
+``batch()`` stage it yields rows of tensors, for loaders that batch themselves:
+``DataLoader(view, batch_size=16)`` stacks them into ``[16, seq_len]`` tensors. Each new pass over the
+view (each ``for batch in loader``) starts the next epoch, persistent workers or not.
 
 :class:`DevicePrefetcher` moves the batches of an :class:`~headrace.Loader` (or any iterable of dicts) to
 a device ahead of the training step: pinned host memory and non-blocking copies on a side CUDA stream,
@@ -37,22 +44,79 @@ from headrace.core.world import World
 from headrace.loader import Loader
 from headrace.pipeline import Dataset
 
+KEEP_INT32 = frozenset({"cu_seqlens"})  # flash-attention's varlen kernels take int32 offsets, nothing else
+MAX_WORKERS = 1024  # DataLoader workers whose next epoch the view keeps (in memory shared with them)
 
-def to_tensors(item: Any, pin_memory: bool = False) -> Any:
-    """numpy arrays (in dicts and lists) as ``torch.Tensor`` s, sharing memory where numpy allows; strings
-    and other objects as they are. ``pin_memory`` pins the tensors (page-locked, for fast async copies)."""
+
+def to_tensors(item: Any, pin_memory: bool = False, *, int_dtype: torch.dtype | None = torch.int64) -> Any:
+    """numpy arrays (in dicts and lists) as ``torch.Tensor`` s; strings and other objects as they are.
+
+    Integer arrays become ``int_dtype`` (``int64``: what losses, embeddings and Hugging Face models
+    take), except ``uint8`` ones (image pixels) and a ``cu_seqlens`` column (flash-attention wants
+    ``int32``); ``int_dtype=None`` keeps numpy's dtype, sharing its memory where numpy allows.
+    ``pin_memory`` pins the tensors (page-locked, for fast async copies).
+
+    >>> import numpy as np
+    >>> batch = to_tensors({"input_ids": np.arange(4, dtype=np.int32).reshape(2, 2), "text": np.array(["a", "b"])})
+    >>> batch["input_ids"].dtype, batch["text"]
+    (torch.int64, ['a', 'b'])
+    >>> to_tensors(np.arange(2, dtype=np.int32), int_dtype=None).dtype
+    torch.int32
+    """
+    return _tensors(item, pin_memory, int_dtype, "")
+
+
+def _tensors(item: Any, pin_memory: bool, int_dtype: torch.dtype | None, name: str) -> Any:
     if isinstance(item, np.ndarray):
         if item.dtype.kind in "biufc":
             tensor = torch.from_numpy(item if item.flags.writeable else item.copy())
+            if int_dtype is not None and _widened(item.dtype, name):
+                tensor = tensor.to(int_dtype)
             return tensor.pin_memory() if pin_memory and torch.cuda.is_available() else tensor
         return item.tolist() if item.dtype.kind in "OUS" else item
     if isinstance(item, np.generic):
         return item.item()
     if isinstance(item, Mapping):
-        return {k: to_tensors(v, pin_memory) for k, v in item.items()}
+        return {k: _tensors(v, pin_memory, int_dtype, str(k)) for k, v in item.items()}
     if isinstance(item, list | tuple):
-        return type(item)(to_tensors(v, pin_memory) for v in item)
+        return type(item)(_tensors(v, pin_memory, int_dtype, name) for v in item)
     return item
+
+
+def _widened(dtype: np.dtype[Any], name: str) -> bool:
+    """Whether an integer column of ``dtype`` named ``name`` becomes ``int_dtype``."""
+    return dtype.kind in "iu" and dtype != np.uint8 and name not in KEEP_INT32
+
+
+def row_tensors(row: Mapping[str, Any], int_dtype: torch.dtype | None = torch.int64) -> dict[str, Any]:
+    """A row of :class:`~headrace.Loader` (Python lists for sequences) with its number lists as tensors,
+    so that ``default_collate`` stacks rows into ``[batch, seq_len]`` tensors instead of transposing lists.
+
+    Lists of ints become ``int_dtype`` tensors (``int64`` also for ``None``: a Python list has no compact
+    dtype), lists of floats ``float32``; strings, ragged or empty lists and scalars stay as they are.
+
+    >>> row_tensors({"input_ids": [5, 6, 7], "text": "hi", "id": 3})
+    {'input_ids': tensor([5, 6, 7]), 'text': 'hi', 'id': 3}
+    """
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, np.ndarray | np.generic):
+            out[name] = _tensors(value, False, int_dtype, name)
+            continue
+        if not isinstance(value, list) or not value or isinstance(value[0], str | bytes | dict):
+            out[name] = value
+            continue
+        try:
+            tensor = torch.tensor(value)
+        except (TypeError, ValueError, RuntimeError):  # ragged, mixed or not numbers: the collator decides
+            out[name] = value
+            continue
+        if tensor.dtype == torch.int64 and name in KEEP_INT32:
+            tensor = tensor.to(torch.int32)
+        elif tensor.dtype == torch.int64 and int_dtype is not None:
+            tensor = tensor.to(int_dtype)
+        out[name] = tensor
+    return out
 
 
 class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -61,7 +125,19 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
     Each ``DataLoader`` worker is one consumer of the world (``rank * num_workers + worker``), so the
     batches differ with the worker count — as with any sharded ``IterableDataset`` — but are the same
     for the same world. ``threads``/``prefetch`` are the inner :class:`~headrace.Loader`'s (headrace's
-    own worker threads, inside each ``DataLoader`` worker). ``tensors=False`` yields numpy.
+    own worker threads, inside each ``DataLoader`` worker). ``tensors=False`` yields numpy batches (and
+    the Loader's rows as they are); ``int_dtype`` is what integer columns become (``int64``; ``None``
+    keeps the compact dtypes, see :func:`to_tensors`). Without a ``batch()`` stage the view yields rows
+    whose sequences are tensors (:func:`row_tensors`), for ``DataLoader(view, batch_size=16)``.
+
+    Epochs: each new pass over the view starts the next epoch (its own shard order and shuffles), in
+    this process and in ``DataLoader`` workers, persistent or not: the next epoch of each worker is kept
+    in memory shared with the workers, and a pass resumed from a state continues that state's epoch.
+    ``set_epoch(e)`` (``DistributedSampler``'s convention) makes the next pass epoch ``e``.
+
+    ``uneven`` is the inner loader's (:class:`~headrace.Loader`); by default ``"off"`` when there is one
+    rank (``DataLoader`` workers of one process need no equal counts: none of their rows is dropped to
+    equalize them) and the Loader's default otherwise.
 
     ``state_dict()`` is the state of the items this process (or ``DataLoader`` worker) has yielded;
     ``load_state_dict()`` makes the next iteration continue from there. ``history`` keeps the states of
@@ -79,17 +155,21 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
         prefetch: int = 2,
         tensors: bool = True,
         history: int = 0,
+        int_dtype: torch.dtype | None = torch.int64,
+        uneven: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
         self.rank, self.world_size, self.remainder = rank, world_size, remainder
         self.threads, self.prefetch, self.tensors = threads, prefetch, tensors
-        self.history = history
+        self.history, self.int_dtype, self.uneven = history, int_dtype, uneven
         self._loader: Loader | None = None
         self._pending: dict[str, Any] | None = None  # a state loaded before the next iteration
         self._yielded = 0  # items yielded in this process since the epoch began (restored with the state)
         self._states: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=max(1, history))
-        self._epoch = 0
+        # The epoch of the next pass, per process: [0] this one, [1 + w] DataLoader worker w. Shared memory, so
+        # workers started afresh for each pass (persistent_workers=False) go on from their predecessors' epoch.
+        self._next_epochs = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
 
     def _world(self) -> World:
         world = World.detect(self.rank, self.world_size)
@@ -98,33 +178,62 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
             world = replace(world, worker=info.id, num_workers=info.num_workers)
         return world
 
+    def _slot(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return 0
+        if info.num_workers > MAX_WORKERS:
+            raise ValueError(f"headrace IterableDataset: {info.num_workers} DataLoader workers, more than the "
+                             f"{MAX_WORKERS} whose epochs it keeps; use fewer (or headrace threads=)")  # fmt: skip
+        return 1 + info.id
+
     def loader(self) -> Loader:
         """The inner :class:`~headrace.Loader` for this process's part of the world."""
         if self._loader is None:
+            world = self._world()
+            uneven = self.uneven or ("off" if world.world_size == 1 else "stop")
             self._loader = Loader(self.dataset, num_workers=self.threads, prefetch=self.prefetch,
-                                  remainder=self.remainder, world=self._world())  # fmt: skip
-            self._loader.set_epoch(self._epoch)
+                                  remainder=self.remainder, world=world, uneven=uneven)  # fmt: skip
+            self._loader.set_epoch(int(self._next_epochs[self._slot()]))
         return self._loader
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` at the next iteration (``DistributedSampler``'s convention)."""
-        self._epoch = epoch
+        """Start ``epoch`` at the next pass (``DistributedSampler``'s convention); without it each new pass
+        starts the epoch after the last one."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._next_epochs.fill_(epoch)
         self._pending, self._yielded = None, 0
         if self._loader is not None:
             self._loader.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        loader = self.loader()
+        # Not a generator itself: where the pass starts is decided now, so that a state_dict() taken before the
+        # first item (StatefulDataLoader takes one as the iterator is made) already names this pass's epoch.
+        loader, slot = self.loader(), self._slot()
         if self._pending is not None:
             loader.load_state_dict(self._pending["loader"])
             self._yielded = int(self._pending["yielded"])
             self._pending = None
+        else:
+            loader.set_epoch(int(self._next_epochs[slot]))
+            self._yielded = 0
+        self._next_epochs[slot] = loader.epoch + 1
         self._states.clear()
+        return self._items(loader)
+
+    def _items(self, loader: Loader) -> Iterator[Any]:
+        rows = not self.dataset.batched
         for item in loader:
             self._yielded += 1
             if self.history:
                 self._states.append((self._yielded, loader.state_dict()))
-            yield to_tensors(item) if self.tensors else item
+            if not self.tensors:
+                yield item
+            elif rows and isinstance(item, Mapping):
+                yield row_tensors(item, self.int_dtype)
+            else:
+                yield to_tensors(item, int_dtype=self.int_dtype)
         self._yielded = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -160,7 +269,9 @@ class DevicePrefetcher:
 
     On CUDA the host tensors are pinned and copied with ``non_blocking=True`` on a side stream; the
     caller's stream waits for the copy only when it takes the batch. On CPU it converts to tensors (and
-    moves nothing). ``state_dict()``/``load_state_dict()`` pass through to ``batches`` (a
+    moves nothing). Integer columns arrive as ``int_dtype`` (``int64``; ``None``: as numpy had them,
+    see :func:`to_tensors`); on CUDA the compact ids are copied and widened on the device (half the
+    bytes over the bus). ``state_dict()``/``load_state_dict()`` pass through to ``batches`` (a
     :class:`~headrace.Loader`), taken for the last batch handed out.
 
     >>> import headrace as hr, tempfile, os
@@ -171,20 +282,28 @@ class DevicePrefetcher:
     [[0, 1, 2], [3, 4, 5]]
     """
 
-    def __init__(self, batches: Iterable[Any], device: str | torch.device = "cuda", prefetch: int = 2) -> None:
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        device: str | torch.device = "cuda",
+        prefetch: int = 2,
+        *,
+        int_dtype: torch.dtype | None = torch.int64,
+    ) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.batches, self.device, self.prefetch = batches, torch.device(device), prefetch
+        self.int_dtype = int_dtype
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
     def _move(self, batch: Any, stream: Any) -> Any:
         cuda = self.device.type == "cuda"
-        host = to_tensors(batch, pin_memory=cuda)
         if not cuda:
-            return host
+            return to_tensors(batch, int_dtype=self.int_dtype)
+        host = to_tensors(batch, pin_memory=True, int_dtype=None)  # compact over the bus, widened on the device
         with torch.cuda.stream(stream):
-            return _apply(host, lambda t: t.to(self.device, non_blocking=True))
+            return _widen(_apply(host, lambda t: t.to(self.device, non_blocking=True)), self.int_dtype, "")
 
     def __iter__(self) -> Iterator[Any]:
         stateful = hasattr(self.batches, "state_dict")
@@ -229,6 +348,21 @@ class DevicePrefetcher:
         self.batches.load_state_dict(state)  # type: ignore[attr-defined]
 
 
+def _widen(item: Any, int_dtype: torch.dtype | None, name: str) -> Any:
+    """Integer tensors as ``int_dtype``, by :func:`to_tensors`' rule (on whatever device they are)."""
+    if int_dtype is None:
+        return item
+    if isinstance(item, torch.Tensor):
+        integer = not item.dtype.is_floating_point and not item.dtype.is_complex and item.dtype != torch.bool
+        keep = item.dtype == torch.uint8 or name in KEEP_INT32
+        return item.to(int_dtype) if integer and not keep else item
+    if isinstance(item, Mapping):
+        return {k: _widen(v, int_dtype, str(k)) for k, v in item.items()}
+    if isinstance(item, list | tuple):
+        return type(item)(_widen(v, int_dtype, name) for v in item)
+    return item
+
+
 def _apply(item: Any, fn: Any) -> Any:
     if isinstance(item, torch.Tensor):
         return fn(item)
@@ -239,4 +373,4 @@ def _apply(item: Any, fn: Any) -> Any:
     return item
 
 
-__all__ = ["DevicePrefetcher", "IterableDataset", "to_tensors"]
+__all__ = ["DevicePrefetcher", "IterableDataset", "row_tensors", "to_tensors"]

@@ -5,7 +5,9 @@
   ``cu_seqlens`` for document-masked attention.
 - ``window(seq_len, stride, shift)`` emits ``input_ids = t[s : s+seq_len]`` and
   ``labels = t[s+shift : s+shift+seq_len]``, the next window ``stride`` tokens later; ``shift=None``
-  draws one shift per batch from the proper divisors of ``seq_len`` and reports it.
+  draws one shift per batch from the proper divisors of ``seq_len`` and reports it. ``shift=0`` gives
+  ``labels`` equal to ``input_ids`` (a copy): the form Hugging Face causal-LM models take, as they shift
+  the labels themselves.
 
 The remainder of a sequence lives in the state as a position (see :mod:`headrace.stages.tokens`).
 """
@@ -29,7 +31,8 @@ class WindowNode(Node[Block]):
     """Windows of ``seq_len`` tokens every ``stride`` tokens, optionally with shifted labels.
 
     ``shift=0`` and ``stride=seq_len`` is plain packing. ``remainder="pad"`` emits the final partial
-    sequence padded with ``pad_id`` and an ``attention_mask`` column on every row.
+    sequence padded with ``pad_id`` and an ``attention_mask`` column on every row. ``labels``: emit a
+    ``labels`` column also when the shift is 0 (``window(shift=0)``: labels equal to the input ids).
     """
 
     def __init__(
@@ -47,8 +50,10 @@ class WindowNode(Node[Block]):
         seed: int,
         epoch: int,
         stage: int,
+        labels: bool = False,
     ) -> None:
         self.upstream = upstream
+        self.labels = labels
         self.stream = TokenStream(upstream, column)
         self.seq_len, self.stride, self.shift = seq_len, stride, shift
         self.documents, self.remainder, self.pad_id = documents, remainder, pad_id
@@ -99,7 +104,7 @@ class WindowNode(Node[Block]):
         n = self.seq_len
         ids = tokens[:, :n].astype(np.int32 if tokens.dtype.itemsize <= 4 else np.int64)  # a copy out of the buffer
         out: dict[str, np.ndarray | pa.Array] = {"input_ids": ids}
-        if shift:
+        if shift or self.labels:  # shift 0: a copy of the ids, so that changing one never changes the other
             out["labels"] = tokens[:, shift : shift + n].astype(ids.dtype)
         if self.shift is None:
             out["shift"] = np.full(len(ids), shift, dtype=np.int64)

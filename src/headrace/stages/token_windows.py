@@ -79,8 +79,8 @@ class TokenWindowNode(Node[Block]):
         tokens = s.shards.windows(starts, s.seq_len + s.shift)
         dtype = np.int32 if s.shards.dtype.itemsize <= 4 and s.shards.dtype != np.uint32 else np.int64
         columns: dict[str, Any] = {"input_ids": tokens[:, : s.seq_len].astype(dtype)}
-        if s.shift:
-            columns["labels"] = tokens[:, s.shift : s.shift + s.seq_len].astype(dtype)
+        # shift 0 (window(shift=0), for models that shift the labels themselves): labels equal to the ids, a copy
+        columns["labels"] = tokens[:, s.shift : s.shift + s.seq_len].astype(dtype)
         shard = np.searchsorted(s.shards.cum_tokens, starts, side="right") - 1
         self._pos += n
         return Block(columns=columns, shard=shard.astype(np.int32), row=index.astype(np.int64))
