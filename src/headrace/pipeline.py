@@ -592,6 +592,12 @@ class Dataset:
         The next window starts ``stride`` tokens later (default ``seq_len``: no overlap). ``shift=None``
         draws one shift per batch from the proper divisors of ``seq_len`` (reported in a ``shift``
         column); it needs ``batch_size`` and a following ``batch(batch_size)``.
+
+        Which shift for which model: the default ``shift=1`` gives labels already shifted, for a loss
+        computed as ``F.cross_entropy(model(input_ids), labels)`` (nanoGPT). Hugging Face causal-LM
+        models (``model(input_ids=..., labels=...)``) shift the labels themselves: give them
+        ``window(seq_len, shift=0)``, whose ``labels`` equal ``input_ids``; with ``shift=1`` they would
+        learn to predict the token two places ahead.
         """
         positive(seq_len, "seq_len")
         stride = positive(stride if stride is not None else seq_len, "stride")
