@@ -688,6 +688,7 @@ class Dataset:
         size: int | tuple[int, int] | None = None,
         remove_column: bool = True,
         errors: str | None = None,
+        image_root: str | None = None,
     ) -> Dataset:
         """Decode the encoded images of ``column`` (JPEG, PNG, WebP, ...: Pillow) into ``uint8`` arrays ``[H, W, C]``.
 
@@ -697,6 +698,11 @@ class Dataset:
         :class:`~headrace.RecordError` naming the shard, record and key, or with ``errors="skip"`` or
         ``"warn"`` (default: the policy given to ``open``) skipped and counted in ``loader.skipped``.
         Needs Pillow (``pip install "headrace[images]"``).
+
+        ``column`` may also hold Hugging Face ``Image`` structs (``{"bytes", "path"}``, as ``datasets``
+        writes them to Parquet): their bytes are decoded, or where those are null the file at ``path``,
+        relative to the shard's folder (or to ``image_root``). Files are read only inside the dataset's
+        folder (or ``image_root``): a path leading elsewhere is refused as a bad sample.
         """
         try:
             import PIL  # noqa: F401 - checked here, so a missing Pillow fails now, not in a worker
@@ -707,7 +713,10 @@ class Dataset:
         root = self.root
         policy = check_policy(errors) if errors is not None else (
             root.source.errors if isinstance(root, SourceStage) else "raise")  # fmt: skip
-        return self._then(DecodeImagesStage(column, output, mode, size_pair(size, "size"), remove_column, policy))
+        if image_root is not None and (not isinstance(image_root, str) or not image_root):
+            raise ValueError(f"decode_images(image_root=...) must be a folder (a path or URL), got {image_root!r}")
+        return self._then(DecodeImagesStage(column, output, mode, size_pair(size, "size"), remove_column, policy,
+                                            image_root))  # fmt: skip
 
     def augment(
         self,

@@ -21,6 +21,7 @@ from headrace.stages.batch import BatchNode, BatchOutput, Pad
 from headrace.stages.bestfit import BestFitNode
 from headrace.stages.global_source import GlobalSourceNode
 from headrace.stages.hf import HFNode, HFSource
+from headrace.stages.image_files import ImageFiles
 from headrace.stages.images import RejectNode, augment_fn, decode_fn
 from headrace.stages.limit import LimitNode
 from headrace.stages.pack import WindowNode
@@ -366,16 +367,29 @@ class DecodeImagesStage(Stage):
     size: tuple[int, int] | None
     remove_column: bool
     errors: Policy
+    image_root: str | None = None  # where HF Image structs' paths are read (None: the dataset's folder)
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": "decode_images", "column": self.column, "output": self.output, "mode": self.mode,
-                "size": list(self.size) if self.size else None, "remove_column": self.remove_column,
-                "errors": self.errors}  # fmt: skip
+        out = {"stage": "decode_images", "column": self.column, "output": self.output, "mode": self.mode,
+               "size": list(self.size) if self.size else None, "remove_column": self.remove_column,
+               "errors": self.errors}  # fmt: skip
+        return out if self.image_root is None else {**out, "image_root": self.image_root}
 
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        files = ImageFiles(shard_files(parent), self.image_root)
         fn = decode_fn(column=self.column, output=self.output, mode=self.mode, size=self.size,
-                       remove_column=self.remove_column, lineage=parent.lineage)  # fmt: skip
+                       remove_column=self.remove_column, lineage=parent.lineage, files=files)  # fmt: skip
         return RejectNode(TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth), self.errors)
+
+
+def shard_files(dataset: Dataset) -> tuple[tuple[str, Any] | None, ...]:
+    """For each shard id of ``dataset``'s rows: the file's URL and filesystem (None: rows from no file)."""
+    root = dataset.root
+    if isinstance(root, SourceStage):
+        return tuple((shard.url, root.source.fs) for shard in root.source.shards)
+    if isinstance(root, MixStage):
+        return tuple(place for child in root.children for place in shard_files(child))
+    return (None,) * root.shard_count
 
 
 @dataclass(frozen=True)

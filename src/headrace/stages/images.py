@@ -27,6 +27,7 @@ from headrace.core.errors import RecordError, SchemaError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import uniforms
+from headrace.stages.image_files import ImageFiles
 
 MODES = {"RGB": 3, "RGBA": 4, "L": 1}
 PADDING_MODES = ("constant", "edge", "reflect")
@@ -75,11 +76,14 @@ def decode_fn(
     size: tuple[int, int] | None,
     remove_column: bool,
     lineage: Callable[[int, int], str],
+    files: ImageFiles | None = None,
 ) -> BlockFn:
     """A block function decoding ``column`` into ``output``; rows that fail are marked, see :class:`RejectNode`.
 
     ``output`` is a ``uint8`` array ``[rows, h, w, C]`` with ``size``, else an object array of
-    ``[H, W, C]`` arrays (images may differ in size).
+    ``[H, W, C]`` arrays (images may differ in size). ``column`` holds encoded bytes, or Hugging Face
+    ``Image`` structs ``{"bytes", "path"}``: their bytes, or where those are null the file ``files``
+    reads (see :mod:`headrace.stages.image_files`).
     """
 
     def per_block(block: Block) -> Block:
@@ -92,25 +96,55 @@ def decode_fn(
         images: list[np.ndarray | None] = []
         problems: list[str | None] = []
         for i, data in enumerate(to_pylist(col)):
+            image, problem = None, None
             try:
-                if data is None:
-                    raise ValueError("the sample has no such member")
-                if not isinstance(data, bytes | bytearray | memoryview):
-                    raise ValueError(f"a {type(data).__name__}, not encoded image bytes")
-                images.append(decode_image(bytes(data), mode, size))
-                problems.append(None)
+                image = decode_image(_encoded(data, int(block.shard[i]), files), mode, size)
+            except _Unreadable as e:
+                problem = f"{e}; remove the sample or open with errors='skip'"
             except caught as e:
+                problem = (f"column {column!r} is not an image Pillow can decode ({type(e).__name__}: {e}); remove "
+                           "the sample or open with errors='skip'")  # fmt: skip
+            if problem is not None:
                 where = lineage(int(block.shard[i]), int(block.row[i]))
                 key = f" (key {keys[i]!r})" if keys is not None else ""
-                images.append(None)
-                problems.append(f"{where}{key}: column {column!r} is not an image Pillow can decode "
-                                f"({type(e).__name__}: {e}); remove the sample or open with errors='skip'")  # fmt: skip
+                problem = f"{where}{key}: {problem}"
+            images.append(image)
+            problems.append(problem)
         columns = {k: c for k, c in block.columns.items() if not (remove_column and k == column)}
         columns[output] = _images_column(images, size, MODES[mode])
         columns[PROBLEMS] = _objects(problems)
         return Block(columns=columns, shard=block.shard, row=block.row)
 
     return per_block
+
+
+class _Unreadable(ValueError):
+    """An image struct whose file is not there to read, or may not be read (outside the dataset's folder)."""
+
+
+def _encoded(data: Any, shard: int, files: ImageFiles | None) -> bytes:
+    """The encoded image of one cell: bytes, or an HF ``Image`` struct's bytes or file."""
+    if isinstance(data, dict) and "bytes" in data:
+        if data["bytes"] is not None:
+            data = data["bytes"]
+        elif not isinstance(data.get("path"), str):
+            raise ValueError("an image struct with neither bytes nor a path")
+        elif files is None:
+            raise _Unreadable(f"the image has no bytes, only the path {data['path']!r}, and this pipeline has no "
+                              "files to read it from")  # fmt: skip
+        else:
+            try:
+                return files.read(shard, data["path"])
+            except OSError as e:
+                raise _Unreadable(f"the image has no bytes and its file cannot be read ({type(e).__name__}: "
+                                  f"{e})") from None  # fmt: skip
+            except ValueError as e:
+                raise _Unreadable(str(e)) from None
+    if data is None:
+        raise ValueError("the sample has no such member")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError(f"a {type(data).__name__}, not encoded image bytes")
+    return bytes(data)
 
 
 def _images_column(images: Sequence[np.ndarray | None], size: tuple[int, int] | None, channels: int) -> Column:
