@@ -225,3 +225,31 @@ def test_lengths_options_fingerprint_and_checks(bert_dir: str, bpe_path: str, tm
         ds.tokenize(bpe_path, max_length=8, padding="max_length")
     first = next(iter(ds.tokenize(bpe_path, max_length=20, padding="max_length", pad_id=0)))
     assert first["attention_mask"] == [1, 1] + [0] * 18  # "a" and <|endoftext|>
+
+
+def test_a_bert_classifier_takes_the_batches_as_it_takes_transformers_encodings(
+    bert_dir: str, parquet_dir: Path, corpus: pa.Table
+) -> None:
+    """The padded batches, as torch tensors, give a BERT classifier the logits of the tokenizer's own encodings."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from headrace.integrations.torch import to_tensors
+
+    auto = AutoTokenizer.from_pretrained(bert_dir)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=auto.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=37,
+                                                     num_labels=3)).eval()  # fmt: skip
+    ds = bert_like(hr.open(str(parquet_dir), columns=["text"]), bert_dir, truncation=True, max_length=40,
+                   padding="max_length")  # fmt: skip
+    batch = to_tensors(next(iter(hr.Loader(ds.batch(8)))))
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.int64
+    want = auto(texts(corpus)[:8], truncation=True, max_length=40, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        theirs = model(**want).logits
+    assert ours.shape == (8, 3) and torch.equal(ours, theirs)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loss = model(**batch, labels=labels).loss
+    assert torch.isfinite(loss)
