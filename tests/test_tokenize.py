@@ -238,9 +238,10 @@ def test_a_bert_classifier_takes_the_batches_as_it_takes_transformers_encodings(
 
     auto = AutoTokenizer.from_pretrained(bert_dir)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=auto.vocab_size, hidden_size=32, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=37,
-                                                     num_labels=3)).eval()  # fmt: skip
+    config = BertConfig(vocab_size=auto.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37)  # fmt: skip
+    config.num_labels = 3
+    model = BertForSequenceClassification(config).eval()
     ds = bert_like(hr.open(str(parquet_dir), columns=["text"]), bert_dir, truncation=True, max_length=40,
                    padding="max_length")  # fmt: skip
     batch = to_tensors(next(iter(hr.Loader(ds.batch(8)))))
