@@ -15,22 +15,11 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import headrace as hr  # noqa: E402
-from headrace.integrations.transformers import STATE_KEY, TrainerDataset, for_trainer  # noqa: E402
+from headrace.integrations.transformers import STATE_KEY, TrainerDataset, for_eval, for_trainer  # noqa: E402
+from trainer_job import SEQ, RecordingTrainer, collate, losses, model  # noqa: E402  (tests/ is on sys.path)
+from trainer_job import trainer as configured_trainer  # noqa: E402
 
-SEQ = 32
 BATCH = 4
-
-
-class RecordingTrainer(transformers.Trainer):
-    """Keeps the input_ids of every micro-batch it trains on (not the ones its DataLoader read ahead)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.trained: list[list[list[int]]] = []
-
-    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        self.trained.append(inputs["input_ids"].tolist())
-        return super().training_step(model, inputs, *args, **kwargs)
 
 
 def lm_rows(parquet_dir: Path, bpe_path: str) -> hr.Dataset:
@@ -38,21 +27,8 @@ def lm_rows(parquet_dir: Path, bpe_path: str) -> hr.Dataset:
     return hr.open(str(parquet_dir), columns=["text"]).tokenize(bpe_path).pack(SEQ)
 
 
-def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Causal LM batches: labels are the input_ids (the model shifts them)."""
-    ids = torch.tensor([row["input_ids"] for row in rows])
-    return {"input_ids": ids, "labels": ids}
-
-
-def model(vocab_size: int = 4096) -> Any:
-    """A tiny GPT-2 (dropout on), the same initial weights every time; 4096: the bpe_path fixture's vocabulary."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=vocab_size, n_positions=SEQ,
-                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
-    return transformers.GPT2LMHeadModel(config)
-
-
 def trainer(ds: hr.Dataset, out: Path, max_steps: int, **options: Any) -> RecordingTrainer:
+    """A Trainer set up by the callback alone: ``for_trainer(ds)``, then ``Trainer(callbacks=[callback])``."""
     train_dataset, callback = for_trainer(ds)
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
@@ -61,10 +37,6 @@ def trainer(ds: hr.Dataset, out: Path, max_steps: int, **options: Any) -> Record
     )  # fmt: skip
     return RecordingTrainer(model=model(), args=args, train_dataset=train_dataset, data_collator=collate,
                             callbacks=[callback])  # fmt: skip
-
-
-def losses(t: transformers.Trainer) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in t.state.log_history if "loss" in e}
 
 
 def test_trains_on_the_first_rows_of_the_stream_in_order(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
@@ -115,12 +87,72 @@ def test_the_stream_goes_on_into_the_next_epoch_and_resumes_across_it(
     b = trainer(ds, tmp_path / "b", max_steps=8, save_steps=3)
     b.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
     assert b.trained == a.trained[3:]
-    assert b.state.stateful_callbacks[STATE_KEY]["loader"]["epoch"] == 8 * BATCH // rows
+    assert b.state.stateful_callbacks[STATE_KEY]["ranks"][0]["epoch"] == 8 * BATCH // rows
 
 
-def test_dataloader_workers_are_refused_saying_what_to_do(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"dataloader_num_workers=2.*dataloader_num_workers=0.*threads=N"):
-        trainer(lm_rows(parquet_dir, bpe_path), tmp_path, max_steps=2, dataloader_num_workers=2)
+def test_dataloader_workers_become_headrace_threads_same_rows_exact_resume(
+    parquet_dir: Path, bpe_path: str, tmp_path: Path
+) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    a = trainer(ds, tmp_path / "a", max_steps=6, save_steps=3)
+    a.train()
+    workers = {"dataloader_num_workers": 2, "dataloader_prefetch_factor": 4, "dataloader_pin_memory": True}
+    w = trainer(ds, tmp_path / "w", max_steps=6, save_steps=3, **workers)
+    assert (w.args.dataloader_num_workers, w.args.dataloader_prefetch_factor) == (0, None)  # the DataLoader's
+    assert (w.train_dataset.threads, w.train_dataset.prefetch) == (2, 4 * 2 * BATCH)  # become headrace's
+    w.train()
+    assert w.train_dataset.loader.num_workers == 2
+    assert w.trained == a.trained and losses(w) == losses(a)  # the rows never depend on the worker count
+    b = trainer(ds, tmp_path / "b", max_steps=6, **workers)  # a checkpoint made without workers, resumed with
+    b.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    assert b.trained == a.trained[3:]
+    assert [losses(b)[s] for s in (4, 5, 6)] == [losses(a)[s] for s in (4, 5, 6)]
+
+
+def test_evaluation_ends_repeats_its_rows_and_leaves_training_as_without_it(
+    parquet_dir: Path, bpe_path: str, tmp_path: Path
+) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    evaluation = ds.take(6)
+    every2 = {"eval_strategy": "steps", "eval_steps": 2, "save_steps": 3}
+    e = configured_trainer(ds, str(tmp_path / "e"), 6, eval_ds=evaluation, **every2)
+    e.train()
+    rows = [list(row["input_ids"]) for row in hr.Loader(evaluation)]
+    assert len(rows) == 6
+    assert e.evaluated == [[rows[:4], rows[4:]]] * 3  # 3 evaluations, each the same 6 rows in batches of 4, ended
+    n = configured_trainer(ds, str(tmp_path / "n"), 6, save_steps=3)  # no evaluation
+    n.train()
+    assert e.trained == n.trained and losses(e) == losses(n)  # same rows, and the same dropout masks
+    r = configured_trainer(ds, str(tmp_path / "r"), 6, eval_ds=evaluation, **every2)
+    r.train(resume_from_checkpoint=str(tmp_path / "e" / "checkpoint-3"))
+    assert r.trained == e.trained[3:] and r.evaluated == [[rows[:4], rows[4:]]] * 2  # at steps 4 and 6
+    assert [losses(r)[s] for s in (4, 5, 6)] == [losses(n)[s] for s in (4, 5, 6)]
+
+
+def test_a_training_stream_as_eval_dataset_is_refused_saying_what_to_do(
+    parquet_dir: Path, bpe_path: str, tmp_path: Path
+) -> None:
+    ds = lm_rows(parquet_dir, bpe_path)
+    endless, _ = for_trainer(ds.take(8))  # its callback is not the Trainer's: it would never end
+    t = trainer(ds, tmp_path / "a", max_steps=2)
+    with pytest.raises(ValueError, match=r"iterated before training began.*for eval_dataset use for_eval\(ds\)"):
+        t.evaluate(eval_dataset=endless)
+    train_dataset, callback = for_trainer(ds)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "b"), max_steps=2, eval_strategy="steps",
+                                          eval_steps=1, report_to=[], use_cpu=True)  # fmt: skip
+    same = transformers.Trainer(model(), args, train_dataset=train_dataset, eval_dataset=train_dataset,
+                                data_collator=collate, callbacks=[callback])  # fmt: skip  # the stream trained on
+    with pytest.raises(ValueError, match=r"already being iterated.*for_eval\(ds\)"):
+        same.train()
+
+
+def test_a_training_stream_has_no_len_and_says_what_to_count(parquet_dir: Path) -> None:
+    ds = hr.open(str(parquet_dir), columns=["id"])
+    train_dataset, _ = for_trainer(ds)
+    with pytest.raises(TypeError, match=r"no len\(\).*max_steps × per_device_train_batch_size"):
+        len(train_dataset)
+    assert not transformers.trainer_utils.has_length(train_dataset)  # the Trainer asks, and goes by max_steps
+    assert len(for_eval(ds.take(5))) == 5  # an evaluation set has a length: one pass counts it
 
 
 def test_the_trainer_must_not_skip_batches_itself(parquet_dir: Path, bpe_path: str, tmp_path: Path) -> None:
@@ -160,6 +192,7 @@ def test_a_batched_dataset_is_refused(parquet_dir: Path) -> None:
 def test_a_state_after_the_last_row_of_an_epoch_leads_into_the_next(parquet_dir: Path) -> None:
     ds = hr.open(str(parquet_dir), columns=["id"]).take(5)
     stream = TrainerDataset(ds)
+    stream.restart()
     rows = iter(stream)
     assert [next(rows)["id"] for _ in range(6)] == [0, 1, 2, 3, 4, 0]
     again = TrainerDataset(ds)
@@ -169,4 +202,6 @@ def test_a_state_after_the_last_row_of_an_epoch_leads_into_the_next(parquet_dir:
 
 
 def test_an_empty_dataset_ends_the_stream(parquet_dir: Path) -> None:
-    assert list(TrainerDataset(hr.open(str(parquet_dir), columns=["id"]).take(0))) == []
+    stream = TrainerDataset(hr.open(str(parquet_dir), columns=["id"]).take(0))
+    stream.restart()
+    assert list(stream) == []
