@@ -5,6 +5,7 @@
 True
 """
 
+from headrace.agree import AgreementError, FileAgreement
 from headrace.config import ConfigError, Pipeline
 from headrace.core.errors import (
     HeadraceError,
@@ -25,8 +26,10 @@ from headrace.sources import from_hf, mix, open  # noqa: A004 - hr.open is the p
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgreementError",
     "ConfigError",
     "Dataset",
+    "FileAgreement",
     "HeadraceError",
     "Loader",
     "LoaderTimeout",
