@@ -137,7 +137,6 @@ def test_window_shift_0_on_token_shards_gives_labels_equal_to_the_ids(nanogpt_bi
     assert sorted(row for b in batches for row in b["input_ids"].tolist()) == windows  # every whole window, once
 
 
-@pytest.mark.xfail(strict=True, reason="needs plan.py's WindowStage.build to pass labels=(kind == 'window')")
 def test_window_shift_0_on_a_text_stream_gives_the_exact_ids_as_labels(
     parquet_dir: Path, bpe_path: str, stream: np.ndarray
 ) -> None:

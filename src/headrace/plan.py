@@ -292,7 +292,8 @@ class WindowStage(Stage):
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         return WindowNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, stride=self.stride,
                           shift=self.shift, documents=self.documents, remainder=self.remainder, pad_id=self.pad_id,
-                          batch_size=self.batch_size, seed=self.seed, epoch=ctx.epoch, stage=depth)  # fmt: skip
+                          batch_size=self.batch_size, seed=self.seed, epoch=ctx.epoch, stage=depth,
+                          labels=self.kind == "window")  # fmt: skip
 
 
 @dataclass(frozen=True)
