@@ -54,18 +54,17 @@ def test_seed_style_dataloader_gives_stacked_tensors_and_every_window_of_each_pa
     ds = hr.open(str(parquet_dir), columns=["text"]).tokenize(bpe_path).pack(SEQ)  # rows: no batch()
     batches = list(DataLoader(IterableDataset(ds), batch_size=16, num_workers=workers, pin_memory=True))
     assert all(isinstance(b["input_ids"], torch.Tensor) and b["input_ids"].dtype == torch.int64 for b in batches)
-    per = N // workers  # the records split between the workers: equal parts, the last N % workers left out
-    parts = [packed(record_ids[w * per : (w + 1) * per]) for w in range(workers)]
+    cuts = [N * w // workers for w in range(workers + 1)]  # the records split between the workers, none left out
+    parts = [packed(record_ids[cuts[w] : cuts[w + 1]]) for w in range(workers)]
     assert [b["input_ids"].tolist() for b in batches] == interleaved(parts, 16)
     assert [tuple(b["input_ids"].shape) for b in batches] == [(len(b), SEQ) for b in interleaved(parts, 16)]
     assert [tuple(b["input_ids"].shape) for b in batches[: 2 * workers]] == [(16, SEQ)] * (2 * workers)
     # Against one process: the first part's windows are its first windows; no other window is dropped than each
-    # part's final partial one (and the records the split leaves out), so the counts differ by less than one a part.
+    # part's final partial one, so the counts differ by less than one a part.
     single = packed(record_ids)
     assert parts[0] == single[: len(parts[0])]
-    left_out = sum(len(r) for r in record_ids[workers * per :])
-    tails = sum(sum(map(len, record_ids[w * per : (w + 1) * per])) % SEQ for w in range(workers))
-    assert sum(map(len, parts)) * SEQ == len(single) * SEQ + sum(map(len, record_ids)) % SEQ - tails - left_out
+    tails = sum(sum(map(len, record_ids[cuts[w] : cuts[w + 1]])) % SEQ for w in range(workers))
+    assert sum(map(len, parts)) * SEQ == len(single) * SEQ + sum(map(len, record_ids)) % SEQ - tails
 
 
 def test_two_workers_lose_no_window_of_a_whole_split(parquet_dir: Path, bpe_path: str) -> None:

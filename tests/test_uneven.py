@@ -270,3 +270,60 @@ def test_a_pipeline_equal_by_construction_does_not_agree(tmp_path: Path) -> None
         [4],
     ]
     assert [p.name for p in folder.iterdir()] == ["agree.3.0"]  # 3 batches, then the call that found none
+
+
+WORKERS_JOB = r"""
+import json, sys
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+import headrace as hr
+from headrace.integrations.torch import IterableDataset
+
+jsonl, out = sys.argv[1:3]
+dist.init_process_group("gloo")
+
+
+def keep(batch):  # rank 1's second worker keeps fewer rows than the other three workers
+    return (batch["id"] < 4500) | (batch["id"] % 2 == 0)
+
+
+ds = hr.open(jsonl, columns=["id"]).filter(keep, batched=True).batch(8)
+got = {}
+for policy in ("off", "stop"):
+    loader = DataLoader(IterableDataset(ds, uneven=policy, tensors=False), batch_size=None, num_workers=2)
+    got[policy] = [[b["id"][:1].tolist() for b in loader] for _epoch in range(2)]  # two passes: two epochs
+json.dump(got, open(f"{out}.{dist.get_rank()}", "w"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(300)
+def test_dataloader_workers_of_several_ranks_agree_through_files(tmp_path: Path, jsonl_dir: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(WORKERS_JOB)
+    out = tmp_path / "out.json"
+    torchrun(job, str(jsonl_dir), str(out), procs=2)
+    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
+
+    def own(rank: int, worker: int, epoch: int) -> list[list[int]]:  # one worker's batches on its own
+        world = hr.World(rank=rank, world_size=2, worker=worker, num_workers=2)
+        loader = hr.Loader(hr.open(str(jsonl_dir), columns=["id"]).filter(_keep, batched=True).batch(8),
+                           world=world, uneven="off")  # fmt: skip
+        loader.set_epoch(epoch)
+        return [b["id"][:1].tolist() for b in loader]
+
+    for epoch in range(2):
+        parts = [[own(r, w, epoch) for w in range(2)] for r in range(2)]
+        assert [len(p) for r in parts for p in r] == [157, 157, 157, 125]  # uneven on their own
+        shortest = 125
+        for rank in range(2):
+            alone = [b for k in range(157) for p in parts[rank] for b in p[k : k + 1]]  # the DataLoader's turns
+            assert ranks[rank]["off"][epoch] == alone
+            stopped = [b for k in range(shortest) for p in parts[rank] for b in p[k : k + 1]]
+            assert ranks[rank]["stop"][epoch] == stopped  # every worker of every rank stops at the shortest
+        assert len(ranks[0]["stop"][epoch]) == len(ranks[1]["stop"][epoch]) == 2 * shortest
+
+
+def _keep(batch: dict) -> object:
+    return (batch["id"] < 4500) | (batch["id"] % 2 == 0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -172,6 +173,31 @@ def detect(world: World) -> Agreement | None:
     return None
 
 
+def job_folder(world: World) -> Path | None:
+    """A folder that every consumer of this job sees, fresh for each launch, for a :class:`FileAgreement`
+    between ``DataLoader`` worker processes of several ranks (they have no process group); ``None`` if unknown.
+
+    ``HEADRACE_AGREE_DIR`` names it (on a file system shared by the nodes, for several machines); without it,
+    under ``torchrun`` on one machine, a folder in the temporary directory named after the launch (torchrun's
+    run id, restart count and port).
+
+    >>> job_folder(World()) is None or isinstance(job_folder(World()), Path)
+    True
+    """
+    env = os.environ
+    launch = env.get("TORCHELASTIC_RUN_ID")
+    if launch is not None:
+        launch = f"{launch}-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}-{env.get('MASTER_PORT', '')}"
+        launch = "".join(c if c.isalnum() or c in "-_." else "_" for c in launch)
+    base = env.get("HEADRACE_AGREE_DIR")
+    if base:
+        return Path(base) / (launch or "run")
+    one_machine = env.get("LOCAL_WORLD_SIZE") == str(world.world_size)
+    if launch is not None and one_machine:
+        return Path(tempfile.gettempdir()) / f"headrace-agree-{launch}"
+    return None
+
+
 _warned: set[tuple[int, int]] = set()
 
 
@@ -184,10 +210,20 @@ def warn_alone(world: World) -> None:
             "headrace: %d consumers (rank %d of %d, worker %d of %d) but no process group to agree over "
             "(torch.distributed not initialized, no JAX processes): a pipeline that changes the row count "
             "(pack, filter, mix, batched map, skipped records) can give ranks different batch counts. Call "
-            "torch.distributed.init_process_group() before iterating, pass Loader(agreement=FileAgreement(...)), "
-            "or Loader(uneven='off') to silence this",
+            "torch.distributed.init_process_group() before iterating; for DataLoader workers on several "
+            "machines set HEADRACE_AGREE_DIR to a shared folder; or pass Loader(agreement=FileAgreement(...)), "
+            "or uneven='off' to silence this",
             world.consumers, world.rank, world.world_size, world.worker, world.num_workers,
         )  # fmt: skip
 
 
-__all__ = ["POLICIES", "Agreement", "AgreementError", "FileAgreement", "JaxAgreement", "TorchAgreement", "detect"]
+__all__ = [
+    "POLICIES",
+    "Agreement",
+    "AgreementError",
+    "FileAgreement",
+    "JaxAgreement",
+    "TorchAgreement",
+    "detect",
+    "job_folder",
+]

@@ -129,7 +129,7 @@ class Loader:
         if agreement is not None and agreement.consumers != self.world.consumers:
             raise ValueError(f"agreement= is between {agreement.consumers} consumers, but this loader's world has "
                              f"{self.world.consumers} ({self.world})")  # fmt: skip
-        self.uneven, self._agreement = uneven, agreement
+        self.uneven, self.agreement = uneven, agreement
         self._padding = False  # this rank ran out and repeats its part of the epoch (uneven="pad")
         self._before: dict[str, Any] | None = None  # the position before the last batch delivered
         self._epoch = 0
@@ -150,8 +150,11 @@ class Loader:
     # -- state -------------------------------------------------------------------------------------
     def _world_description(self) -> dict[str, Any]:
         w = self.world
-        return {"rank": w.rank, "world_size": w.world_size, "worker": w.worker, "num_workers": w.num_workers,
-                "remainder": self.remainder}  # fmt: skip
+        world = {"rank": w.rank, "world_size": w.world_size, "worker": w.worker, "num_workers": w.num_workers,
+                 "remainder": self.remainder}  # fmt: skip
+        if w.num_workers > 1:  # the workers split their rank's range (before: the order, leaving rows out)
+            world["workers_split"] = "rank"
+        return world
 
     def _position(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "node": self._node_state, "batches": self._batches, "skipped": self._skipped,
@@ -354,12 +357,12 @@ class Loader:
 
     def _agreeing(self) -> Agreement | None:
         """Who this loader agrees with on each batch (``None``: no one, alone or ``uneven="off"``)."""
-        if self.uneven == "off" or equal_by_construction(self.dataset):
-            return None
-        if self._agreement is not None:
-            return self._agreement
-        if self.world.world_size == 1:  # one rank's DataLoader workers need not agree: their sum is the rank's count
-            return None
+        if self.uneven == "off" or (self.world.world_size == 1 and self.agreement is None):
+            return None  # one rank's DataLoader workers need not agree: their sum is the rank's count
+        if self.world.num_workers == 1 and equal_by_construction(self.dataset):
+            return None  # (a rank's workers split its range into parts that may differ by a row)
+        if self.agreement is not None:
+            return self.agreement
         found = agree.detect(self.world)
         if found is None:
             agree.warn_alone(self.world)

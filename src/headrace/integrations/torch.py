@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from headrace import agree
 from headrace.core.errors import StateError
 from headrace.core.world import World
 from headrace.loader import Loader
@@ -137,7 +138,10 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
 
     ``uneven`` is the inner loader's (:class:`~headrace.Loader`); by default ``"off"`` when there is one
     rank (``DataLoader`` workers of one process need no equal counts: none of their rows is dropped to
-    equalize them) and the Loader's default otherwise.
+    equalize them) and the Loader's default otherwise. With several ranks, ``DataLoader`` worker processes
+    have no process group: they agree through files (:class:`~headrace.agree.FileAgreement`) in
+    :func:`~headrace.agree.job_folder` (under ``torchrun`` on one machine, a temporary folder of the launch;
+    on several machines, ``HEADRACE_AGREE_DIR`` on a shared file system).
 
     ``state_dict()`` is the state of the items this process (or ``DataLoader`` worker) has yielded;
     ``load_state_dict()`` makes the next iteration continue from there. ``history`` keeps the states of
@@ -170,6 +174,7 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
         # The epoch of the next pass, per process: [0] this one, [1 + w] DataLoader worker w. Shared memory, so
         # workers started afresh for each pass (persistent_workers=False) go on from their predecessors' epoch.
         self._next_epochs = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._passes = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()  # passes begun, the same way
 
     def _world(self) -> World:
         world = World.detect(self.rank, self.world_size)
@@ -219,6 +224,13 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
             loader.set_epoch(int(self._next_epochs[slot]))
             self._yielded = 0
         self._next_epochs[slot] = loader.epoch + 1
+        passes = int(self._passes[slot])
+        self._passes[slot] = passes + 1
+        world = loader.world
+        if world.world_size > 1 and world.num_workers > 1 and loader.uneven != "off":
+            folder = agree.job_folder(world)  # every worker of every rank makes the same passes: one run each
+            loader.agreement = None if folder is None else agree.FileAgreement(
+                folder, world.consumers, world.consumer, run=f"e{loader.epoch}-p{passes}")  # fmt: skip
         self._states.clear()
         return self._items(loader)
 

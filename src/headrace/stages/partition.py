@@ -1,9 +1,9 @@
 """How the global order is split between consumers (ranks x partitioning workers): pure functions.
 
-Each consumer gets one contiguous range of the global order, all ranges the same length, so every
-rank yields the same number of rows by construction. ``remainder="drop"`` leaves out the last
-``total % consumers`` rows of the order; ``"pad"`` lengthens the ranges and fills the overhang by
-repeating the order from its start.
+Each rank gets one contiguous range of the global order, all ranges the same length, so every rank
+yields the same number of rows by construction; its workers split that range between them.
+``remainder="drop"`` leaves out the last ``total % ranks`` rows of the order; ``"pad"`` lengthens the
+ranges and fills the overhang by repeating the order from its start.
 
 >>> consumer_range(10, consumer=2, consumers=3, remainder="drop")
 (6, 9)
@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from headrace.core import state as states
+from headrace.core.world import World
 
 Remainder = Literal["drop", "pad"]
 REMAINDERS = ("drop", "pad")
@@ -33,6 +34,21 @@ def consumer_range(total: int, consumer: int, consumers: int, remainder: Remaind
         return 0, 0
     per = total // consumers if remainder == "drop" else -(-total // consumers)
     return consumer * per, (consumer + 1) * per
+
+
+def world_range(total: int, world: World, remainder: Remainder) -> tuple[int, int]:
+    """``[start, stop)`` of the global order for one consumer of ``world``: the ranks get equal ranges
+    (:func:`consumer_range`), and the workers of a rank split its range with no row left out, their lengths
+    differing by one at most (what must be equal is each rank's count, their sum).
+
+    >>> world_range(10, World(rank=0, world_size=1, worker=1, num_workers=3), "drop")
+    (3, 6)
+    >>> [world_range(11, World(rank=1, world_size=2, worker=w, num_workers=2), "drop") for w in (0, 1)]
+    [(5, 7), (7, 10)]
+    """
+    lo, hi = consumer_range(total, world.rank, world.world_size, remainder)
+    n, workers = hi - lo, world.num_workers
+    return lo + n * world.worker // workers, lo + n * (world.worker + 1) // workers
 
 
 def strided_length(total: int, start: int, consumers: int, remainder: Remainder) -> int:

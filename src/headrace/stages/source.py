@@ -31,7 +31,7 @@ from headrace.formats.base import Piece, ReadOptions, Start, conform
 from headrace.formats.chunks import Chunk, chunks, split_lines
 from headrace.io.remote import RemoteFS
 from headrace.io.resolve import Shard
-from headrace.stages.partition import Remainder, consumer_range
+from headrace.stages.partition import Remainder, world_range
 
 _COUNTS: dict[tuple[Any, ...], int] = {}
 _CHUNKS: dict[tuple[Any, ...], list[int] | None] = {}  # row groups per shard, where a format has them
@@ -167,7 +167,7 @@ class SourceNode(Node[Block]):
             self._unreadable = {i: n for i, n in enumerate(counted) if not isinstance(n, int)}
             self._cum = np.concatenate([[0], np.cumsum([counts[i] for i in self._order])]).astype(np.int64)
             total = int(self._cum[-1])
-            lo, hi = consumer_range(total, world.consumer, world.consumers, remainder)
+            lo, hi = world_range(total, world, remainder)
             self._lo, self._length = lo, hi - lo
         else:
             self._lo, self._length = 0, -1  # until the shards run out
