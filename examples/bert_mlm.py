@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     while step < args.steps:  # epoch after epoch: iterating the loader again goes on into the next epoch
         for batch in batches:
             # no attention_mask: packed rows have no padding. token_type_ids default to zeros.
-            loss = model(input_ids=batch["input_ids"].long(), labels=batch["labels"].long()).loss
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # int64 already: no cast
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
