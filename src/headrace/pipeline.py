@@ -40,13 +40,13 @@ from headrace.plan import (
     TokenWindowStage,
     WindowStage,
 )
-from headrace.stages.batch import BatchOutput, Pad
+from headrace.stages.batch import BatchOutput, Pad, RebatchNode
 from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
 from headrace.stages.split import SliceStage, SplitStage, check_parts, parse_slice, place_keys, slice_source
 from headrace.stages.token_windows import indexed_windows
-from headrace.stages.transform import BatchFormat, RebatchNode, TransformNode, columns_fn
+from headrace.stages.transform import BatchFormat, TransformNode, columns_fn
 from headrace.tokenizer import TokenizerError, load_tokenizer
 
 

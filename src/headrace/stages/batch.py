@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,9 +17,42 @@ from headrace.core.node import Node, State
 Batch = dict[str, np.ndarray]
 BatchOutput = Literal["numpy", "arrow"]
 Pad = int | str | None  # None: ragged columns are an error; "longest"; or a fixed length
+T = TypeVar("T")
 
 
-class BatchNode(Node[Batch]):
+class _GroupNode(Node[T]):
+    """Groups of ``size`` rows taken across the upstream's block boundaries; the state is the cursor's."""
+
+    upstream: Node[Block]
+
+    def __init__(self, upstream: Node[Block], size: int) -> None:
+        self.upstream, self.cursor, self.size = upstream, Cursor(upstream), size
+        self.reset(None)
+
+    def reset(self, state: State | None) -> None:
+        if state is None:
+            self.cursor.reset(None)
+        else:
+            states.load_child(self.cursor.reset, state, "cursor")
+
+    def state_dict(self) -> State:
+        return {"cursor": self.cursor.state_dict()}
+
+
+class RebatchNode(_GroupNode[Block]):
+    """Blocks of exactly ``size`` rows across the upstream's block boundaries (the last may be shorter).
+
+    What ``map(..., batched=True, batch_size=n)`` calls its function on, as HF ``datasets`` does.
+    """
+
+    def next(self) -> Block:
+        rows = self.cursor.take(self.size)
+        if rows is None:
+            raise StopIteration
+        return rows
+
+
+class BatchNode(_GroupNode[Batch | pa.RecordBatch]):
     def __init__(
         self,
         upstream: Node[Block],
@@ -31,20 +64,9 @@ class BatchNode(Node[Batch]):
         lineage: Callable[[int, int], str],
         batch_format: BatchOutput = "numpy",
     ) -> None:
-        self.upstream = upstream
-        self.cursor = Cursor(upstream)
-        self.size, self.drop_last, self.pad, self.pad_value = size, drop_last, pad, pad_value
+        self.drop_last, self.pad, self.pad_value = drop_last, pad, pad_value
         self.lineage, self.batch_format = lineage, batch_format
-        self.reset(None)
-
-    def reset(self, state: State | None) -> None:
-        if state is None:
-            self.cursor.reset(None)
-        else:
-            states.load_child(self.cursor.reset, state, "cursor")
-
-    def state_dict(self) -> State:
-        return {"cursor": self.cursor.state_dict()}
+        super().__init__(upstream, size)
 
     def next(self) -> Batch | pa.RecordBatch:
         rows = self.cursor.take(self.size)

@@ -17,7 +17,6 @@ import numpy as np
 
 from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
-from headrace.core.cursor import Cursor
 from headrace.core.errors import WorkerError
 from headrace.core.node import Node, State
 from headrace.core.redact import redact, redact_notes
@@ -159,34 +158,6 @@ class TransformNode(Node[Block]):
         while self._pending:
             future, _, _ = self._pending.popleft()
             future.cancel()
-
-
-class RebatchNode(Node[Block]):
-    """Blocks of exactly ``size`` rows across the upstream's block boundaries (the last may be shorter).
-
-    What ``map(..., batched=True, batch_size=n)`` calls its function on, as HF ``datasets`` does.
-    """
-
-    upstream: Node[Block]
-
-    def __init__(self, upstream: Node[Block], size: int) -> None:
-        self.upstream, self.cursor, self.size = upstream, Cursor(upstream), size
-        self.reset(None)
-
-    def reset(self, state: State | None) -> None:
-        if state is None:
-            self.cursor.reset(None)
-        else:
-            states.load_child(self.cursor.reset, state, "cursor")
-
-    def state_dict(self) -> State:
-        return {"cursor": self.cursor.state_dict()}
-
-    def next(self) -> Block:
-        rows = self.cursor.take(self.size)
-        if rows is None:
-            raise StopIteration
-        return rows
 
 
 def columns_fn(kind: str, pairs: tuple[tuple[str, str], ...], lineage: Lineage) -> BlockFn:
