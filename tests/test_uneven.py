@@ -327,3 +327,43 @@ def test_dataloader_workers_of_several_ranks_agree_through_files(tmp_path: Path,
 
 def _keep(batch: dict) -> object:
     return (batch["id"] < 4500) | (batch["id"] % 2 == 0)
+
+
+JAX_JOB = r"""
+import json, sys
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+process, port, path, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process)
+import headrace as hr
+
+loader = hr.Loader(hr.open(path).filter(lambda r: r["id"] < 14).batch(2), uneven=sys.argv[5])
+json.dump([b["id"].tolist() for b in loader], open(f"{out}.{process}", "w"))
+jax.distributed.shutdown()
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("uneven", ["stop", "pad"])
+def test_jax_processes_agree_on_the_batch_count(tmp_path: Path, uneven: str) -> None:
+    pytest.importorskip("jax")
+    from test_distributed import free_port
+
+    path = tmp_path / "rows.jsonl"  # rank 0 keeps ids 0..9 (5 batches), rank 1 ids 10..13 (2 batches)
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(20)))
+    job = tmp_path / "job.py"
+    job.write_text(JAX_JOB)
+    out, port = tmp_path / "out.json", str(free_port())
+    args = [str(job), port, str(path), str(out), uneven]
+    procs = [subprocess.Popen([sys.executable, args[0], str(p), *args[1:]], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for p in range(2)]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=150)
+        assert p.returncode == 0, err[-3000:]
+    got = [json.loads(Path(f"{out}.{p}").read_text()) for p in range(2)]
+    own = [[[i, i + 1] for i in range(0, 10, 2)], [[10, 11], [12, 13]]]
+    if uneven == "stop":
+        assert got == [own[0][:2], own[1]]
+    else:
+        assert got == [own[0], own[1] + own[1] + own[1][:1]]
