@@ -292,6 +292,14 @@ got = {}
 for policy in ("off", "stop"):
     loader = DataLoader(IterableDataset(ds, uneven=policy, tensors=False), batch_size=None, num_workers=2)
     got[policy] = [[b["id"][:1].tolist() for b in loader] for _epoch in range(2)]  # two passes: two epochs
+# two views at once (a training and a validation stream): each agrees in its own folder
+a, b = (DataLoader(IterableDataset(ds, tensors=False), batch_size=None, num_workers=2) for _ in range(2))
+pairs = [(x["id"][:1].tolist(), y["id"][:1].tolist()) for x, y in zip(a, b)]
+got["together"] = [[x for x, _ in pairs], [y for _, y in pairs]]
+# equal by construction: no agreement, none of the rank's rows left out by its workers
+whole = DataLoader(IterableDataset(hr.open(jsonl, columns=["id"]).batch(7), tensors=False), batch_size=None,
+                   num_workers=2)
+got["equal"] = [i for b in whole for i in b["id"].tolist()]
 json.dump(got, open(f"{out}.{dist.get_rank()}", "w"))
 dist.barrier()
 dist.destroy_process_group()
@@ -323,6 +331,10 @@ def test_dataloader_workers_of_several_ranks_agree_through_files(tmp_path: Path,
             stopped = [b for k in range(shortest) for p in parts[rank] for b in p[k : k + 1]]
             assert ranks[rank]["stop"][epoch] == stopped  # every worker of every rank stops at the shortest
         assert len(ranks[0]["stop"][epoch]) == len(ranks[1]["stop"][epoch]) == 2 * shortest
+        if epoch == 0:
+            assert [r["together"] for r in ranks] == [[r["stop"][0]] * 2 for r in ranks]
+    assert sorted(ranks[0]["equal"] + ranks[1]["equal"]) == list(range(5000))
+    assert len(ranks[0]["equal"]) == len(ranks[1]["equal"]) == 2500
 
 
 def _keep(batch: dict) -> object:

@@ -57,7 +57,7 @@ class AgreementError(HeadraceError):
 class TorchAgreement:
     """The sum over ``torch.distributed``, in a gloo group of its own (created once per process and reused)."""
 
-    _groups: ClassVar[dict[int, Any]] = {}
+    _groups: ClassVar[dict[tuple[int, int], Any]] = {}
 
     def __init__(self, consumers: int) -> None:
         import torch
@@ -65,13 +65,29 @@ class TorchAgreement:
 
         self.consumers = consumers
         self._torch, self._dist = torch, dist
-        if consumers not in self._groups:  # every rank creates it at the same point: its first agreeing loader
-            self._groups[consumers] = dist.new_group(backend="gloo")
-        self._group = self._groups[consumers]
+        self._group = self.group(consumers)
+
+    @classmethod
+    def group(cls, consumers: int) -> Any:
+        """The gloo group of this process group's ranks, created once (a collective: every rank creates it at
+        the same point, its first agreeing loader) and kept while the default process group lives."""
+        import torch.distributed as dist
+
+        key = (id(dist.group.WORLD), consumers)  # a new init_process_group() after a destroy: a new group
+        if key not in cls._groups:
+            cls._groups[key] = dist.new_group(backend="gloo")
+        return cls._groups[key]
 
     def count(self, have: int) -> int:
         value = self._torch.tensor([have], dtype=self._torch.int64)
-        self._dist.all_reduce(value, op=self._dist.ReduceOp.SUM, group=self._group)
+        try:
+            self._dist.all_reduce(value, op=self._dist.ReduceOp.SUM, group=self._group)
+        except RuntimeError as e:
+            raise AgreementError(
+                f"the {self.consumers} ranks could not agree on the next batch ({e}). Every rank must iterate an "
+                "agreeing loader in step: a loader iterated on some ranks only (an evaluation on rank 0) needs "
+                "Loader(uneven='off')"
+            ) from e
         return int(value.item())
 
 
@@ -110,7 +126,7 @@ class FileAgreement:
         if not 0 <= consumer < consumers:
             raise ValueError(f"need 0 <= consumer < consumers, got consumer={consumer} consumers={consumers}")
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # this user's
         self.consumers, self.consumer, self.timeout = consumers, consumer, timeout
         self._prefix = f"agree{('-' + run) if run else ''}"
         self._calls = 0
@@ -173,29 +189,36 @@ def detect(world: World) -> Agreement | None:
     return None
 
 
-def job_folder(world: World) -> Path | None:
-    """A folder that every consumer of this job sees, fresh for each launch, for a :class:`FileAgreement`
-    between ``DataLoader`` worker processes of several ranks (they have no process group); ``None`` if unknown.
+def job_folder(nonce: str, world_size: int) -> Path | None:
+    """The folder of one view's :class:`FileAgreement` between ``DataLoader`` worker processes of several ranks
+    (they have no process group), named by ``nonce`` (:func:`shared_nonce`: fresh for each view of each launch,
+    so that no file of another view or an earlier launch is ever read); ``None`` where there is none.
 
-    ``HEADRACE_AGREE_DIR`` names it (on a file system shared by the nodes, for several machines); without it,
-    under ``torchrun`` on one machine, a folder in the temporary directory named after the launch (torchrun's
-    run id, restart count and port).
+    ``HEADRACE_AGREE_DIR/nonce`` (a file system shared by the nodes, for several machines); without it, on one
+    machine (``LOCAL_WORLD_SIZE`` or ``SLURM_NNODES`` says so), a folder of this user's in the temporary directory.
 
-    >>> job_folder(World()) is None or isinstance(job_folder(World()), Path)
+    >>> str(job_folder("abc", 1)).endswith("abc")
     True
     """
     env = os.environ
-    launch = env.get("TORCHELASTIC_RUN_ID")
-    if launch is not None:
-        launch = f"{launch}-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}-{env.get('MASTER_PORT', '')}"
-        launch = "".join(c if c.isalnum() or c in "-_." else "_" for c in launch)
     base = env.get("HEADRACE_AGREE_DIR")
     if base:
-        return Path(base) / (launch or "run")
-    one_machine = env.get("LOCAL_WORLD_SIZE") == str(world.world_size)
-    if launch is not None and one_machine:
-        return Path(tempfile.gettempdir()) / f"headrace-agree-{launch}"
+        return Path(base) / nonce
+    if env.get("LOCAL_WORLD_SIZE") == str(world_size) or env.get("SLURM_NNODES") == "1" or world_size == 1:
+        return Path(tempfile.gettempdir()) / f"headrace-agree-{os.getuid()}" / nonce
     return None
+
+
+def shared_nonce() -> str:
+    """A random name drawn on rank 0 and sent to every rank over ``torch.distributed`` (a collective: every rank
+    calls it at the same point), as 16 random bytes in a tensor of a gloo group, never a pickle."""
+    import torch
+    import torch.distributed as dist
+
+    group = TorchAgreement.group(dist.get_world_size())
+    value = torch.tensor(list(os.urandom(16)) if dist.get_rank() == 0 else [0] * 16, dtype=torch.int64)
+    dist.broadcast(value, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return bytes(int(v) for v in value.tolist()).hex()
 
 
 _warned: set[tuple[int, int]] = set()

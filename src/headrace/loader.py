@@ -71,7 +71,8 @@ class Loader:
 
     Every rank yields the same number of batches, whatever the pipeline (:mod:`headrace.agree`): with
     several ranks the loaders agree before each batch, over ``torch.distributed``, JAX or ``agreement=``
-    (a :class:`~headrace.agree.FileAgreement`). ``uneven`` says what happens when a ``pack``, ``filter``,
+    (a :class:`~headrace.agree.FileAgreement`); ranks that have none of these (no process group) cannot,
+    and a warning says so. ``uneven`` says what happens when a ``pack``, ``filter``,
     ``mix``, batched ``map`` or skipped records leave the ranks with different counts: ``"stop"`` all at
     the shortest rank, ``"pad"`` the shorter ranks by repeating their part of the epoch from its start,
     or ``"off"`` (no agreement: a loader iterated on one rank only).
@@ -359,8 +360,8 @@ class Loader:
         """Who this loader agrees with on each batch (``None``: no one, alone or ``uneven="off"``)."""
         if self.uneven == "off" or (self.world.world_size == 1 and self.agreement is None):
             return None  # one rank's DataLoader workers need not agree: their sum is the rank's count
-        if self.world.num_workers == 1 and equal_by_construction(self.dataset):
-            return None  # (a rank's workers split its range into parts that may differ by a row)
+        if equal_by_construction(self.dataset):  # (a rank's workers' parts may differ by a row, not their sum)
+            return None
         if self.agreement is not None:
             return self.agreement
         found = agree.detect(self.world)

@@ -42,7 +42,7 @@ import torch.utils.data
 from headrace import agree
 from headrace.core.errors import StateError
 from headrace.core.world import World
-from headrace.loader import Loader
+from headrace.loader import Loader, equal_by_construction
 from headrace.pipeline import Dataset
 
 KEEP_INT32 = frozenset({"cu_seqlens"})  # flash-attention's varlen kernels take int32 offsets, nothing else
@@ -139,9 +139,11 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
     ``uneven`` is the inner loader's (:class:`~headrace.Loader`); by default ``"off"`` when there is one
     rank (``DataLoader`` workers of one process need no equal counts: none of their rows is dropped to
     equalize them) and the Loader's default otherwise. With several ranks, ``DataLoader`` worker processes
-    have no process group: they agree through files (:class:`~headrace.agree.FileAgreement`) in
-    :func:`~headrace.agree.job_folder` (under ``torchrun`` on one machine, a temporary folder of the launch;
-    on several machines, ``HEADRACE_AGREE_DIR`` on a shared file system).
+    have no process group: for a pipeline whose counts can differ they agree through files
+    (:class:`~headrace.agree.FileAgreement`) in a folder named by rank 0 when the view is made (so make the
+    view on every rank, after ``init_process_group``): on one machine a temporary folder of this user's, on
+    several machines one under ``HEADRACE_AGREE_DIR`` on a file system they share
+    (:func:`~headrace.agree.job_folder`).
 
     ``state_dict()`` is the state of the items this process (or ``DataLoader`` worker) has yielded;
     ``load_state_dict()`` makes the next iteration continue from there. ``history`` keeps the states of
@@ -175,6 +177,17 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
         # workers started afresh for each pass (persistent_workers=False) go on from their predecessors' epoch.
         self._next_epochs = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
         self._passes = torch.zeros(1 + MAX_WORKERS, dtype=torch.int64).share_memory_()  # passes begun, the same way
+        self._agree_folder = self._agreement_folder()
+
+    def _agreement_folder(self) -> str | None:
+        """Where the ``DataLoader`` workers of several ranks agree (see the class docstring), drawn now, in the
+        main process of every rank; ``None`` where they need not or cannot (then the Loader says so)."""
+        dist = torch.distributed
+        ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not ranks or self.uneven == "off" or equal_by_construction(self.dataset):
+            return None
+        folder = agree.job_folder(agree.shared_nonce(), dist.get_world_size())
+        return None if folder is None else str(folder)
 
     def _world(self) -> World:
         world = World.detect(self.rank, self.world_size)
@@ -227,10 +240,10 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
         passes = int(self._passes[slot])
         self._passes[slot] = passes + 1
         world = loader.world
-        if world.world_size > 1 and world.num_workers > 1 and loader.uneven != "off":
-            folder = agree.job_folder(world)  # every worker of every rank makes the same passes: one run each
-            loader.agreement = None if folder is None else agree.FileAgreement(
-                folder, world.consumers, world.consumer, run=f"e{loader.epoch}-p{passes}")  # fmt: skip
+        if world.world_size > 1 and world.num_workers > 1 and self._agree_folder is not None:
+            # every worker of every rank makes the same passes over the view: one run of calls each
+            loader.agreement = agree.FileAgreement(self._agree_folder, world.consumers, world.consumer,
+                                                   run=f"e{loader.epoch}-p{passes}")  # fmt: skip
         self._states.clear()
         return self._items(loader)
 
