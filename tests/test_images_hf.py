@@ -78,23 +78,26 @@ def test_bytes_or_a_path_relative_to_the_shards_folder(tmp_path: Path) -> None:
     (folder / "images" / "a.png").write_bytes(encoded(pixels(4), "PNG"))
     (folder / "shards" / "b.png").parent.mkdir()
     (folder / "shards" / "b.png").write_bytes(encoded(pixels(5), "PNG"))
+    (folder / "more" / "c.png").parent.mkdir()
+    (folder / "more" / "c.png").write_bytes(encoded(pixels(3), "PNG"))
     jpeg = encoded(pixels(6), "JPEG")
     shard = write(folder / "shards" / "part-0.parquet", [
         {"bytes": encoded(pixels(7), "PNG"), "path": "no-such-file.png"},  # bytes win: the path is only a name
         {"bytes": None, "path": "b.png"},  # beside the shard
-        {"bytes": None, "path": "../images/a.png"},  # elsewhere in the dataset's folder (both shards' parent)
         {"bytes": jpeg, "path": None},
-        {"bytes": None, "path": str(folder / "images" / "a.png")},  # absolute, inside the dataset's folder
+        {"bytes": None, "path": str(folder / "shards" / "b.png")},  # absolute, inside the shard's folder
     ])  # fmt: skip
-    other = write(folder / "more" / "part-1.parquet", [{"bytes": None, "path": "../shards/b.png"}])
+    other = write(folder / "more" / "part-1.parquet", [{"bytes": None, "path": "c.png"}])
     got = images(hr.open([shard, other]).decode_images("image"))
-    want = [pixels(7), pixels(5), pixels(4), decoded(jpeg), pixels(4), pixels(5)]
+    want = [pixels(7), pixels(5), decoded(jpeg), pixels(5), pixels(3)]
     assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
-    grey = next(iter(hr.open([shard, other]).decode_images("image", mode="L", size=(5, 7)).batch(6)))["image"]
-    assert grey.shape == (6, 5, 7, 1) and np.array_equal(grey[1], decoded(encoded(pixels(5), "PNG"), "L"))
-    with pytest.raises(hr.RecordError, match=r"part-0\.parquet \(record 2\): the file '../images/a.png' is outside "
+    grey = next(iter(hr.open([shard, other]).decode_images("image", mode="L", size=(5, 7)).batch(5)))["image"]
+    assert grey.shape == (5, 5, 7, 1) and np.array_equal(grey[1], decoded(encoded(pixels(5), "PNG"), "L"))
+    # each row's own shard's folder, not the folder the shards share: ../images is out of reach of both
+    elsewhere = write(folder / "shards" / "part-2.parquet", [{"bytes": None, "path": "../images/a.png"}])
+    with pytest.raises(hr.RecordError, match=r"part-2\.parquet \(record 0\): the file '../images/a.png' is outside "
                                              r"the dataset's folder .*/ds/shards;"):  # fmt: skip
-        list(hr.open(shard).decode_images("image"))  # opened alone, the shard's folder is the dataset's
+        list(hr.open([elsewhere, other]).decode_images("image"))
 
 
 def test_paths_leading_out_of_the_dataset_folder_are_refused(tmp_path: Path) -> None:
@@ -167,3 +170,14 @@ def test_struct_images_resume_exactly_with_workers(tmp_path: Path) -> None:
     for batch in batches:
         assert all(np.array_equal(img, pixels(int(i))) for img, i in zip(batch["image"], batch["id"], strict=True))
     assert check_resume(ds, every=3, num_workers=2).steps == 10
+
+
+def test_far_apart_shards_do_not_widen_the_folder_and_links_out_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(encoded(pixels(8), "PNG"))
+    a = write(tmp_path / "one" / "deep" / "a.parquet", [{"bytes": None, "path": str(secret)}])
+    b = write(tmp_path / "two" / "b.parquet", [{"bytes": None, "path": "link.png"}])
+    (tmp_path / "two" / "link.png").symlink_to(secret)  # inside the folder, leading out of it
+    for skip, name in ((0, "a.parquet"), (1, "b.parquet")):  # the shards' common folder holds secret.png: no matter
+        with pytest.raises(hr.RecordError, match=f"{name} \\(record 0\\): the file '.*' is outside the dataset's"):
+            list(hr.open([a, b]).skip(skip).take(1).decode_images("image"))

@@ -8,17 +8,17 @@ directory). headrace decodes the bytes where there are some, and otherwise reads
 a relative path against the shard's folder (or ``image_root``).
 
 A path is data, and data may be hostile: a file is read only if its path, made absolute and
-normalised (``..`` removed), lies inside the dataset's folder — the folder holding all the source's
-shards — or inside ``image_root`` when one is given. Anything else (``/etc/passwd``,
-``../../secret``, a URL) is refused with an error naming the record. Symbolic links inside the
-folder are followed: whoever can place them there owns the dataset.
+normalised (``..`` removed), lies inside the folder of the row's own shard, or inside ``image_root``
+when one is given (never a folder above them, however far apart the shards are). Anything else
+(``/etc/passwd``, ``../../secret``, a URL) is refused with an error naming the record. A local path
+is checked again with its symbolic links resolved: a link inside the folder that leads out of it is
+refused too.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ class ImageFiles:
 
     ``shards``: for each shard id of the rows' lineage, the shard's URL and filesystem (None where
     rows come from no file, such as an HF dataset). ``image_root``: the folder relative paths start
-    from and must stay in; None: each shard's folder, staying in the shards' common folder.
+    from and must stay in; None: each row's shard's folder.
 
     >>> import tempfile, pathlib, fsspec
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -49,14 +49,6 @@ class ImageFiles:
     shards: tuple[tuple[str, Any] | None, ...]
     image_root: str | None
 
-    @property
-    def root(self) -> str | None:
-        """The folder image files must lie in: ``image_root``, or the shards' common folder."""
-        if self.image_root is not None:
-            return _normal(self.image_root)
-        folders = [_folder(shard[0]) for shard in self.shards if shard is not None]
-        return _common(folders) if folders else None
-
     def resolve(self, shard: int, path: str) -> tuple[str, Any]:
         """The normalised location of ``path`` (named by a row of shard ``shard``) and its filesystem."""
         place = self.shards[shard] if 0 <= shard < len(self.shards) else None
@@ -64,15 +56,14 @@ class ImageFiles:
             raise ValueError(f"the image has no bytes, only the path {path!r}, and its row comes from no file "
                              "folder to read it from (an HF dataset or a batched map); embed the bytes")  # fmt: skip
         url, fs = place
-        root = self.root
-        assert root is not None
+        root = _normal(self.image_root if self.image_root is not None else _folder(url))
         if SCHEME in path:
             raise ValueError(f"the image has no bytes, only the URL {redact(path)!r}; headrace reads image files "
                              f"only inside the dataset's folder {redact(root)} (embed the bytes, e.g. with datasets' "
                              "embed_table_storage or push_to_hub)")  # fmt: skip
-        base = self.image_root if self.image_root is not None else _folder(url)
-        where = _normal(_join(base, path))
-        if not _inside(where, root):
+        where = _normal(_join(root, path))
+        local = SCHEME not in where
+        if not _inside(where, root) or (local and not _inside(os.path.realpath(where), os.path.realpath(root))):
             raise ValueError(f"the file {path!r} is outside the dataset's folder {redact(root)}; headrace reads "
                              "image files named by path only inside it (pass decode_images(image_root=...) to read "
                              "them from another folder, or embed the bytes)")  # fmt: skip
@@ -114,14 +105,3 @@ def _inside(url: str, root: str) -> bool:
         return False
     sep = os.sep if not prefix else "/"
     return rest == root_rest or rest.startswith(root_rest.rstrip(sep) + sep)
-
-
-def _common(folders: Sequence[str]) -> str:
-    """The deepest folder holding all ``folders`` (of one scheme; else the first one's)."""
-    parts = [_split(f) for f in folders]
-    if len({p for p, _ in parts}) != 1:
-        return _normal(folders[0])
-    prefix = parts[0][0]
-    rests = [r for _, r in parts]
-    common = os.path.commonpath(rests) if not prefix else posixpath.commonpath(rests)
-    return _normal(prefix + common)
