@@ -205,3 +205,26 @@ def test_an_empty_dataset_ends_the_stream(parquet_dir: Path) -> None:
     stream = TrainerDataset(hr.open(str(parquet_dir), columns=["id"]).take(0))
     stream.restart()
     assert list(stream) == []
+
+
+def test_trainer_rows_keep_image_pixels_uint8(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    path = tmp_path / "images.parquet"
+    ids = pa.array([[5, 6], [7, 8]], pa.list_(pa.int32()))
+    pq.write_table(
+        pa.table({"png": [png.getvalue()] * 2, "input_ids": ids, "label": pa.array([3, 4], pa.int32())}), path
+    )
+    stream, _ = for_trainer(hr.open(str(path)).decode_images("png"))
+    stream.restart()  # what the callback does when training begins
+    for row in (next(iter(stream)), next(iter(for_eval(hr.open(str(path)).decode_images("png"))))):
+        assert row["image"].dtype == torch.uint8 and row["image"].tolist() == pixels.tolist()  # 1 byte a pixel
+        assert row["input_ids"] == [5, 6] and row["label"] == 3  # lists and numbers: the collator makes tensors

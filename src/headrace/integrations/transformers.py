@@ -53,7 +53,6 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.utils.data
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -162,7 +161,7 @@ class TrainerDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg
                 self._rows += 1
                 if self._rows % self._every == 0:
                     self._states.append((self._rows, loader.state_dict()))
-                yield _tensors(_unbatch(row) if self.elastic else row)
+                yield to_tensors(_unbatch(row) if self.elastic else row)  # int64 ids; pixels stay uint8
             empty = empty + 1 if self._rows == before else 0
         w = loader.world
         if w.world_size > 1:  # the other ranks would wait for this one at their next step, forever
@@ -237,7 +236,7 @@ class EvalDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         count = 0
         for row in loader:  # a fresh loader: epoch 0 from its start, whatever was read before
             count += 1
-            yield _tensors(row)
+            yield to_tensors(row)
         self._count = count
 
     def __len__(self) -> int:
@@ -507,16 +506,6 @@ def _private_seed(loader: Any) -> None:
 def _unbatch(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The one row of a ``batch(1)`` batch."""
     return {k: v[0] for k, v in batch.items()}
-
-
-def _tensors(row: Any) -> Any:
-    if isinstance(row, Mapping):
-        return {k: _tensors(v) for k, v in row.items()}
-    if isinstance(row, np.ndarray) and row.dtype.kind in "iu":
-        return torch.from_numpy(row.astype(np.int64))
-    if isinstance(row, np.ndarray | np.generic):
-        return to_tensors(row)
-    return row  # lists, strings, Python numbers: as the collator takes them
 
 
 __all__ = ["EvalDataset", "HeadraceCallback", "TrainerDataset", "configure", "for_eval", "for_trainer"]
