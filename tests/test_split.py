@@ -226,3 +226,15 @@ def test_token_windows_split_by_file_and_window_as_streaming_dataloaders_split_r
     val = starts(windows.split("validation", split_rate=0.9, seed=1))
     assert sorted(train + val) == starts(windows) == [100 * w for w in range(199)]
     assert val == [100 * w for w in range(199) if unit(1, "tokens.npy", w) >= 0.9]
+
+
+def test_a_bare_part_name_other_than_train_says_to_pass_split_rate(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(f'{{"id": {i}}}\n' for i in range(10)))
+    ds = hr.open(str(path))
+    assert [r["id"] for r in ds.split("train")] == list(range(10))  # the whole split, as HF's "train"
+    for name in ("validation", "test"):
+        with pytest.raises(ValueError, match=f"split\\('{name}'\\): the files you opened are one split, all of it "
+                                             f"'train'; for a '{name}' part pass split_rate="):  # fmt: skip
+            ds.split(name)
+    assert len(list(ds.split("validation", split_rate=0.5))) + len(list(ds.split("train", split_rate=0.5))) == 10

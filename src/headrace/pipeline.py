@@ -455,8 +455,12 @@ class Dataset:
                 raise ValueError(f"split({spec!r}, split_rate=...): the part is 'train' or 'validation' (the rest)")
             parts = self.split({"train": split_rate, "validation": 1 - split_rate}, seed=seed, by=by)
             return parts["train" if spec == "train" else "validation"]
-        _, slices = parse_slice(spec)
+        name, slices = parse_slice(spec)
         if slices == [(None, None, "abs")]:
+            if name != "train":  # a Streaming-Dataloader habit without its split_rate: not the training rows again
+                raise ValueError(f"split({spec!r}): the files you opened are one split, all of it 'train'; for a "
+                                 f"{name!r} part pass split_rate= (split({name!r}, split_rate=0.9) is the rest after "
+                                 "90% for 'train'), split by proportions, or open the files of that split")  # fmt: skip
             return self  # "train": the whole split, as in HF
         root = self.root
         if len(self.stages) != 1 or not isinstance(root, SourceStage):
