@@ -412,7 +412,8 @@ class Dataset:
         one part by a hash of ``seed`` and its place — its file's path relative to the dataset's common
         folder and its record number — or of its ``by`` column (an id). The same record always goes to the
         same part, on any number of ranks or workers, and adding files beside the others leaves the
-        existing records where they were. Proportions hold within sampling noise (about
+        existing records where they were; files added in another folder, which moves the folder all files
+        share, reassign them (key by an id column, ``by=``, where the data grows that way). Proportions hold within sampling noise (about
         ``sqrt(p(1-p)/rows)``); proportions summing below 1 leave the rest out.
 
         ``split("train[:10%]")``, ``"train[1000:2000]"``, ``"train[:10%]+train[-80%:]"``: HF's slice syntax,
