@@ -413,12 +413,13 @@ class Dataset:
         folder and its record number — or of its ``by`` column (an id). The same record always goes to the
         same part, on any number of ranks or workers, and adding files beside the others leaves the
         existing records where they were; files added in another folder, which moves the folder all files
-        share, reassign them (key by an id column, ``by=``, where the data grows that way). Proportions hold within sampling noise (about
-        ``sqrt(p(1-p)/rows)``); proportions summing below 1 leave the rest out.
+        share, reassign them (key by an id column, ``by=``, where the data grows that way). Proportions hold
+        within sampling noise (about ``sqrt(p(1-p)/rows)``); proportions summing below 1 leave the rest out.
 
         ``split("train[:10%]")``, ``"train[1000:2000]"``, ``"train[:10%]+train[-80%:]"``: HF's slice syntax,
         rows by their position in the files' order (right after :func:`open`; files outside the slice are
-        not read). The name is only a label, as the dataset is already one split.
+        not read). The name is only a label, as the dataset is already one split: ``split("train")`` is all of
+        it, and a bare other name (``"validation"``) is refused without ``split_rate``.
 
         ``split("train", split_rate=0.9)`` (Streaming-Dataloader's ``split``/``split_rate``): the hash split
         ``{"train": 0.9, "validation": 0.1}``, its ``"train"`` part (``"validation"`` for the rest).
