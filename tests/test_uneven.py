@@ -253,7 +253,7 @@ def test_pad_refuses_a_rank_with_nothing_to_repeat(tmp_path: Path) -> None:
         list(loader)
 
 
-def test_a_pipeline_equal_by_construction_does_not_agree(tmp_path: Path) -> None:
+def test_a_pipeline_with_equal_counts_does_not_agree(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_text("".join(f'{{"id": {i}}}\n' for i in range(12)))
     folder = tmp_path / "agree"

@@ -32,20 +32,7 @@ from headrace.core.errors import LoaderTimeout, StateError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
 from headrace.core.world import World
-from headrace.pipeline import REMAINDERS, ColumnsStage, Context, Dataset, RebatchStage
-from headrace.plan import (
-    AugmentStage,
-    BatchStage,
-    DecodeImagesStage,
-    LimitStage,
-    MapStage,
-    MaskStage,
-    RepeatStage,
-    ShardStage,
-    ShuffleStage,
-    SourceStage,
-    TokenizeStage,
-)
+from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.prefetch import prefetched
 from headrace.stages.batch import RowNode
 from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources, stage_name
@@ -360,7 +347,7 @@ class Loader:
         """Who this loader agrees with on each batch (``None``: no one, alone or ``uneven="off"``)."""
         if self.uneven == "off" or (self.world.world_size == 1 and self.agreement is None):
             return None  # one rank's DataLoader workers need not agree: their sum is the rank's count
-        if equal_by_construction(self.dataset):  # (a rank's workers' parts may differ by a row, not their sum)
+        if self.dataset.equal_counts:  # (a rank's workers' parts may differ by a row, not their sum)
             return None
         if self.agreement is not None:
             return self.agreement
@@ -523,34 +510,6 @@ class _Padding:
         if self.node is not None:
             node, self.node = self.node, None
             node.close()
-
-
-def equal_by_construction(dataset: Dataset) -> bool:
-    """Whether every consumer of ``dataset`` yields the same number of items without agreeing: its source splits
-    into equal ranges and raises on bad records, and each stage keeps the row count (or batches it).
-
-    >>> import headrace as hr, tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
-    >>> _ = path.write_text('{"id": 1}\\n')
-    >>> path = str(path)
-    >>> equal_by_construction(hr.open(path).shuffle(seed=1).map(lambda r: r).batch(2))
-    True
-    >>> equal_by_construction(hr.open(path).filter(lambda r: True).batch(2))
-    False
-    """
-    for stage in dataset.stages:
-        if isinstance(stage, SourceStage):
-            equal = stage.source.errors == "raise"
-        elif isinstance(stage, MapStage):
-            equal = stage.kind == "map" and not stage.batched
-        elif isinstance(stage, DecodeImagesStage):
-            equal = stage.errors == "raise"
-        else:
-            equal = isinstance(stage, (ShuffleStage, BatchStage, TokenizeStage, LimitStage, ShardStage, RepeatStage,
-                                       MaskStage, AugmentStage, ColumnsStage, RebatchStage))  # fmt: skip
-        if not equal:
-            return False
-    return True
 
 
 def _chain(node: Node[Any]) -> Iterator[Node[Any]]:

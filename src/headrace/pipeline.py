@@ -90,7 +90,11 @@ class ColumnsStage(Stage):
         return {new.get(k, k): v for k, v in columns.items()}
 
 
-ROW_KEEPING = (ShuffleStage, LimitStage, RepeatStage, ShardStage, SplitStage, SliceStage, RebatchStage)
+# stages that pass their input's columns through (whatever they do to the rows), for column_names/features
+COLUMN_KEEPING = (ShuffleStage, LimitStage, RepeatStage, ShardStage, SplitStage, SliceStage, RebatchStage)
+# stages after which every consumer still has as many items as every other (see Dataset.equal_counts)
+COUNT_KEEPING = (ShuffleStage, BatchStage, TokenizeStage, LimitStage, ShardStage, RepeatStage, MaskStage,
+                 AugmentStage, ColumnsStage, RebatchStage)  # fmt: skip
 SPLITS = (SplitStage, SliceStage)
 
 
@@ -189,7 +193,7 @@ class Dataset:
         for stage in stages[1:]:
             if isinstance(stage, ColumnsStage):
                 known = stage.apply(known)
-            elif not isinstance(stage, ROW_KEEPING) and not (isinstance(stage, MapStage) and stage.kind == "filter"):
+            elif not isinstance(stage, COLUMN_KEEPING) and not (isinstance(stage, MapStage) and stage.kind == "filter"):
                 return None
         return known
 
@@ -219,6 +223,33 @@ class Dataset:
         if not self.batched:
             return "it has no batch() stage"
         return None
+
+    @property
+    def equal_counts(self) -> bool:
+        """Whether every consumer yields the same number of items without agreeing (:mod:`headrace.agree`): the
+        source splits into equal ranges and raises on bad records, and each stage keeps the row count (or
+        batches it). Otherwise the ranks' :class:`~headrace.Loader` agree before each batch.
+
+        >>> import headrace as hr, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+        >>> _ = path.write_text('{"id": 1}\\n')
+        >>> hr.open(str(path)).shuffle(seed=1).map(lambda r: r).batch(2).equal_counts
+        True
+        >>> hr.open(str(path)).filter(lambda r: True).batch(2).equal_counts
+        False
+        """
+        for stage in self.stages:
+            if isinstance(stage, SourceStage):
+                equal = stage.source.errors == "raise"
+            elif isinstance(stage, MapStage):
+                equal = stage.kind == "map" and not stage.batched
+            elif isinstance(stage, DecodeImagesStage):
+                equal = stage.errors == "raise"
+            else:
+                equal = isinstance(stage, COUNT_KEEPING)
+            if not equal:
+                return False
+        return True
 
     @property
     def batch_size(self) -> int:

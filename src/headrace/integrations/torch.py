@@ -42,7 +42,7 @@ import torch.utils.data
 from headrace import agree
 from headrace.core.errors import StateError
 from headrace.core.world import World
-from headrace.loader import Loader, equal_by_construction
+from headrace.loader import Loader
 from headrace.pipeline import Dataset
 
 KEEP_INT32 = frozenset({"cu_seqlens"})  # flash-attention's varlen kernels take int32 offsets, nothing else
@@ -184,7 +184,7 @@ class IterableDataset(torch.utils.data.IterableDataset):  # type: ignore[type-ar
         main process of every rank; ``None`` where they need not or cannot (then the Loader says so)."""
         dist = torch.distributed
         ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if not ranks or self.uneven == "off" or equal_by_construction(self.dataset):
+        if not ranks or self.uneven == "off" or self.dataset.equal_counts:
             return None
         folder = agree.job_folder(agree.shared_nonce(), dist.get_world_size())
         return None if folder is None else str(folder)
