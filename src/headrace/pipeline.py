@@ -24,6 +24,7 @@ from headrace.plan import (
     BatchStage,
     BestFitStage,
     ChatStage,
+    ColumnsStage,
     Context,
     DecodeImagesStage,
     HFStage,
@@ -31,6 +32,7 @@ from headrace.plan import (
     MapStage,
     MaskStage,
     MixStage,
+    RebatchStage,
     RepeatStage,
     ShardStage,
     ShuffleStage,
@@ -40,55 +42,14 @@ from headrace.plan import (
     TokenWindowStage,
     WindowStage,
 )
-from headrace.stages.batch import BatchOutput, Pad, RebatchNode
+from headrace.stages.batch import BatchOutput, Pad
 from headrace.stages.images import MODES, PADDING_MODES
 from headrace.stages.partition import REMAINDERS
 from headrace.stages.source import Source
 from headrace.stages.split import SliceStage, SplitStage, check_parts, parse_slice, place_keys, slice_source
 from headrace.stages.token_windows import indexed_windows
-from headrace.stages.transform import BatchFormat, TransformNode, columns_fn
+from headrace.stages.transform import BatchFormat
 from headrace.tokenizer import TokenizerError, load_tokenizer
-
-
-@dataclass(frozen=True)
-class RebatchStage(Stage):
-    """``map``/``filter``'s ``batch_size``: blocks of exactly ``size`` rows for the function that follows."""
-
-    size: int
-
-    def describe(self) -> dict[str, Any]:
-        return {"stage": "rebatch", "size": self.size}
-
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
-        return RebatchNode(parent.build(ctx), self.size)
-
-
-@dataclass(frozen=True)
-class ColumnsStage(Stage):
-    """``remove_columns``/``select_columns`` (pairs ``(name, name)``) or ``rename_columns`` (``(old, new)``)."""
-
-    kind: str
-    pairs: tuple[tuple[str, str], ...]
-
-    def describe(self) -> dict[str, Any]:
-        return {"stage": self.kind, "columns": [list(p) for p in self.pairs]}
-
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
-        return TransformNode(parent.build(ctx), columns_fn(self.kind, self.pairs, parent.lineage), None, 1)
-
-    def apply(self, columns: Mapping[str, Any]) -> dict[str, Any]:
-        """What the stage makes of known columns (name -> type)."""
-        names = [a for a, _ in self.pairs]
-        missing = [n for n in names if n not in columns]
-        if missing:
-            raise ValueError(f"{self.kind}(): no column(s) {missing}; the columns are {list(columns)}")
-        if self.kind == "remove_columns":
-            return {k: v for k, v in columns.items() if k not in names}
-        if self.kind == "select_columns":
-            return {k: columns[k] for k in names}
-        new = dict(self.pairs)
-        return {new.get(k, k): v for k, v in columns.items()}
-
 
 # stages that pass their input's columns through (whatever they do to the rows), for column_names/features
 COLUMN_KEEPING = (ShuffleStage, LimitStage, RepeatStage, ShardStage, SplitStage, SliceStage, RebatchStage)

@@ -8,7 +8,7 @@ This module and :mod:`headrace.pipeline` are the only ones that know every stage
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from headrace.core.node import Node
 from headrace.core.policy import Policy
 from headrace.core.state import fingerprint
 from headrace.core.world import World
-from headrace.stages.batch import BatchNode, BatchOutput, Pad
+from headrace.stages.batch import BatchNode, BatchOutput, Pad, RebatchNode
 from headrace.stages.bestfit import BestFitNode
 from headrace.stages.global_source import GlobalSourceNode
 from headrace.stages.hf import HFNode, HFSource
@@ -31,7 +31,7 @@ from headrace.stages.shuffle import ShuffleNode
 from headrace.stages.source import Source, SourceNode
 from headrace.stages.token_windows import TokenWindowNode, TokenWindows
 from headrace.stages.tokenize import WHOLE, Lengths, tokenize_fn
-from headrace.stages.transform import BatchFormat, TransformNode, describe_fn, filter_fn, map_fn
+from headrace.stages.transform import BatchFormat, TransformNode, columns_fn, describe_fn, filter_fn, map_fn
 from headrace.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -431,3 +431,43 @@ class BatchStage(Stage):
     def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
         return BatchNode(parent.build(ctx), size=self.size, drop_last=self.drop_last, pad=self.pad,
                          pad_value=self.pad_value, lineage=parent.lineage, batch_format=self.batch_format)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RebatchStage(Stage):
+    """``map``/``filter``'s ``batch_size``: blocks of exactly ``size`` rows for the function that follows."""
+
+    size: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": "rebatch", "size": self.size}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return RebatchNode(parent.build(ctx), self.size)
+
+
+@dataclass(frozen=True)
+class ColumnsStage(Stage):
+    """``remove_columns``/``select_columns`` (pairs ``(name, name)``) or ``rename_columns`` (``(old, new)``)."""
+
+    kind: str
+    pairs: tuple[tuple[str, str], ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.kind, "columns": [list(p) for p in self.pairs]}
+
+    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+        return TransformNode(parent.build(ctx), columns_fn(self.kind, self.pairs, parent.lineage), None, 1)
+
+    def apply(self, columns: Mapping[str, Any]) -> dict[str, Any]:
+        """What the stage makes of known columns (name -> type)."""
+        names = [a for a, _ in self.pairs]
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise ValueError(f"{self.kind}(): no column(s) {missing}; the columns are {list(columns)}")
+        if self.kind == "remove_columns":
+            return {k: v for k, v in columns.items() if k not in names}
+        if self.kind == "select_columns":
+            return {k: columns[k] for k in names}
+        new = dict(self.pairs)
+        return {new.get(k, k): v for k, v in columns.items()}
