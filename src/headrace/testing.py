@@ -9,12 +9,15 @@ Use it on your own pipelines the way headrace's tests use it on every stage::
 It checks, for one world: restoring from the JSON state after every step continues exactly like
 the uninterrupted run; a state taken after the last batch ends the epoch and then gives the next
 epoch; the state never changes shape; and the state is plain JSON.
+
+:func:`check_node_resume` checks the same of one iterator node (or a small pipeline's node tree)
+without a loader, so that a broken guarantee names the node that broke it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,18 +84,106 @@ def check_resume(
         states.append(json.loads(json.dumps(full.state_dict())))
     next_epoch = list(full)
 
-    shapes = {json.dumps(shape(s["node"]), sort_keys=True) for s in states[1:]}
-    if len(shapes) > 1:
-        raise AssertionError(f"the state changed shape during the epoch: {sorted(shapes)}")
+    _check_shape([s["node"] for s in states[1:]], "the state")
     max_bytes = max(len(json.dumps(s)) for s in states)
 
-    picks = sorted(set(range(0, len(states), max(1, every))) | {len(states) - 1})
+    picks = _picks(len(states), every)
     for k in picks:
         resumed = loader()
         resumed.load_state_dict(json.loads(json.dumps(states[k])))
         assert_same_sequence(list(resumed), items[k:], f"resumed after step {k}")
         assert_same_sequence(list(resumed), next_epoch, f"epoch after resuming at step {k}")
     return Report(steps=len(items), restores=len(picks), max_state_bytes=max_bytes)
+
+
+def _picks(count: int, every: int) -> list[int]:
+    """Every ``every``-th of ``count`` states, and the last."""
+    return sorted(set(range(0, count, max(1, every))) | {count - 1})
+
+
+def _check_shape(states: Sequence[Any], what: str) -> None:
+    shapes = {json.dumps(shape(s), sort_keys=True) for s in states}
+    if len(shapes) > 1:
+        raise AssertionError(f"{what} changed shape during the epoch: {sorted(shapes)}")
+
+
+def check_node_resume(
+    factory: Callable[[], Node[Any] | Dataset], *, every: int = 1, limit: int | None = None
+) -> Report:
+    """Restore one node after every ``every``-th item (and the last) and compare with the uninterrupted run.
+
+    ``factory`` builds a fresh node over the same input each time it is called (or a :class:`Dataset`,
+    whose ``build()`` is used). The node runs to its end once (at most ``limit`` items, for an endless
+    node), with its state taken before the first item and after each one. Then, for each picked state,
+    a fresh node from ``factory`` loads it and must: report that same state before its first ``next()``;
+    give exactly the items that followed — value for value, blocks with the same boundaries and lineage;
+    and, from the state taken after the end, nothing. Every state must be plain JSON (a JSON round trip
+    gives it back unchanged) and keep one shape after the first item. A failure is an ``AssertionError``
+    that starts with the node's class name.
+
+    >>> from headrace.stages.limit import LimitNode
+    >>> report = check_node_resume(lambda: LimitNode(ListNode([[0, 1, 2], [3, 4]]), skip=1, take=3, block_rows=2))
+    >>> report.steps, report.restores
+    (2, 3)
+    """
+    name = type(_built(factory())).__name__
+
+    def run(state: State | None, count: int | None) -> tuple[list[Any], list[State], State | None]:
+        node = _built(factory())
+        try:
+            if state is not None:
+                node.load_state_dict(_json_copy(state, f"{name}: a state"))
+                if node.state_dict() != state:
+                    raise AssertionError(f"{name}: loaded {state!r}, but state_dict() then gave {node.state_dict()!r}")
+            items: list[Any] = []
+            states = [_plain_json(node.state_dict(), f"{name}: the state before the first item")]
+            while count is None or len(items) < count:
+                try:
+                    items.append(_comparable(node.next()))
+                except StopIteration:
+                    return items, states, _plain_json(node.state_dict(), f"{name}: the state at the end")
+                states.append(_plain_json(node.state_dict(), f"{name}: the state after item {len(items)}"))
+            return items, states, None
+        finally:
+            node.close()
+
+    items, states, end = run(None, limit)
+    _check_shape(states[1:], f"{name}: the state")
+    picks = _picks(len(states), every)
+    for k in picks:
+        rest, _, _ = run(states[k], None if limit is None else limit - k)
+        assert_same_sequence(rest, items[k:], f"{name}: resumed after item {k}")
+    if end is not None:
+        rest, _, _ = run(end, 1)
+        assert_same_sequence(rest, [], f"{name}: resumed from the state taken at the end")
+    return Report(steps=len(items), restores=len(picks), max_state_bytes=max(len(json.dumps(s)) for s in states))
+
+
+def _built(made: Node[Any] | Dataset) -> Node[Any]:
+    return made.build() if isinstance(made, Dataset) else made
+
+
+def _json_copy(state: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(state, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise AssertionError(f"{what} is not plain JSON ({e}): {state!r}") from e
+
+
+def _plain_json(state: State, what: str) -> State:
+    """``state`` after a JSON round trip, which must give it back unchanged (no tuples, numpy numbers, int keys)."""
+    copied = _json_copy(state, what)
+    if copied != state:
+        raise AssertionError(f"{what} changes in a JSON round trip: {state!r} became {copied!r}")
+    return copied
+
+
+def _comparable(item: Any) -> Any:
+    """A block as what :func:`same` compares: its columns (Arrow ones as type and values) and its lineage."""
+    if not isinstance(item, Block):
+        return item
+    columns = {k: v if isinstance(v, np.ndarray) else (str(v.type), v.to_pylist()) for k, v in item.columns.items()}
+    return {"columns": columns, "shard": item.shard, "row": item.row}
 
 
 class ListNode(Node[Block]):
