@@ -22,6 +22,7 @@ from headrace.io.retry import Retry
 from headrace.pipeline import Dataset
 from headrace.plan import HFStage, MixStage, SourceStage
 from headrace.stages.hf import HFSource
+from headrace.stages.mix_schedule import STOPS, check_stop, weights_by_name
 from headrace.stages.source import Source
 
 
@@ -35,9 +36,6 @@ def from_hf(dataset: Any, *, block_rows: int = 1024) -> Dataset:
         raise TypeError(f"from_hf() takes a datasets.IterableDataset, got {type(dataset).__name__} "
                         "(load_dataset(..., streaming=True), or Dataset.to_iterable_dataset())")  # fmt: skip
     return Dataset(HFStage(HFSource(dataset, positive(block_rows, "block_rows"))))
-
-
-STOPS = ("first_exhausted", "all_exhausted", "never")
 
 
 def mix(
@@ -75,16 +73,8 @@ def mix(
             raise TypeError(f"mix(): {name!r} is a {type(ds).__name__}, not a headrace Dataset")
         if ds.batched:
             raise ValueError(f"mix(): {name!r} is batched; mix rows, then batch() the mixture")
-    w = dict.fromkeys(names, 1.0) if weights is None else dict(weights)
-    unknown = sorted(set(w) - set(names))
-    if unknown:
-        raise ValueError(f"mix(): weights name unknown source(s) {unknown}; the sources are {list(names)}")
-    values = [float(w.get(n, 0.0)) for n in names]
-    if any(not v >= 0 for v in values) or sum(values) <= 0:
-        given = dict(zip(names, values, strict=True))
-        raise ValueError(f"mix(): weights must be >= 0 and sum to a positive number, got {given}")
-    if stop not in STOPS:
-        raise ValueError(f"mix(stop=...) must be one of {STOPS}, got {stop!r}")
+    shares = weights_by_name(names, dict.fromkeys(names, 1.0) if weights is None else weights, "mix()")
+    check_stop(stop)
     if seed < 0:
         raise ValueError(f"mix(seed=...) must be >= 0, got {seed}")
     caps = dict(budgets or {})
@@ -94,8 +84,7 @@ def mix(
     unknown = sorted(set(caps) - set(names))
     if unknown:
         raise ValueError(f"mix(): budgets name unknown source(s) {unknown}; the sources are {list(names)}")
-    total = sum(values)
-    stage = MixStage(names, tuple(datasets[n] for n in names), tuple(v / total for v in values), seed, stop,
+    stage = MixStage(names, tuple(datasets[n] for n in names), tuple(shares), seed, stop,
                      tuple(caps.get(n) for n in names), positive(block_rows, "block_rows"))  # fmt: skip
     return Dataset(stage)
 

@@ -1,17 +1,10 @@
 """``mix``: named sources interleaved by weight, on a deterministic schedule kept as positions and credits.
 
-The schedule. Each source holds an integer *credit* (in units of ``1/UNIT`` of a row). For every
-output row, every drawable source's credit grows by its weight, one source is picked and its credit
-drops by one row. The pick follows Tijdeman's rule for the chairman assignment problem: among the
-sources at least ``1/(2n-2)`` of a row behind, the one whose deficit reaches ``1 - 1/(2n-2)`` rows
-first (ties: the larger credit, then a priority order drawn from ``rng(seed, epoch, stage, 0)``).
-Every prefix of the output then holds each of ``n`` sources within ``1 - 1/(2n-2)`` rows (< 1) of
-weight × length (smooth weighted round-robin can fall more than a row behind with many sources), so
-every batch is stratified: within one row of weight × size for two sources (within two in general),
-and exact where every weight × size is a whole number (for sizes dividing ``UNIT``). Credits are
-integers: exact in JSON, and no floating-point noise decides a tie. Rows keep their source's own
-order and are not shuffled within a block (that would undo the batch composition for batches
-smaller than a block): shuffle the sources themselves. The seed only orders exact ties.
+Which source each output row comes from is the :class:`~headrace.stages.mix_schedule.MixSchedule` (pure,
+on integer credits; see :mod:`headrace.stages.mix_schedule` for the rule and its bounds). This node reads
+the rows the schedule picks, restarts sources that run out, applies the stop rules and interleaves the
+rows. Rows keep their source's own order and are not shuffled within a block (that would undo the
+batch composition for batches smaller than a block): shuffle the sources themselves.
 
 Re-weighting (:meth:`MixNode.set_weights`, which ``Loader.set_weights`` calls) keeps every position
 and credit; it applies from the next block this node makes, so with ``block_rows`` equal to the
@@ -30,9 +23,7 @@ for good), the others then share its weight. When a source leaves, all credits r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,70 +34,15 @@ from headrace.core.cursor import Cursor
 from headrace.core.errors import SchemaError, SourceError
 from headrace.core.node import Node, State
 from headrace.core.policy import ErrorLog
-from headrace.core.rng import rng
-
-STOPS = ("first_exhausted", "all_exhausted", "never")
-# One row of credit: divisible by 1..16, 2**16 and 10**6, so weights like 0.7, 1/3 or 1/2048 are exact.
-UNIT = 2**16 * 3**4 * 5**6 * 7**2 * 11 * 13
-CREDIT_BOUND = 16 * UNIT  # credits stay within about a row of zero (a few rows just after a re-weight)
-
-
-def normalized(weights: Sequence[float], what: str) -> list[float]:
-    """Weights divided by their sum; refused unless finite, >= 0 and summing to a positive number."""
-    values = [float(w) for w in weights]
-    if any(not (math.isfinite(v) and v >= 0) for v in values) or not sum(values) > 0:
-        raise ValueError(f"{what}: weights must be finite, >= 0 and sum to a positive number, got {values}")
-    total = sum(values)
-    return [v / total for v in values]
-
-
-def units(weights: Sequence[float], active: Sequence[int]) -> list[int]:
-    """Integer shares of ``UNIT`` for the ``active`` sources (largest remainder), 0 for the others."""
-    total = sum(weights[i] for i in active)
-    exact = {i: weights[i] / total * UNIT for i in active}
-    out = [0] * len(weights)
-    for i in active:
-        out[i] = math.floor(exact[i])
-    short = UNIT - sum(out)
-    for i in sorted(active, key=lambda i: (out[i] - exact[i], i))[:short]:
-        out[i] += 1
-    return out
-
-
-def choose(active: Sequence[int], owed: Sequence[int], share: Sequence[int], priority: Sequence[int]) -> int:
-    """Tijdeman's pick among ``active`` (credit already raised for this row): the earliest deadline."""
-    m = len(active)
-    if m == 1:
-        return active[0]
-    q = 2 * m - 2  # sigma = 1/q: a candidate is at least sigma of a row behind
-    best, slack = -1, 0
-    for i in active:
-        c = owed[i]
-        if c * q < UNIT:
-            continue
-        a = UNIT * (q - 1) - q * c  # q·UNIT × rows until its deficit reaches 1 - sigma, times its share
-        if best < 0:
-            best, slack = i, a
-            continue
-        lhs, rhs = a * share[best], slack * share[i]
-        if lhs < rhs or (lhs == rhs and (c, -priority[i]) > (owed[best], -priority[best])):
-            best, slack = i, a
-    if best < 0:  # only after a re-weight left credits off the invariant: the furthest behind
-        best = max(active, key=lambda i: (owed[i], -priority[i]))
-    return best
-
-
-@dataclass
-class Plan:
-    """The schedule of one block: ``picks[p]`` is the source of output row ``p``."""
-
-    picks: list[int]
-    credits: list[int]
-    rows: list[int]
-    out: list[bool]
-    end: int | None = None  # the schedule itself ended here (a cap under "first_exhausted", or nothing drawable)
-    ender: int = -1  # the source whose cap ended it (-1: nothing drawable)
-    leaves: list[tuple[int, int]] = field(default_factory=list)  # (position, source) reaching its cap
+from headrace.stages.mix_schedule import (
+    CREDIT_BOUND,
+    MixPlan,
+    MixSchedule,
+    check_stop,
+    normalized,
+    sums_to_one,
+    weights_by_name,
+)
 
 
 class MixNode(Node[Block]):
@@ -129,23 +65,19 @@ class MixNode(Node[Block]):
         n = len(builders)
         if n == 0 or not len(names) == len(weights) == len(shard_offsets) == len(budgets) == n:
             raise ValueError("MixNode needs one name, weight, shard offset and budget per source")
-        if stop not in STOPS:
-            raise ValueError(f"mix(stop=...) must be one of {STOPS}, got {stop!r}")
+        check_stop(stop)
         if seed < 0:
             raise ValueError(f"mix(seed=...) must be >= 0, got {seed}")
         if any(b is not None and b < 0 for b in budgets):
             raise ValueError(f"mix(budgets=...) must be >= 0 rows, got {dict(zip(names, budgets, strict=True))}")
         self.builders = list(builders)
         self.names = tuple(names)
-        self.initial = normalized(weights, "mix()")
+        self.initial = normalized(weights, "mix()", names)
         self.seed, self.epoch, self.stage, self.stop = seed, epoch, stage, stop
         self.offsets = list(shard_offsets)
         self.budgets = list(budgets)
         self.block_rows = block_rows
-        order = rng(seed, epoch, stage, 0).permutation(n)
-        self.priority = [0] * n  # who wins an exact tie: a seeded order, fixed per epoch
-        for rank, i in enumerate(order):
-            self.priority[int(i)] = rank
+        self.schedule = MixSchedule.seeded(self.budgets, stop, seed, epoch, stage)  # which source each row is
         self._children = [build(epoch) for build in self.builders]
         self._cursors = [Cursor(child) for child in self._children]
         self._epochs = [epoch] * n
@@ -187,7 +119,7 @@ class MixNode(Node[Block]):
                     fields["weight"].append(float(states.field(s, "weight", float, hi=1)))
             if sum(fields["credit"]) != 0:  # every row adds shares summing to UNIT and takes UNIT from one source
                 raise states.refuse("*.credit", f"the credits must sum to 0, got {fields['credit']}")
-            if abs(sum(fields["weight"]) - 1) > 1e-9:  # normalized by mix() and set_weights()
+            if not sums_to_one(fields["weight"]):  # normalized by mix() and set_weights()
                 raise states.refuse("*.weight", f"the weights must sum to 1, got {fields['weight']}")
         self._exhausted, self._out, self._rows = fields["exhausted"], fields["out"], fields["rows"]
         self._credits, self._weights = fields["credit"], fields["weight"]
@@ -203,10 +135,7 @@ class MixNode(Node[Block]):
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """New weights by source name (missing names: 0), normalized; positions and credits are kept."""
-        unknown = sorted(set(weights) - set(self.names))
-        if unknown:
-            raise ValueError(f"set_weights(): unknown source(s) {unknown}; the sources are {list(self.names)}")
-        self._weights = normalized([weights.get(n, 0.0) for n in self.names], "set_weights()")
+        self._weights = weights_by_name(self.names, weights, "set_weights()")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -257,59 +186,9 @@ class MixNode(Node[Block]):
         self._blocks += 1
         return self._interleave(plan.picks, parts)
 
-    def _plan(self, limit: int) -> Plan:
-        """The next ``limit`` picks from the current credits (pure: the node's state is not touched)."""
-        plan = Plan([], list(self._credits), list(self._rows), list(self._out))
-        owed, picks, caps = plan.credits, plan.picks, self.budgets
-        share: list[int] | None = None
-        active: list[int] = []
-        watch: list[int] | None = None  # credits where a cycle may close (then the schedule repeats)
-        mark = 0
-        while len(picks) < limit:
-            if share is None:
-                active = [i for i, w in enumerate(self._weights) if w > 0 and not plan.out[i]]
-                if not active:
-                    plan.end = len(picks)
-                    return plan
-                share = units(self._weights, active)
-                watch, mark = list(owed), len(picks)
-            for i in active:
-                owed[i] += share[i]
-            j = choose(active, owed, share, self.priority)
-            cap = caps[j]
-            if cap is not None and plan.rows[j] >= cap:
-                if self.stop == "first_exhausted":
-                    plan.end, plan.ender = len(picks), j
-                    return plan
-                plan.out[j] = True  # at its cap: out of the drawing; the others restart from even credits
-                plan.leaves.append((len(picks), j))
-                owed[:] = [0] * len(owed)
-                share = None
-                continue
-            owed[j] -= UNIT
-            plan.rows[j] += 1
-            picks.append(j)
-            if watch is not None and owed[j] == watch[j] and owed == watch:
-                self._repeat(plan, mark, limit)
-                watch = None
-        return plan
-
-    def _repeat(self, plan: Plan, mark: int, limit: int) -> None:
-        """The credits are back where they were at ``mark``: repeat that cycle as often as it fits.
-
-        Weights with small denominators (0.7/0.3 repeats every 10 rows) then cost one cycle of
-        scheduling per block; whole cycles only, and never past a source's cap.
-        """
-        cycle = plan.picks[mark:]
-        whole = (limit - len(plan.picks)) // len(cycle)
-        per = np.bincount(np.asarray(cycle, dtype=np.int64), minlength=len(self.names)).tolist()
-        for i, k in enumerate(per):
-            cap = self.budgets[i]
-            if k and cap is not None:
-                whole = min(whole, (cap - plan.rows[i]) // k)
-        if whole > 0:
-            plan.picks.extend(cycle * whole)
-            plan.rows[:] = [r + k * whole for r, k in zip(plan.rows, per, strict=True)]
+    def _plan(self, limit: int) -> MixPlan:
+        """The next ``limit`` picks from the current weights, credits, rows and flags (the node's state is kept)."""
+        return self.schedule.plan(self._weights, self._credits, self._rows, self._out, limit)
 
     def _take(self, picks: list[int]) -> tuple[list[list[Block]], list[list[int]]]:
         """Rows for ``picks`` from each source, restarting sources that run out where ``stop`` allows.
@@ -344,7 +223,7 @@ class MixNode(Node[Block]):
                 fresh = True
         return parts, ends
 
-    def _stop_at(self, plan: Plan, ends: list[list[int]]) -> tuple[int | None, int]:
+    def _stop_at(self, plan: MixPlan, ends: list[list[int]]) -> tuple[int | None, int]:
         """The output position where the mixture ends in this block (None: it goes on), and the source ending it."""
         positions: dict[int, list[int]] = {}
         for p, i in enumerate(plan.picks):
