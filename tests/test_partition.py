@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 import headrace as hr
+from headrace.stages.partition import elastic_start
 from headrace.testing import same
 
 N = 5000
@@ -93,3 +95,63 @@ def test_shard_order_changes_with_epoch_and_ranks_stay_disjoint(parquet_dir: Pat
         assert not set(ids[0]) & set(ids[1])
         epochs.append(ids)
     assert set(epochs[0][0]) != set(epochs[1][0])  # rank 0 reads other shards in epoch 1
+
+
+# -- elastic resume: where the global order continues on a new world (pure arithmetic) --------------
+@pytest.mark.parametrize(
+    ("start", "batches", "start_batches", "batch_size", "consumers", "expected"),
+    [
+        (0, 0, 0, 8, 4, 0),  # saved before any batch: the order starts at its beginning
+        (0, 3, 0, 4, 2, 24),  # 2 consumers x 3 batches of 4
+        (24, 5, 3, 4, 3, 48),  # resumed at 24 on 3 consumers, 2 more batches of 4 each
+        (48, 5, 5, 16, 1, 48),  # saved right after an elastic resume: nothing consumed since
+        (100, 7, 2, 3, 6, 190),  # 6 consumers (2 ranks x 3 workers) x 5 batches of 3
+    ],
+)
+def test_elastic_start_counts_the_rows_every_consumer_took(
+    start: int, batches: int, start_batches: int, batch_size: int, consumers: int, expected: int
+) -> None:
+    assert elastic_start(start, batches, start_batches, batch_size, consumers) == expected
+
+
+def test_elastic_start_chains_across_worlds_to_the_global_batch_count() -> None:
+    """W=2 -> W'=3 -> W''=4 with the same global batch of 24: the position is always 24 x global batches."""
+    global_batch, start, done = 24, 0, 0  # done: the global batches consumed before this world's start
+    for world, (start_batches, batches) in zip((2, 3, 4), ((0, 7), (7, 12), (12, 20)), strict=True):
+        start = elastic_start(start, batches, start_batches, global_batch // world, world)
+        done = batches
+        assert start == global_batch * done
+    assert start == 480
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((-1, 3, 0, 4, 2), "start >= 0"),
+        ((0, 3, 4, 4, 2), r"start_batches <= batches, got start=0, start_batches=4, batches=3"),
+        ((0, 3, 0, 0, 2), "batch_size >= 1 and consumers >= 1, got 0 and 2"),
+        ((0, 3, 0, 4, 0), "batch_size >= 1 and consumers >= 1, got 4 and 0"),
+    ],
+)
+def test_elastic_start_refuses_positions_that_cannot_be(args: tuple[int, int, int, int, int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        elastic_start(*args)
+
+
+def test_a_state_resumed_on_another_world_continues_at_elastic_start(parquet_dir: Path) -> None:
+    """The loader's elastic path uses the function: 2 ranks x batch 12 for 3 batches, then 3 ranks x batch 8."""
+    ds = hr.open(str(parquet_dir)).shuffle(seed=5, buffer_size=None, chunk_rows=64, window=4)
+    saving = hr.Loader(ds.batch(12, drop_last=True), rank=1, world_size=2, prefetch=0)
+    head = [b["id"].tolist() for b in islice(saving, 3)]
+    resumed = hr.Loader(ds.batch(8, drop_last=True), rank=0, world_size=3, prefetch=0)
+    resumed.load_state_dict(saving.state_dict())
+    nxt = next(iter(resumed))["id"].tolist()
+    state = resumed.state_dict()
+    assert (
+        state["elastic"]
+        == {"start": elastic_start(0, 3, 0, 12, 2), "start_batches": 3}
+        == {"start": 72, "start_batches": 3}
+    )
+    order = [i for b in hr.Loader(ds.batch(72, drop_last=True), prefetch=0) for i in b["id"].tolist()]
+    assert head == [order[24 * k + 1 : 24 * k + 24 : 2] for k in range(3)]  # rank 1 of 2: every second sample
+    assert nxt == order[72:96:3]  # rank 0 of 3 continues the global order at 72, every third sample

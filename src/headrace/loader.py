@@ -35,6 +35,8 @@ from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
 from headrace.prefetch import prefetched
 from headrace.stages.batch import RowNode
+from headrace.stages.mix_schedule import sums_to_one, weights_by_name
+from headrace.stages.partition import elastic_start
 from headrace.stats import StageTimer, Stats, instrument, measure, own_times, sources, stage_name
 from headrace.workers import ProcessExecutor, ThreadExecutor
 
@@ -213,7 +215,7 @@ class Loader:
             raise states.refuse("weights", f"must be {want}, got {states.shown(weights)}")
         with states.within("weights"):
             values = {n: float(states.field(weights, n, float, hi=1)) for n in names}
-        if abs(sum(values.values()) - 1) > 1e-9:  # set_weights() normalizes them
+        if not sums_to_one(list(values.values())):  # set_weights() normalizes them
             raise states.refuse("weights", f"must sum to 1, got {values}")
         return values
 
@@ -245,7 +247,7 @@ class Loader:
         with states.within("elastic"):
             start, start_batches = field(elastic, "start"), field(elastic, "start_batches", hi=batches)
         self._epoch, self._batches = epoch, batches
-        self._start, self._start_batches = start + (batches - start_batches) * size * consumers, batches
+        self._start, self._start_batches = elastic_start(start, batches, start_batches, size, consumers), batches
         self._weights = self._saved_weights(state)
         self._node_state = None  # a fresh start at the global position, on this world
         self._padding, self._before = False, None  # a new world splits the rest of the epoch afresh
@@ -267,13 +269,7 @@ class Loader:
         names = getattr(root, "names", None)
         if names is None:
             raise ValueError("set_weights(): this pipeline has no mix() at its root")
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise ValueError(f"set_weights(): unknown source(s) {unknown}; the sources are {list(names)}")
-        values = [float(weights.get(n, 0.0)) for n in names]
-        if any(not v >= 0 for v in values) or sum(values) <= 0:
-            raise ValueError(f"set_weights(): weights must be >= 0 and sum to a positive number, got {weights}")
-        self._weights = {n: v / sum(values) for n, v in zip(names, values, strict=True)}
+        self._weights = dict(zip(names, weights_by_name(names, weights, "set_weights()"), strict=True))
 
     @property
     def epoch(self) -> int:

@@ -51,6 +51,30 @@ def world_range(total: int, world: World, remainder: Remainder) -> tuple[int, in
     return lo + n * world.worker // workers, lo + n * (world.worker + 1) // workers
 
 
+def elastic_start(start: int, batches: int, start_batches: int, batch_size: int, consumers: int) -> int:
+    """Where the global order continues when a state saved on one world resumes on another (elastic resume).
+
+    The saving run began reading the order at position ``start`` after ``start_batches`` batches of the
+    epoch, then each of its ``consumers`` (ranks x workers) delivered ``batches - start_batches`` batches
+    of ``batch_size`` rows: all of them were consumed, so the new world starts right after them. The
+    arguments are those of the *saving* world; the new world's batch size and consumer count do not enter.
+
+    A run of 2 consumers, batch 4, saves after 3 batches; 3 consumers resume it at position 24 and save
+    after 2 more batches of 4; 1 consumer resumes that at 48:
+
+    >>> elastic_start(0, batches=3, start_batches=0, batch_size=4, consumers=2)
+    24
+    >>> elastic_start(24, batches=5, start_batches=3, batch_size=4, consumers=3)
+    48
+    """
+    if start < 0 or not 0 <= start_batches <= batches:
+        raise ValueError(f"elastic_start needs start >= 0 and 0 <= start_batches <= batches, got start={start}, "
+                         f"start_batches={start_batches}, batches={batches}")  # fmt: skip
+    if batch_size < 1 or consumers < 1:
+        raise ValueError(f"elastic_start needs batch_size >= 1 and consumers >= 1, got {batch_size} and {consumers}")
+    return start + (batches - start_batches) * batch_size * consumers
+
+
 def strided_length(total: int, start: int, consumers: int, remainder: Remainder) -> int:
     """How many samples each consumer takes from positions ``start..total`` dealt out in turn (equal for all)."""
     left = max(total - start, 0)
