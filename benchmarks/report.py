@@ -67,6 +67,87 @@ def comparisons(result: Result) -> list[tuple[Measure, Measure]]:
     return pairs
 
 
+def strongest(measures: list[Measure]) -> Measure | None:
+    """The measure with the best median (highest, or lowest where lower is better); None if there is none."""
+    if not measures:
+        return None
+    return max(measures, key=lambda m: m.median if m.higher_is_better else -m.median)
+
+
+def headline_rows(results: list[Result], per_workload: int = 3) -> list[list[str]]:
+    """The headline comparisons: for each workload, its first ``per_workload`` metrics, each from the first case
+    that measures it, the best headrace configuration against the strongest peer and the strongest reference
+    point (ratio with spread, verdict). A metric whose comparison repeats the one before (rows/s beside
+    tokens/s of the same run) is left out.
+
+    >>> r = Result("text", "t", quick=True, machine={}, measures=[
+    ...     Measure("pack", "headrace w0", "tokens/s", [9.0, 10.0], role="headrace"),
+    ...     Measure("pack", "headrace w2", "tokens/s", [19.0, 20.0], role="headrace"),
+    ...     Measure("pack", "HF", "tokens/s", [4.0, 5.0]),
+    ...     Measure("pack", "HF fast", "tokens/s", [9.0, 10.0]),
+    ...     Measure("pack", "tokenizer", "tokens/s", [20.0, 21.0], role="reference"),
+    ...     Measure("other", "headrace", "tokens/s", [1.0], role="headrace"),
+    ...     Measure("other", "HF", "tokens/s", [1.0])])
+    >>> for row in headline_rows([r]):
+    ...     print(" | ".join(row))
+    text | pack | tokens/s | headrace w2 | HF fast | 2.05 [1.90–2.22] | ahead | tokenizer | 0.951 [0.905–1.00] | even
+    """
+    rows = []
+    for r in results:
+        cases: dict[str, list[Measure]] = defaultdict(list)
+        for m in r.measures:
+            cases[m.case].append(m)
+        mine: list[list[str]] = []
+        for case, ms in cases.items():
+            for metric in dict.fromkeys(m.metric for m in ms):
+                row = headline_row(r.name, case, [m for m in ms if m.metric == metric])
+                if row is None or metric in (x[2] for x in mine):
+                    continue
+                if mine and mine[-1][1] == case and mine[-1][3:] == row[3:]:
+                    continue  # the same comparison under another unit
+                mine.append(row)
+        rows += mine[:per_workload]
+    return rows
+
+
+def headline_row(workload: str, case: str, measures: list[Measure]) -> list[str] | None:
+    """One headline row for one case and metric (see :func:`headline_rows`); None without a headrace measure."""
+    ours = strongest([m for m in measures if m.role == "headrace"])
+    if ours is None:
+        return None
+    row = [workload, case, ours.metric, ours.contender]
+    for role in ("peer", "reference"):
+        other = strongest([m for m in measures if m.role == role])
+        if other is None:
+            row += ["–", "", ""]
+            continue
+        v, x, lo, hi = verdict(ours, other)
+        row += [other.contender, f"{fmt(x)} [{fmt(lo)}–{fmt(hi)}]", v]
+    return row
+
+
+def headline(results: list[Result]) -> list[str]:
+    """The headline table: :func:`headline_rows` as Markdown, under a caption naming the run's date and machine."""
+    if not results:
+        return []
+    dates = sorted(r.date for r in results)
+    m = results[0].machine
+    caption = (
+        f"The main comparisons of each workload (its first metrics, each from the first case that measures "
+        f"it), from the run of {dates[0][:10]} on "
+        f"{m.get('cpu', 'an unknown CPU')}, {m.get('cores', '?')} cores: the best headrace configuration against "
+        "the strongest peer and the strongest reference point (a physical ceiling or floor such as the tokenizer "
+        "alone or a memmap loop). Ratios and verdicts as in the summary below; every case follows it."
+    )
+    table = [
+        "| workload | case | metric | best headrace | strongest peer | ratio [spread] | | reference | "
+        "ratio [spread] | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    table += ["| " + " | ".join(row) + " |" for row in headline_rows(results)]
+    return ["## Headline", "", caption, "", *table, ""]
+
+
 def ratio_lines(result: Result) -> list[str]:
     """One line per comparison: the ratio headrace/peer with its spread and the verdict (what the runner prints)."""
     lines = []
@@ -148,6 +229,7 @@ def write(folder: Path, path: Path, order: list[str] | None = None) -> Path:
         "explanations live in `benchmarks/analysis/`. Earlier runs' detailed write-ups: `benchmarks/HISTORY.md`.",
         "",
     ]
+    lines += headline(results)
     if quick:
         lines += [
             "**Quick mode** (`--quick`): small sizes and 1-2 repetitions, a smoke run; the numbers mean little.",
