@@ -10,6 +10,7 @@ all of them. A failure names each cycle and, for every step, the line and kind o
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -132,7 +133,7 @@ def _shortest_loop(graph: Edges, group: list[str]) -> list[str]:
 
 
 def describe(graph: Edges, loop: list[str]) -> str:
-    steps = [f"{a} -> {b} (line {graph[a][b][0]}, {graph[a][b][1]})" for a, b in zip(loop, loop[1:])]
+    steps = [f"{a} -> {b} (line {graph[a][b][0]}, {graph[a][b][1]})" for a, b in itertools.pairwise(loop)]
     return " -> ".join(loop) + "\n    " + "\n    ".join(steps)
 
 
@@ -158,9 +159,7 @@ def test_the_walk_names_a_cycle_through_a_typing_only_import(tmp_path: Path) -> 
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from pkg.sub import b\n")
-    (pkg / "sub" / "b.py").write_text(
-        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ..c import C\n"
-    )
+    (pkg / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ..c import C\n")
     (pkg / "c.py").write_text("def f():\n    from . import a\n")
     (pkg / "d.py").write_text("import pkg.c\n")  # imports into the cycle, is not part of it
     graph = import_graph(tmp_path, "pkg")

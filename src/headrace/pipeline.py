@@ -34,6 +34,7 @@ from headrace.plan import (
     MixStage,
     RebatchStage,
     RepeatStage,
+    Root,
     ShardStage,
     ShuffleStage,
     SourceStage,
@@ -88,7 +89,7 @@ class Dataset:
         return chain[::-1]
 
     @property
-    def root(self) -> SourceStage | MixStage | TokenWindowStage | HFStage:
+    def root(self) -> Root:
         stage = self.stages[0]
         assert isinstance(stage, SourceStage | MixStage | TokenWindowStage | HFStage)
         return stage
@@ -144,7 +145,7 @@ class Dataset:
                 return None
             known = dict(hf)
         elif isinstance(root, MixStage):
-            kids = [child.features for child in root.children]
+            kids = [child.features for child in _mixed(root)]
             first = kids[0]
             if first is None or any(k is None or list(k.items()) != list(first.items()) for k in kids):
                 return None
@@ -243,7 +244,7 @@ class Dataset:
         if isinstance(root, TokenWindowStage):
             return place_keys(root.spec.shards.urls)
         if isinstance(root, MixStage):
-            return tuple(f"{name}:{key}" for name, child in zip(root.names, root.children, strict=True)
+            return tuple(f"{name}:{key}" for name, child in zip(root.names, _mixed(root), strict=True)
                          for key in child._place_keys())  # fmt: skip
         raise ValueError(
             "split(): the rows of a Hugging Face dataset have no place that is the same on every rank "
@@ -295,8 +296,8 @@ class Dataset:
             rebuilt = Dataset(SourceStage(replace(root.source, shuffle_seed=seed)))
             for st in self.stages[1:]:
                 rebuilt = Dataset(st, rebuilt)
-            return rebuilt._then(ShuffleStage(seed, buffer_size, self.block_rows))
-        return self._then(ShuffleStage(seed, buffer_size, self.block_rows))
+            return rebuilt._then(ShuffleStage(seed=seed, buffer_size=buffer_size, block_rows=self.block_rows))
+        return self._then(ShuffleStage(seed=seed, buffer_size=buffer_size, block_rows=self.block_rows))
 
     def map(
         self,
@@ -325,7 +326,8 @@ class Dataset:
         """
         parent = self._sized("map", batched, batch_size)
         removed = tuple(_names(remove_columns, "map(remove_columns=...)")) if remove_columns else ()
-        return parent._then(MapStage(fn, "map", batched, check_format(batch_format), removed))
+        return parent._then(MapStage(fn=fn, kind="map", batched=batched, batch_format=check_format(batch_format),
+                                     remove_columns=removed))  # fmt: skip
 
     def filter(
         self,
@@ -338,7 +340,7 @@ class Dataset:
         """Keep the rows for which ``fn(row)`` is true (``batched=True``: ``fn`` returns a boolean mask;
         ``batch_size=n``: of exactly ``n`` rows, as in :meth:`map`)."""
         parent = self._sized("filter", batched, batch_size)
-        return parent._then(MapStage(fn, "filter", batched, check_format(batch_format)))
+        return parent._then(MapStage(fn=fn, kind="filter", batched=batched, batch_format=check_format(batch_format)))
 
     def _sized(self, what: str, batched: bool, batch_size: int | None) -> Dataset:
         if batch_size is None:
@@ -376,7 +378,7 @@ class Dataset:
         return self._columns("rename_columns", pairs)
 
     def _columns(self, kind: str, pairs: list[tuple[str, str]]) -> Dataset:
-        stage = ColumnsStage(kind, tuple(pairs))
+        stage = ColumnsStage(kind=kind, pairs=tuple(pairs))
         known = self.features
         if known is not None:
             stage.apply(known)  # an unknown column fails here, not at the first batch
@@ -439,7 +441,8 @@ class Dataset:
         if by is not None and known is not None and by not in known:
             raise ValueError(f"split(by={by!r}): no such column; the columns are {known}")
         keys = () if by is not None else self._place_keys()
-        return {name: self._then(SplitStage(names, shares, i, seed, by, keys)) for i, name in enumerate(names)}
+        return {name: self._then(SplitStage(names=names, shares=shares, part=i, seed=seed, by=by, keys=keys))
+                for i, name in enumerate(names)}  # fmt: skip
 
     def _split_named(self, spec: str, seed: int, by: str | None, split_rate: float | None) -> Dataset:
         if split_rate is not None:
@@ -491,11 +494,11 @@ class Dataset:
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(0, count(n, "take"), self.block_rows))
+        return self._then(LimitStage(skip=0, take=count(n, "take"), block_rows=self.block_rows))
 
     def skip(self, n: int) -> Dataset:
         """All but the first ``n`` rows of the stream each consumer (rank) sees."""
-        return self._then(LimitStage(count(n, "skip"), -1, self.block_rows))
+        return self._then(LimitStage(skip=count(n, "skip"), take=-1, block_rows=self.block_rows))
 
     def repeat(self, times: int | None = None) -> Dataset:
         """Run the pipeline again for the following epochs (``None``: forever)."""
@@ -545,7 +548,8 @@ class Dataset:
         fit = token_lengths(tok, int(bos is not None) + int(eos is not None), truncation=truncation,
                             max_length=max_length, padding=padding, pad_id=pad_id,
                             attention_mask=return_attention_mask)  # fmt: skip
-        return self._then(TokenizeStage(tok, column, output, bos, eos, remove_column, fit))
+        return self._then(TokenizeStage(tokenizer=tok, column=column, output=output, bos=bos, eos=eos,
+                                        remove_column=remove_column, fit=fit))  # fmt: skip
 
     def pack(
         self,
@@ -567,12 +571,15 @@ class Dataset:
         """
         positive(seq_len, "seq_len")
         if mode == "bestfit":
-            return self._then(BestFitStage(seq_len, pad_id, positive(buffer, "buffer"), column))
+            return self._then(BestFitStage(seq_len=seq_len, pad_id=pad_id, buffer=positive(buffer, "buffer"),
+                                           column=column))  # fmt: skip
         if mode not in ("concat", "document"):
             raise ValueError(f"pack(mode=...) must be 'concat', 'document' or 'bestfit', got {mode!r}")
         if remainder not in ("drop", "pad"):
             raise ValueError(f"pack(remainder=...) must be 'drop' or 'pad', got {remainder!r}")
-        return self._then(WindowStage("pack", seq_len, seq_len, 0, mode == "document", remainder, pad_id, 0, 0, column))
+        return self._then(WindowStage(kind="pack", seq_len=seq_len, stride=seq_len, shift=0,
+                                      documents=mode == "document", remainder=remainder, pad_id=pad_id,
+                                      batch_size=0, seed=0, column=column))  # fmt: skip
 
     def window(
         self,
@@ -610,8 +617,9 @@ class Dataset:
             raise ValueError(f"window(shift=...) must be >= 0 or None, got {shift}")
         if shift is None and seq_len < 2:
             raise ValueError("window(shift=None) needs seq_len >= 2 (a proper divisor to draw)")
-        return self._then(WindowStage("window", seq_len, stride, shift, documents, "drop", 0, batch_size or 0, seed,
-                                      column))  # fmt: skip
+        return self._then(WindowStage(kind="window", seq_len=seq_len, stride=stride, shift=shift, documents=documents,
+                                      remainder="drop", pad_id=0, batch_size=batch_size or 0, seed=seed,
+                                      column=column))  # fmt: skip
 
     def chat(
         self,
@@ -648,7 +656,9 @@ class Dataset:
             raise TokenizerError(f"{tok.name}: no chat template; pass chat(template=...) with a Jinja chat template")
         compile_template(source)  # a broken template fails here, not at the first batch
         text = text_column if text_column is not None or tokenize else "text"
-        return self._then(ChatStage(tok, template, column, max_rendered_chars, tokenize, text))
+        return self._then(ChatStage(tokenizer=tok, template=template, column=column,
+                                    max_rendered_chars=max_rendered_chars, tokenize=tokenize,
+                                    text_column=text))  # fmt: skip
 
     def mask(
         self,
@@ -675,7 +685,7 @@ class Dataset:
         tok = load_tokenizer(tokenizer)
         if tok.mask_id is None:
             raise TokenizerError(f"{tok.name}: no mask token ([MASK] or <mask>) known; use a masked-LM tokenizer")
-        return self._then(MaskStage(tok, probability, seed, column, shares))
+        return self._then(MaskStage(tokenizer=tok, probability=probability, seed=seed, column=column, shares=shares))
 
     def decode_images(
         self,
@@ -713,8 +723,9 @@ class Dataset:
             root.source.errors if isinstance(root, SourceStage) else "raise")  # fmt: skip
         if image_root is not None and (not isinstance(image_root, str) or not image_root):
             raise ValueError(f"decode_images(image_root=...) must be a folder (a path or URL), got {image_root!r}")
-        return self._then(DecodeImagesStage(column, output, mode, size_pair(size, "size"), remove_column, policy,
-                                            image_root))  # fmt: skip
+        return self._then(DecodeImagesStage(column=column, output=output, mode=mode, size=size_pair(size, "size"),
+                                            remove_column=remove_column, errors=policy,
+                                            image_root=image_root))  # fmt: skip
 
     def augment(
         self,
@@ -744,7 +755,8 @@ class Dataset:
             raise ValueError(f"augment(padding_mode=...) must be one of {PADDING_MODES}, got {padding_mode!r}")
         if crop is None and not flip:
             raise ValueError("augment() with neither random_crop= nor flip=True does nothing")
-        return self._then(AugmentStage(column, crop, padding, padding_mode, flip, seed))
+        return self._then(AugmentStage(column=column, crop=crop, padding=padding, padding_mode=padding_mode,
+                                       flip=flip, seed=seed))  # fmt: skip
 
     def batch(
         self,
@@ -762,7 +774,8 @@ class Dataset:
         ``pyarrow.RecordBatch``es instead, the rows' Arrow columns without a conversion (ragged lists stay
         lists; no ``pad``): for consumers that compute with Arrow.
         """
-        return self._then(BatchStage(size, drop_last, pad, pad_value, batch_options(size, pad, batch_format)))
+        return self._then(BatchStage(size=size, drop_last=drop_last, pad=pad, pad_value=pad_value,
+                                     batch_format=batch_options(size, pad, batch_format)))  # fmt: skip
 
     def shard(self, num_shards: int, index: int) -> Dataset:
         """Keep part ``index`` of ``num_shards`` equal parts (on top of the rank split); right after open()."""
@@ -770,7 +783,7 @@ class Dataset:
             raise ValueError("shard() must come right after open() (or split()): it splits what the source reads")
         if not 0 <= index < num_shards:
             raise ValueError(f"need 0 <= index < num_shards, got index={index} num_shards={num_shards}")
-        return Dataset(ShardStage(num_shards, index), self)
+        return Dataset(ShardStage(num_shards=num_shards, index=index), self)
 
     # -- execution ---------------------------------------------------------------------------------
     def build(self, ctx: Context | None = None) -> Node[Any]:
@@ -790,6 +803,13 @@ class Dataset:
                     yield item
         finally:
             node.close()
+
+
+def _mixed(root: MixStage) -> list[Dataset]:
+    """A mixture's children as the pipelines :func:`~headrace.sources.mix` made them (plan.py sees Upstreams)."""
+    kids = [child for child in root.children if isinstance(child, Dataset)]
+    assert len(kids) == len(root.children), "a mixture's children are Datasets"
+    return kids
 
 
 def _names(column_names: str | Sequence[str], what: str) -> list[str]:

@@ -3,7 +3,9 @@
 A :class:`~headrace.pipeline.Dataset` is a chain of these stages; ``Stage.build`` turns one into an
 iterator node over its parent's (see :mod:`headrace.core.node`). Root stages (files, token windows,
 an HF dataset, a mixture) also say how many shards their rows' lineage can name and how to print it.
-This module and :mod:`headrace.pipeline` are the only ones that know every stage.
+This module and :mod:`headrace.pipeline` are the only ones that know every stage. A stage sees its
+parent only as an :class:`Upstream` (what it builds over, how its rows' lineage reads), so this
+module never imports the pipeline, which imports it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeAlias
 
 from headrace.core.node import Node
 from headrace.core.policy import Policy
@@ -34,11 +36,8 @@ from headrace.stages.tokenize import WHOLE, Lengths, tokenize_fn
 from headrace.stages.transform import BatchFormat, TransformNode, columns_fn, describe_fn, filter_fn, map_fn
 from headrace.tokenizer import Tokenizer
 
-if TYPE_CHECKING:
-    from headrace.pipeline import Dataset
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Context:
     """What a build needs beyond the description: the world, the epoch, and the execution resources."""
 
@@ -50,13 +49,34 @@ class Context:
     start: int = 0  # where a global-order source starts this epoch (an elastic resume)
 
 
+class Upstream(Protocol):
+    """What a stage knows of the pipeline it follows (a :class:`~headrace.pipeline.Dataset` in practice).
+
+    ``build`` makes its node tree, ``lineage`` names a row by its ``(shard, row)`` place, ``shard_count``
+    says how many shards that place can name, ``root`` is its first stage (where the rows' files are) and
+    ``describe`` is its description (part of a mixture's).
+    """
+
+    @property
+    def root(self) -> Root: ...
+
+    @property
+    def shard_count(self) -> int: ...
+
+    def lineage(self, shard: int, row: int) -> str: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
+
+    def build(self, ctx: Context | None = None) -> Node[Any]: ...
+
+
 class Stage:
     """One step of a pipeline description; ``build`` makes its node over the parent's."""
 
     def describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         raise NotImplementedError
 
 
@@ -75,7 +95,7 @@ class SourceStage(Stage):
     def describe(self) -> dict[str, Any]:
         return self.source.describe()
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         if self.source.ordering == "global":
             return GlobalSourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
         return SourceNode(self.source, ctx.world, ctx.epoch, ctx.remainder)
@@ -102,7 +122,7 @@ class TokenWindowStage(Stage):
     def describe(self) -> dict[str, Any]:
         return self.spec.describe()
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return TokenWindowNode(self.spec, ctx.world, ctx.epoch, ctx.remainder, ctx.start)
 
 
@@ -126,7 +146,7 @@ class HFStage(Stage):
     def describe(self) -> dict[str, Any]:
         return self.source.describe()
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return HFNode(self.source, ctx.world, ctx.epoch)
 
 
@@ -135,7 +155,7 @@ class MixStage(Stage):
     """The root of a mixture: named child pipelines interleaved by weight (see :func:`mix`)."""
 
     names: tuple[str, ...]
-    children: tuple[Dataset, ...]
+    children: tuple[Upstream, ...]
     weights: tuple[float, ...]
     seed: int
     stop: str
@@ -164,10 +184,10 @@ class MixStage(Stage):
                 "stop": self.stop, "budgets": list(self.budgets),
                 "children": [child.describe() for child in self.children]}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.mix import MixNode
 
-        def builder(child: Dataset) -> Callable[[int], Node[Any]]:
+        def builder(child: Upstream) -> Callable[[int], Node[Any]]:
             return lambda epoch: child.build(replace(ctx, epoch=epoch))
 
         return MixNode([builder(c) for c in self.children], names=self.names, weights=self.weights, seed=self.seed,
@@ -175,7 +195,11 @@ class MixStage(Stage):
                        budgets=self.budgets, block_rows=self.block_rows)  # fmt: skip
 
 
-@dataclass(frozen=True)
+# the stages a pipeline can start with (each says how many shards its rows' lineage can name)
+Root: TypeAlias = SourceStage | TokenWindowStage | HFStage | MixStage
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShardStage(Stage):
     num_shards: int
     index: int
@@ -183,13 +207,13 @@ class ShardStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "shard", "num_shards": self.num_shards, "index": self.index}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         w = ctx.world
         world = World(rank=w.consumer * self.num_shards + self.index, world_size=w.consumers * self.num_shards)
         return parent.build(replace(ctx, world=world))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ShuffleStage(Stage):
     seed: int
     buffer_size: int
@@ -198,12 +222,12 @@ class ShuffleStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "shuffle", "seed": self.seed, "buffer_size": self.buffer_size}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return ShuffleNode(parent.build(ctx), seed=self.seed, epoch=ctx.epoch, stage=depth,
                            buffer_size=self.buffer_size, block_rows=self.block_rows)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MapStage(Stage):
     fn: Callable[[Any], Any]
     kind: str  # "map" | "filter"
@@ -215,7 +239,7 @@ class MapStage(Stage):
         return {"stage": self.kind, "fn": describe_fn(self.fn), "batched": self.batched,
                 "remove_columns": list(self.remove_columns)}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         lineage = parent.lineage
         if self.kind == "map":
             fn = map_fn(self.fn, batched=self.batched, batch_format=self.batch_format,
@@ -225,7 +249,7 @@ class MapStage(Stage):
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LimitStage(Stage):
     skip: int
     take: int
@@ -234,7 +258,7 @@ class LimitStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "limit", "skip": self.skip, "take": self.take}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return LimitNode(parent.build(ctx), skip=self.skip, take=self.take, block_rows=self.block_rows)
 
 
@@ -245,11 +269,11 @@ class RepeatStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "repeat", "times": self.times}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return RepeatNode(lambda rep: parent.build(replace(ctx, epoch=ctx.epoch + rep)), times=self.times)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenizeStage(Stage):
     tokenizer: Tokenizer
     column: str
@@ -265,13 +289,13 @@ class TokenizeStage(Stage):
         # whole documents keep the fingerprint they had before there was a choice (saved states stay valid)
         return out if self.fit == WHOLE else {**out, "lengths": self.fit.describe()}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         fn = tokenize_fn(self.tokenizer, column=self.column, output=self.output, bos=self.bos, eos=self.eos,
                          remove_column=self.remove_column, lineage=parent.lineage, fit=self.fit)  # fmt: skip
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WindowStage(Stage):
     kind: str  # "pack" | "window"
     seq_len: int
@@ -289,14 +313,14 @@ class WindowStage(Stage):
                 "documents": self.documents, "remainder": self.remainder, "pad_id": self.pad_id,
                 "batch_size": self.batch_size, "seed": self.seed, "column": self.column}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return WindowNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, stride=self.stride,
                           shift=self.shift, documents=self.documents, remainder=self.remainder, pad_id=self.pad_id,
                           batch_size=self.batch_size, seed=self.seed, epoch=ctx.epoch, stage=depth,
                           labels=self.kind == "window")  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BestFitStage(Stage):
     seq_len: int
     pad_id: int
@@ -307,12 +331,12 @@ class BestFitStage(Stage):
         return {"stage": "pack", "mode": "bestfit", "seq_len": self.seq_len, "pad_id": self.pad_id,
                 "buffer": self.buffer, "column": self.column}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return BestFitNode(parent.build(ctx), column=self.column, seq_len=self.seq_len, pad_id=self.pad_id,
                            buffer=self.buffer)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ChatStage(Stage):
     tokenizer: Tokenizer
     template: str | None
@@ -329,7 +353,7 @@ class ChatStage(Stage):
             return out
         return {**out, "tokenize": self.tokenize, "text_column": self.text_column}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.chat import chat_fn
 
         fn = chat_fn(self.tokenizer, template=self.template, column=self.column, lineage=parent.lineage,
@@ -338,7 +362,7 @@ class ChatStage(Stage):
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MaskStage(Stage):
     tokenizer: Tokenizer
     probability: float
@@ -352,7 +376,7 @@ class MaskStage(Stage):
         # BERT's shares keep the fingerprint they had before there was a choice (saved states stay valid)
         return out if self.shares == (0.8, 0.1) else {**out, "shares": list(self.shares)}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         from headrace.stages.mlm import MaskNode
 
         return MaskNode(parent.build(ctx), tokenizer=self.tokenizer, probability=self.probability, seed=self.seed,
@@ -360,7 +384,7 @@ class MaskStage(Stage):
                         random_replace_prob=self.shares[1])  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecodeImagesStage(Stage):
     column: str
     output: str
@@ -376,14 +400,14 @@ class DecodeImagesStage(Stage):
                "errors": self.errors}  # fmt: skip
         return out if self.image_root is None else {**out, "image_root": self.image_root}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         files = ImageFiles(shard_files(parent), self.image_root)
         fn = decode_fn(column=self.column, output=self.output, mode=self.mode, size=self.size,
                        remove_column=self.remove_column, lineage=parent.lineage, files=files)  # fmt: skip
         return RejectNode(TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth), self.errors)
 
 
-def shard_files(dataset: Dataset) -> tuple[tuple[str, Any] | None, ...]:
+def shard_files(dataset: Upstream) -> tuple[tuple[str, Any] | None, ...]:
     """For each shard id of ``dataset``'s rows: the file's URL and filesystem (None: rows from no file)."""
     root = dataset.root
     if isinstance(root, SourceStage):
@@ -393,7 +417,7 @@ def shard_files(dataset: Dataset) -> tuple[tuple[str, Any] | None, ...]:
     return (None,) * root.shard_count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AugmentStage(Stage):
     column: str
     crop: tuple[int, int] | None
@@ -407,14 +431,14 @@ class AugmentStage(Stage):
                 "padding": self.padding, "padding_mode": self.padding_mode, "flip": self.flip,
                 "seed": self.seed}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         fn = augment_fn(column=self.column, crop=self.crop, padding=self.padding, padding_mode=self.padding_mode,
                         flip=self.flip, seed=self.seed, epoch=ctx.epoch, stage=depth,
                         lineage=parent.lineage)  # fmt: skip
         return TransformNode(parent.build(ctx), fn, ctx.pool, ctx.depth)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchStage(Stage):
     size: int
     drop_last: bool
@@ -428,7 +452,7 @@ class BatchStage(Stage):
         # numpy batches keep the fingerprint they had before there was a choice (saved states stay valid)
         return out if self.batch_format == "numpy" else {**out, "batch_format": self.batch_format}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return BatchNode(parent.build(ctx), size=self.size, drop_last=self.drop_last, pad=self.pad,
                          pad_value=self.pad_value, lineage=parent.lineage, batch_format=self.batch_format)  # fmt: skip
 
@@ -442,11 +466,11 @@ class RebatchStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "rebatch", "size": self.size}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return RebatchNode(parent.build(ctx), self.size)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ColumnsStage(Stage):
     """``remove_columns``/``select_columns`` (pairs ``(name, name)``) or ``rename_columns`` (``(old, new)``)."""
 
@@ -456,7 +480,7 @@ class ColumnsStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": self.kind, "columns": [list(p) for p in self.pairs]}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         return TransformNode(parent.build(ctx), columns_fn(self.kind, self.pairs, parent.lineage), None, 1)
 
     def apply(self, columns: Mapping[str, Any]) -> dict[str, Any]:

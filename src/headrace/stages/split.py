@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,11 +35,8 @@ import pyarrow as pa
 from headrace.core import state as states
 from headrace.core.block import Block, to_numpy, to_pylist
 from headrace.core.node import Node, State
-from headrace.plan import Context, Stage
+from headrace.plan import Context, Stage, Upstream
 from headrace.stages.source import Source
-
-if TYPE_CHECKING:
-    from headrace.pipeline import Dataset
 
 SUM_SLACK = 1e-9  # proportions summing to 1 in floating point may come out a hair above it
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment and finalizer (as in core/rng.py)
@@ -206,7 +203,7 @@ class SplitNode(Node[Block]):
 
 
 # -- the stages ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SplitStage(Stage):
     """Part ``part`` of a hash split into ``names`` with proportions ``shares``."""
 
@@ -221,7 +218,7 @@ class SplitStage(Stage):
         return {"stage": "split", "part": self.names[self.part], "seed": self.seed, "by": self.by,
                 "parts": dict(zip(self.names, self.shares, strict=True))}  # fmt: skip
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         lo, hi = share_range(self.shares, self.part)
         name, by, seed, lineage = self.names[self.part], self.by, self.seed, parent.lineage
         hashes = np.array([_hash64(seed, k) for k in self.keys], dtype=np.uint64)
@@ -251,7 +248,7 @@ def _id_units(block: Block, by: str, seed: int, name: str, lineage: Callable[[in
         raise ValueError(f"split({name!r}, by={by!r}): {e} in the block starting at {where}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SliceStage(Stage):
     """Rows ``[lo, hi)`` of each shard listed in ``ranges`` (shard index, lo, hi), the shards already pruned."""
 
@@ -262,7 +259,7 @@ class SliceStage(Stage):
     def describe(self) -> dict[str, Any]:
         return {"stage": "split", "slice": self.spec, "ranges": [list(r) for r in self.ranges]}
 
-    def build(self, parent: Dataset, ctx: Context, depth: int) -> Node[Any]:
+    def build(self, parent: Upstream, ctx: Context, depth: int) -> Node[Any]:
         count = max((s for s, _, _ in self.ranges), default=-1) + 1
         whole = np.ones(count, dtype=bool)  # shards kept whole need no look at their rows
         spans: dict[int, list[tuple[int, int]]] = {}
@@ -304,7 +301,9 @@ def slice_source(source: Source, spec: str) -> tuple[Source, SliceStage]:
     if not kept:  # an empty slice: no file at all would be an error to read, so one file, no rows
         kept, ranges, renumber = [0], [(0, 0, 0)], {0: 0}
     pruned = replace(source, shards=tuple(source.shards[i] for i in kept))
-    stage = SliceStage(spec, tuple((renumber[s], lo, hi) for s, lo, hi in ranges), tuple(keys[i] for i in kept))
+    stage = SliceStage(
+        spec=spec, ranges=tuple((renumber[s], lo, hi) for s, lo, hi in ranges), keys=tuple(keys[i] for i in kept)
+    )
     return pruned, stage
 
 
