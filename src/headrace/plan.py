@@ -55,6 +55,13 @@ class Upstream(Protocol):
     ``build`` makes its node tree, ``lineage`` names a row by its ``(shard, row)`` place, ``shard_count``
     says how many shards that place can name, ``root`` is its first stage (where the rows' files are) and
     ``describe`` is its description (part of a mixture's).
+
+    >>> import headrace as hr, tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "rows.jsonl")
+    >>> _ = path.write_text('{"id": 0}\\n{"id": 1}\\n')
+    >>> upstream: Upstream = hr.open(str(path)).take(1)
+    >>> upstream.shard_count, upstream.lineage(0, 1).endswith("rows.jsonl (record 1)"), upstream.describe()[1]
+    (1, True, {'stage': 'limit', 'skip': 0, 'take': 1})
     """
 
     @property
