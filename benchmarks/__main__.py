@@ -30,7 +30,7 @@ import report  # noqa: E402 - benchmarks/report.py
 
 # name -> (script, what it compares). The order is the order of BENCHMARKS.md.
 WORKLOADS: dict[str, tuple[str, str]] = {
-    "text": ("bench_tokens.py", "text -> tokenize -> pack -> batch: headrace, HF datasets streaming, tokenizer alone"),
+    "text": ("bench_text.py", "text -> tokenize -> pack -> batch: headrace, HF datasets streaming, tokenizer alone"),
     "windows": ("bench_windows.py", "token windows: headrace, nanoGPT memmap, litdata TokensLoader, MosaicML MDS"),
     "images": ("bench_images.py", "images from tar shards: headrace, WebDataset, litdata"),
     "order": ("bench_order.py", "resume time vs position, shuffle quality: headrace, HF datasets, MosaicML, litdata"),

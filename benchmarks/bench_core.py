@@ -1,4 +1,4 @@
-"""Issue-2 benchmark: headrace against Hugging Face ``datasets`` streaming, same run, same data, same machine.
+"""The core benchmark: headrace against Hugging Face ``datasets`` streaming, same run, same data, same machine.
 
 Two measurements on real text (the paragraphs of ``corpora/``, repeated with fresh ids):
 
@@ -26,12 +26,9 @@ contender, for ``python -m benchmarks``).
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,23 +39,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import headrace as hr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of corpora/
 import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
-from suite import Result  # noqa: E402
+from peers import HF_ENV, hf_parquet  # noqa: E402
+from suite import (  # noqa: E402
+    DataSpec,
+    Result,
+    build_data,
+    count_label,
+    report_header,
+    report_json,
+    warm_page_cache,
+    write_suite,
+)
 
 BATCH = 256
 SHUFFLE_BUFFER = 10_000
-DATA_VERSION = 1  # bump when the generated data changes, so that stale .bench folders are rebuilt
 Batches = Iterator[dict[str, Any]]
 
 
@@ -78,91 +81,9 @@ def add_len_arrow_table(table: pa.Table) -> pa.Table:
     return table.append_column("n_chars", pc.utf8_length(table["text"]))
 
 
-# -- data ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataSpec:
-    rows: int
-    shards: int
-    row_group_size: int
-    max_chars: int | None  # each paragraph truncated to this many characters (None: whole paragraphs)
-
-    def folder(self, root: Path) -> Path:
-        chars = "full" if self.max_chars is None else f"{self.max_chars}c"
-        return root / f"paragraphs-{self.rows}r-{self.shards}s-{self.row_group_size}g-{chars}"
-
-
-def build_data(spec: DataSpec, root: Path) -> list[Path]:
-    """Parquet files of ``spec.rows`` real paragraphs (the corpus repeated, fresh ids); reused if present.
-
-    Columns as in ``tests/corpora.py``: ``id`` (int64, 0..rows-1, the global position), ``doc``, ``text``;
-    files hold consecutive ids, split as ``corpora.split`` does, written one file at a time.
-    """
-    folder = spec.folder(root)
-    marker = folder / "_SPEC.json"
-    want = {**asdict(spec), "version": DATA_VERSION}
-    if marker.exists() and json.loads(marker.read_text()) == want:
-        return sorted(folder.glob("part-*.parquet"))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    t0 = time.perf_counter()
-    base = corpora.paragraphs()
-    text = base["text"] if spec.max_chars is None else pc.utf8_slice_codeunits(base["text"], 0, spec.max_chars)
-    base = pa.table({"doc": base["doc"].combine_chunks(), "text": pa.chunked_array(text).combine_chunks()})
-    bounds = [spec.rows * i // spec.shards for i in range(spec.shards + 1)]
-    for i in range(spec.shards):
-        ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
-        with pq.ParquetWriter(tmp / f"part-{i:05d}.parquet", pa.schema([("id", pa.int64()), *base.schema])) as w:
-            for lo in range(0, len(ids), spec.row_group_size):  # a group at a time: memory stays flat
-                part = ids[lo : lo + spec.row_group_size]
-                rows = base.take(pa.array(part % base.num_rows))
-                w.write_table(pa.table({"id": part, "doc": rows["doc"], "text": rows["text"]}))
-    (tmp / "_SPEC.json").write_text(json.dumps(want))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    size = sum(p.stat().st_size for p in folder.glob("part-*.parquet"))
-    print(
-        f"  generated {spec.rows:,} rows in {spec.shards} files ({size / 1e6:,.0f} MB) in "
-        f"{time.perf_counter() - t0:.1f} s: {folder}",
-        flush=True,
-    )
-    return sorted(folder.glob("part-*.parquet"))
-
-
-def warm_page_cache(files: list[Path]) -> None:
-    """Read every file once, so that no contender pays the first (cold) read."""
-    for path in files:
-        with path.open("rb") as f:
-            while f.read(1 << 24):
-                pass
-
-
 # -- Hugging Face datasets ----------------------------------------------------------------------------
-_HF_CACHE = tempfile.mkdtemp(prefix="headrace-bench-hf-")
-atexit.register(shutil.rmtree, _HF_CACHE, ignore_errors=True)  # last: after datasets' own exit hooks
-HF_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HOME": _HF_CACHE,
-    "HF_DATASETS_CACHE": os.path.join(_HF_CACHE, "datasets"),
-}
-
-
-def hf() -> Any:
-    """``datasets``, offline, with a temporary cache and no 5 s sleep when a shuffled stream closes."""
-    os.environ.update(HF_ENV)
-    import datasets
-
-    datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    return datasets
-
-
 def hf_open(files: list[Path]) -> Any:
-    return hf().load_dataset(
-        "parquet", data_files=[str(p) for p in files], split="train", streaming=True, cache_dir=_HF_CACHE
-    )
+    return hf_parquet([str(p) for p in files])
 
 
 # -- 1. throughput ------------------------------------------------------------------------------------
@@ -376,35 +297,6 @@ def resume(files: list[Path], rows: int, at: float, repeat: int, workers: list[i
 
 
 # -- report -------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    ram_gb = 0.0
-    try:
-        model = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            model,
-        )
-        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal:"))
-        ram_gb = int(mem.split()[1]) / 1024**2
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": model,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gb": round(ram_gb, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-        "datasets": hf().__version__,
-        "headrace": hr.__version__,
-    }
-
-
 def print_summary(tp: dict[str, Throughput], rs: list[Resume], args: argparse.Namespace) -> None:
     print("\n" + "=" * 100)
     if tp:
@@ -464,32 +356,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.resume_at < 1:
         p.error("--resume-at must be between 0 and 1")
     return args
-
-
-def report_header(title: str, info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Print the title, the machine and its load; the start of the JSON results every script prints."""
-    print(title)
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"load average before: {os.getloadavg()[0]:.2f} (other processes on this machine skew timings)", flush=True)
-    args_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    return {"machine": info, "load_before": round(os.getloadavg()[0], 2), "args": args_json}
-
-
-def count_label(n: int) -> str:
-    """``10M``, ``500k``, ``139,128``: a count, short where it is round."""
-    if n and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return f"{n:,}"
-
-
-def write_suite(result: Result, args: argparse.Namespace, started: float) -> None:
-    """Write ``result`` to ``--suite-out`` (when given), with the run's seconds; prints where."""
-    if getattr(args, "suite_out", None) is None:
-        return
-    result.seconds = round(time.perf_counter() - started, 1)
-    print(f"suite result: {result.write(args.suite_out)}", flush=True)
 
 
 # Why headrace trails HF on the Arrow map (written from a profile; added to the notes when it trails in the run).
@@ -552,19 +418,10 @@ def suite_result(
     return res
 
 
-def report_json(results: dict[str, Any], args: argparse.Namespace) -> int:
-    """Print the results as one JSON line (and write it to ``--json``); the exit code."""
-    line = json.dumps(results)
-    print(line)
-    if args.json is not None:
-        args.json.write_text(line + "\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    title = "headrace issue-2 benchmark: headrace vs Hugging Face datasets streaming (same run, same data)"
-    results = report_header(title, machine(), args)
+    title = "headrace core benchmark: headrace vs Hugging Face datasets streaming (same run, same data)"
+    results = report_header(title, suite.script_machine(), args)
     t_start = time.perf_counter()
     notes: list[str] = []  # for the suite's result: the data and the checks that passed
     suite_machine = suite.machine()  # the suite's machine record, with the load when the run started

@@ -61,7 +61,6 @@ import io
 import json
 import pstats
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -80,7 +79,7 @@ import headrace as hr
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from suite import Result, Role  # noqa: E402 - benchmarks/suite.py: the suite's common result format
+from suite import Result, Role, cpu_time  # noqa: E402 - benchmarks/suite.py: the suite's common result format
 
 NAME = "images"
 SIZE = 64  # the 8x8 digits are upscaled to SIZE x SIZE RGB
@@ -342,12 +341,6 @@ def contenders(data: Data, workers: list[int]) -> list[Contender]:
 
 
 # -- one epoch, checked ---------------------------------------------------------------------------------
-def cpu_time() -> float:
-    """CPU seconds of this process (all threads) and of its reaped children (DataLoader workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def close(it: Any) -> None:
     fn = getattr(it, "close", None) or getattr(it, "_shutdown_workers", None)
     if fn is not None:

@@ -42,9 +42,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).parent))
 import headrace as hr
 import suite
-from bench_core import hf, machine, report_header, report_json, write_suite
-from bench_tokens import build_parquet, build_tokenizer, eos_id, group_texts
-from suite import Result
+from peers import group_texts, hf
+from suite import Result, build_parquet, build_tokenizer, eos_id, report_header, report_json, write_suite
 
 ROOT = Path(__file__).resolve().parent.parent / ".bench"
 SEQ, BATCH = 512, 16
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if args.quick else 200)
     repeat = args.repeat or (1 if args.quick else 3)
     step_ms = [float(s) for s in (args.step_ms or ("5" if args.quick else "5,50")).split(",")]
-    info = machine()
+    info = suite.script_machine()
     results = report_header("headrace benchmark: loader overhead against a synthetic training step", info, args)
     started, suite_machine = time.perf_counter(), suite.machine()
     files = build_parquet(ROOT, 20_000 if args.quick else None)

@@ -74,9 +74,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 import corpora  # noqa: E402 - tests/corpora.py: the real documents of corpora/
-from bench_core import HF_ENV, warm_page_cache  # noqa: E402 - the HF setup (offline, temporary cache)
-from peers import LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
-from suite import Result, build_once  # noqa: E402
+from peers import (  # noqa: E402
+    HF_ENV,
+    LITDATA_ENV,
+    mosaic,
+    peer_data,
+    write_litdata,
+    write_mds,
+)
+from suite import Result, build_once, warm_page_cache  # noqa: E402
 
 NAME = "memory"
 BATCH = 256

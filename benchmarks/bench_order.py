@@ -1,4 +1,4 @@
-"""Issue-4 benchmark: global order, elastic resume and shuffle quality; headrace vs HF ``datasets``, MosaicML, litdata.
+"""Global order, elastic resume and shuffle quality: headrace vs HF ``datasets``, MosaicML, litdata.
 
 Same run, same data, same machine. The data is the real paragraphs of ``corpora/`` repeated
 with fresh ids: 10M rows (text cut to 100 characters) in 25 Parquet files, the same rows written
@@ -43,7 +43,7 @@ position, in process / fresh process) with every repetition, the shuffle-quality
 
 Run: ``.venv/bin/python benchmarks/bench_order.py``; ``--quick`` is a smoke run of about a minute (500k rows,
 positions 10% and 90%, no cold start, 1 repetition). Data
-goes into ``.bench/`` once and is reused (the Parquet files are shared with ``bench_core.py``).
+goes into ``.bench/`` once and is reused (the Parquet files of ``suite.build_data``, shared with ``bench_core.py``).
 MosaicML and litdata are optional: a peer not installed, or one that fails, is skipped and the output
 (and the suite result's notes) say so.
 """
@@ -54,7 +54,6 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -73,9 +72,11 @@ from headrace.core.state import digest
 from headrace.quality import shuffle_quality
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_core  # the issue-2 benchmark: its data builder, HF setup and machine info are shared
-from bench_core import HF_ENV, DataSpec, build_data, corpora, hf, warm_page_cache
-from peers import litdata, mosaic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import corpora  # tests/corpora.py: the real paragraphs of corpora/
+import suite
+from peers import HF_ENV, hf_parquet, litdata, mosaic, write_mds
+from suite import DataSpec, build_data, build_once, report_header, report_json, warm_page_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
@@ -103,33 +104,9 @@ PEERS = ("hf", "hf_shuffle", "mosaic", "litdata")
 def build_mds(files: list[Path], rows: int) -> Path:
     """The rows of ``files`` (in file order, so MDS sample ``i`` has id ``i``) as MDS shards; reused if present."""
     folder = files[0].parent.with_name("mds-" + files[0].parent.name)
-    want = {"from": files[0].parent.name, "rows": rows, "columns": {"id": "int64", "text": "str"}, "v": MDS_VERSION}
-    marker = folder / "_SPEC.json"
-    if marker.exists() and json.loads(marker.read_text()) == want:
-        return folder
-    ms = mosaic()
-    assert ms is not None
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    n = 0
-    with ms.MDSWriter(out=str(tmp), columns=want["columns"]) as writer:  # defaults: 64 MB shards, no compression
-        for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(65_536, columns=COLUMNS):
-                for i, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
-                    if i != n:
-                        raise RuntimeError(f"{path}: id {i} at position {n}; the Parquet ids must be 0..rows-1")
-                    writer.write({"id": i, "text": text})
-                    n += 1
-    (tmp / "_SPEC.json").write_text(json.dumps(want))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    size = sum(p.stat().st_size for p in folder.glob("*.mds"))
-    print(
-        f"  wrote {n:,} rows as {len(list(folder.glob('*.mds')))} MDS shards ({size / 1e6:,.0f} MB) in "
-        f"{time.perf_counter() - t0:.1f} s: {folder}",
-        flush=True,
-    )
+    columns = {"id": "int64", "text": "str"}
+    spec = {"from": files[0].parent.name, "rows": rows, "columns": columns, "v": MDS_VERSION}
+    build_once(folder, spec, lambda tmp: write_mds(tmp, files, columns, check_ids=True), f"{rows:,} rows as MDS")
     return folder
 
 
@@ -165,29 +142,19 @@ def build_litdata(files: list[Path], rows: int) -> Path:
     checked at random positions afterwards.
     """
     folder = files[0].parent.with_name("litdata-order-" + files[0].parent.name)  # bench_startup.py has "litdata-"
-    want = {"from": files[0].parent.name, "rows": rows, "chunk_bytes": LITDATA_CHUNK_BYTES, "v": LITDATA_VERSION}
-    marker = folder / "_SPEC.json"
-    if not (marker.exists() and json.loads(marker.read_text()) == want):
+    spec = {"from": files[0].parent.name, "rows": rows, "chunk_bytes": LITDATA_CHUNK_BYTES, "v": LITDATA_VERSION}
+
+    def write(tmp: Path) -> dict[str, Any]:
         ld = litdata()
         assert ld is not None
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         inputs = [(str(p), g) for p in files for g in range(pq.ParquetFile(p).num_row_groups)]
         workers = 2 if rows >= 2_000_000 and len(os.sched_getaffinity(0)) >= 2 else 1
-        t0 = time.perf_counter()
         ld.optimize(fn=_litdata_rows, inputs=inputs, output_dir=str(tmp), chunk_bytes=LITDATA_CHUNK_BYTES,
                     num_workers=workers, keep_data_ordered=True, reorder_files=False, start_method="spawn",
                     verbose=False)  # fmt: skip
-        seconds = time.perf_counter() - t0
-        (tmp / "_SPEC.json").write_text(json.dumps(want))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        chunks = list(folder.glob("*.bin"))
-        print(
-            f"  wrote {rows:,} rows with litdata.optimize ({workers} worker(s)) as {len(chunks)} chunks "
-            f"({sum(p.stat().st_size for p in chunks) / 1e6:,.0f} MB) in {seconds:.1f} s: {folder}",
-            flush=True,
-        )
+        return {"workers": workers}
+
+    build_once(folder, spec, write, f"{rows:,} rows with litdata.optimize")
     ld = litdata()
     assert ld is not None
     ds = ld.StreamingDataset(str(folder))
@@ -224,14 +191,7 @@ def headrace_ds(glob: str, batch: int = BATCH) -> hr.Dataset:
 
 
 def hf_open(files: list[Path], shuffle: bool) -> Any:
-    ds = hf().load_dataset(
-        "parquet",
-        data_files=[str(p) for p in files],
-        split="train",
-        streaming=True,
-        columns=COLUMNS,
-        cache_dir=HF_ENV["HF_HOME"],
-    )
+    ds = hf_parquet([str(p) for p in files], columns=COLUMNS)
     return ds.shuffle(seed=0, buffer_size=SHUFFLE_BUFFER) if shuffle else ds
 
 
@@ -670,8 +630,7 @@ def quality(
         return make
 
     def hf_iter(columns: list[str]) -> Batches:
-        ds = hf().load_dataset("parquet", data_files=[str(p) for p in setup.files], split="train", streaming=True,
-                               columns=columns, cache_dir=HF_ENV["HF_HOME"])  # fmt: skip
+        ds = hf_parquet([str(p) for p in setup.files], columns=columns)
         return iter(ds.shuffle(seed=0, buffer_size=SHUFFLE_BUFFER).iter(batch_size=BATCH))
 
     variants: dict[str, Callable[[list[str]], Batches] | None] = {
@@ -791,15 +750,8 @@ def plot(res: dict[str, Any], path: Path, rows: int, positions: list[float], inf
 
 # -- report -------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    info = bench_core.machine()
-    ms = mosaic()
-    info["mosaicml-streaming"] = ms.__version__ if ms is not None else "not installed"
-    lit = litdata()
-    info["litdata"] = lit.__version__ if lit is not None else "not installed"
-    import torch
-
-    info["torch"] = torch.__version__
-    return info
+    """The machine and the versions this script prints and records in its JSON line."""
+    return suite.script_machine("mosaicml-streaming", "litdata", "torch")
 
 
 def print_summary(res: dict[str, Any] | None, qual: dict[str, Any] | None, args: argparse.Namespace) -> None:
@@ -1076,10 +1028,10 @@ def suite_result(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     title = (
-        "headrace issue-4 benchmark: global order, resume and shuffle quality vs HF datasets, MosaicML streaming "
+        "headrace order benchmark: global order, resume and shuffle quality vs HF datasets, MosaicML streaming "
         "and litdata"
     )
-    results = bench_core.report_header(title, machine(), args)
+    results = report_header(title, machine(), args)
     t_start = time.perf_counter()
 
     keys = ["headrace", "headrace_elastic", "hf", "hf_shuffle", "mosaic", "litdata"]
@@ -1176,7 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
         result = suite_result(args, results, res, qual, notes)
         result.seconds = results["total_s"]
         print(f"suite result: {result.write(args.suite_out)}")
-    return bench_core.report_json(results, args)
+    return report_json(results, args)
 
 
 if __name__ == "__main__":

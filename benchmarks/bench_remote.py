@@ -1,8 +1,8 @@
-"""Issue-5 benchmark: remote reads from S3 (SeaweedFS on loopback), same run, same data, same machine.
+"""Remote reads from S3 (SeaweedFS on loopback), same run, same data, same machine.
 
-Real text (the paragraphs of ``corpora/``, repeated with fresh ids, as ``bench_core.py`` writes it)
+Real text (the paragraphs of ``corpora/``, repeated with fresh ids, as ``suite.build_data`` writes it)
 as Parquet shards uploaded to a real S3 server, SeaweedFS, started on 127.0.0.1 by ``tests/servers.py``.
-One tokenizer for all: the byte-level BPE (16k) that ``bench_tokens.py`` trains on the corpus.
+One tokenizer for all: the byte-level BPE (16k) of ``suite.build_tokenizer``, trained on the corpus.
 
 1. **Throughput from S3** (tokens/s, rows/s, seconds to the first batch): ``s3://.../data/*.parquet``
    (``columns=["id", "text"]``) -> tokenize -> pack 2048 -> batches of 8.
@@ -59,21 +59,26 @@ import headrace as hr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_core  # noqa: E402 - the issue-2 benchmark: data, HF setup, machine info, report helpers
 import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
-from bench_core import DataSpec, build_data, hf  # noqa: E402
-from bench_tokens import (  # noqa: E402 - the issue-3 benchmark: the tokenizer, group_texts, CPU time
+from faultproxy import FaultProxy  # noqa: E402 - tests/faultproxy.py
+from peers import HF_ENV, group_texts, hf_parquet  # noqa: E402
+from servers import SeaweedS3, Store  # noqa: E402 - tests/servers.py
+from suite import (  # noqa: E402  # noqa: E402
     EOS,
-    PACK_BATCH,
-    SEQ_LEN,
+    DataSpec,
+    Result,
+    build_data,
     build_tokenizer,
     cpu_time,
     eos_id,
-    group_texts,
+    report_header,
+    report_json,
+    warm_page_cache,
+    write_suite,
 )
-from faultproxy import FaultProxy  # noqa: E402 - tests/faultproxy.py
-from servers import SeaweedS3, Store  # noqa: E402 - tests/servers.py
-from suite import Result  # noqa: E402
+
+SEQ_LEN = 2048
+PACK_BATCH = 8  # batches of 8 sequences of 2048, as in bench_text.py
 
 ID_BATCH = 4096  # rows per batch of the exactness pass
 MANY_ROWS = 200  # rows per shard of part 2
@@ -211,15 +216,7 @@ class Runner:
 
     def hf(self, url: str, options: dict[str, Any] | None, first_only: bool = False) -> tuple[int, int, float]:
         t0 = time.perf_counter()
-        ds = hf().load_dataset(
-            "parquet",
-            data_files=url,
-            storage_options=options,
-            split="train",
-            streaming=True,
-            columns=COLUMNS,
-            cache_dir=bench_core._HF_CACHE,
-        )
+        ds = hf_parquet(url, storage_options=options, columns=COLUMNS)
         ds = ds.map(self.hf_tokenize, batched=True, remove_columns=COLUMNS).map(group_texts, batched=True)
         return _drain(iter(ds.iter(batch_size=PACK_BATCH)), t0, first_only)
 
@@ -228,15 +225,7 @@ class Runner:
         return _ids(iter(hr.Loader(ds, num_workers=self.workers)))
 
     def hf_ids(self, url: str, options: dict[str, Any] | None) -> np.ndarray:
-        ds = hf().load_dataset(
-            "parquet",
-            data_files=url,
-            storage_options=options,
-            split="train",
-            streaming=True,
-            columns=COLUMNS,
-            cache_dir=bench_core._HF_CACHE,
-        )
+        ds = hf_parquet(url, storage_options=options, columns=COLUMNS)
         return _ids(iter(ds.iter(batch_size=ID_BATCH)))
 
 
@@ -482,7 +471,7 @@ def first_batch(store: Store, shards: int, tok_path: Path, workers: int, repeat:
         "seq_len": SEQ_LEN,
         "batch": PACK_BATCH,
         "workers": workers,
-        "env": bench_core.HF_ENV,
+        "env": HF_ENV,
     }
     out = [
         FirstBatch("headrace", f"headrace num_workers={workers}", shards),
@@ -783,11 +772,7 @@ def suite_result(
 
 
 def machine() -> dict[str, Any]:
-    import botocore
-    import fsspec
-    import s3fs
-    import tokenizers
-
+    """The machine and the versions this script prints and records, SeaweedFS's included."""
     weed = "unknown"
     try:
         proc = subprocess.run(
@@ -796,14 +781,7 @@ def machine() -> dict[str, Any]:
         weed = proc.stdout.split("\n", 1)[0].replace("version ", "").strip() or weed
     except (OSError, subprocess.SubprocessError):
         pass
-    return {
-        **bench_core.machine(),
-        "tokenizers": tokenizers.__version__,
-        "fsspec": fsspec.__version__,
-        "s3fs": s3fs.__version__,
-        "botocore": botocore.__version__,
-        "seaweedfs": weed,
-    }
+    return suite.script_machine("tokenizers", "fsspec", "s3fs", "botocore", seaweedfs=weed)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -838,8 +816,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops SeaweedFS (the with block)
-    title = "headrace issue-5 benchmark: remote reads from S3 (SeaweedFS on loopback) vs HF datasets, with faults"
-    results = bench_core.report_header(title, machine(), args)
+    title = "headrace remote benchmark: remote reads from S3 (SeaweedFS on loopback) vs HF datasets, with faults"
+    results = report_header(title, machine(), args)
     t_start = time.perf_counter()
     suite_machine = {**suite.machine(), "seaweedfs": results["machine"]["seaweedfs"]}
     root = args.data_dir / "remote"
@@ -848,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     files = build_data(spec, root)
     many_spec = DataSpec(rows=args.many * MANY_ROWS, shards=args.many, row_group_size=MANY_ROWS, max_chars=None)
     many_files = build_data(many_spec, root) if "many" not in args.skip else []
-    bench_core.warm_page_cache(files)
+    warm_page_cache(files)
     mb = sum(p.stat().st_size for p in files) / 1e6
     server = SeaweedS3()
     summary: dict[str, dict[str, Any]] = {}
@@ -876,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = throughput(vs, repeat)
         hf_tokenized = [p.tokenized for p in configs["hf"].ok()] if "hf" in configs else []
         local_ok = configs["local"].ok()
-        # tokens/s counts the corpus' tokens (EOS included) for everyone, as bench_tokens.py does: HF's
+        # tokens/s counts the corpus' tokens (EOS included) for everyone, as bench_text.py does: HF's
         # group_texts drops the remainder of every 1,000-document map batch, pack only the last partial sequence
         basis = hf_tokenized[0] if hf_tokenized else (local_ok[0].delivered if local_ok else 0)
         info["basis"] = basis
@@ -921,8 +899,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(summary, fb, info)
-    bench_core.write_suite(suite_result(configs, summary, fb, info, args, suite_machine), args, t_start)
-    return bench_core.report_json(results, args)
+    write_suite(suite_result(configs, summary, fb, info, args, suite_machine), args, t_start)
+    return report_json(results, args)
 
 
 if __name__ == "__main__":

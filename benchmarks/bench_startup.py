@@ -2,7 +2,7 @@
 
 A training job's first seconds: a fresh Python process opens a dataset of many small shards and takes its
 first batch of 256 rows. The data is the real paragraphs of ``corpora/`` (``tests/corpora.py``),
-repeated with fresh ids, as ``bench_core.build_data`` writes them: 1,000 Parquet files of 200 rows (``id``,
+repeated with fresh ids, as ``suite.build_data`` writes them: 1,000 Parquet files of 200 rows (``id``,
 ``doc``, ``text``; ``--quick``: 200 files). The same rows, in the same order, are written as 1,000 MDS shards
 of 200 rows (one ``MDSWriter``, a shard flushed every 200 rows, ``size_limit`` out of the way) and as 1,000
 litdata chunks (``litdata.optimize(chunk_size=200)``). Every loader reads ``id`` and ``text``:
@@ -51,9 +51,8 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_core import HF_ENV, DataSpec, build_data, warm_page_cache  # noqa: E402 - the data builder, HF setup
-from peers import LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
-from suite import Result, build_once  # noqa: E402
+from peers import HF_ENV, LITDATA_ENV, mosaic, peer_data, write_litdata, write_mds  # noqa: E402
+from suite import DataSpec, Result, build_data, build_once, warm_page_cache  # noqa: E402
 
 NAME = "startup"
 BATCH = 256

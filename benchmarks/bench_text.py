@@ -1,4 +1,4 @@
-"""Issue-3 benchmark: the token pipeline against its peers, same run, same tokenizer, same text, same machine.
+"""The text benchmark: the token pipeline against its peers, same run, same tokenizer, same text, same machine.
 
 Three measurements on real text (the 139,128 paragraphs of ``corpora/``, via ``tests/corpora.py``):
 
@@ -22,7 +22,7 @@ Three measurements on real text (the 139,128 paragraphs of ``corpora/``, via ``t
 Repetitions are interleaved (A B C ... A B C ..., the starting contender rotating), so load from other
 processes falls on every contender alike; the median is reported. CPU time (all threads and child
 processes) is recorded too: tokens per CPU-second moves much less with other load than wall time. Run:
-``.venv/bin/python benchmarks/bench_tokens.py`` (``--quick``: a smoke run under a minute). Data and the
+``.venv/bin/python benchmarks/bench_text.py`` (``--quick``: a smoke run under a minute). Data and the
 tokenizer are generated into ``.bench/`` once and reused. Prints a table, then one JSON line; with
 ``--suite-out DIR`` it also writes ``DIR/text.json`` (``benchmarks/suite.py``: every repetition of every
 contender, for ``python -m benchmarks``).
@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -43,36 +42,41 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-import tokenizers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 import headrace as hr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-import corpora  # noqa: E402 - tests/corpora.py: the real paragraphs of corpora/
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_core  # noqa: E402 - the issue-2 benchmark: its HF setup, page-cache warming and machine info
 import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result format
-from bench_core import hf, warm_page_cache  # noqa: E402
-from suite import Result  # noqa: E402
+from peers import group_texts, hf_parquet  # noqa: E402
+from suite import (  # noqa: E402
+    EOS,
+    VOCAB,
+    Result,
+    build_once,
+    build_parquet,
+    build_tokenizer,
+    cpu_time,
+    eos_id,
+    report_header,
+    report_json,
+    warm_page_cache,
+    write_suite,
+)
 
 SEQ_LEN = 2048
 PACK_BATCH = 8  # part 1: batches of 8 sequences of 2048
 WINDOW_BATCH = 16  # part 2: nanoGPT's 16 x 2048
 ENCODE_CHUNK = 1000  # texts per encode_batch_fast call (tokenizer alone); also HF map's default batch
-VOCAB = 16384
-EOS = "<|endoftext|>"
 SHUFFLE_ROWS = 4096  # part 2: headrace row-shuffle window (rows of 2048 tokens: 8M tokens)
-DATA_VERSION = 1  # bump when the generated data changes, so that stale .bench folders are rebuilt
 
 
 @dataclass
@@ -107,12 +111,6 @@ class Timing:
     def tokens_per_cpu_s(self) -> float:
         """Tokens per CPU-second: how much work each token costs, much less sensitive to other load than wall time."""
         return self._rate(self.cpu_seconds)
-
-
-def cpu_time() -> float:
-    """CPU seconds used so far by this process (all threads) and by its waited-for children (``prepare``)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def interleaved(
@@ -153,72 +151,6 @@ def interleaved(
 
 
 # -- data ---------------------------------------------------------------------------------------------
-def _marked(folder: Path, want: dict[str, Any]) -> bool:
-    marker = folder / "_SPEC.json"
-    return marker.exists() and json.loads(marker.read_text()) == want
-
-
-def _publish(tmp: Path, folder: Path, want: dict[str, Any]) -> None:
-    (tmp / "_SPEC.json").write_text(json.dumps(want))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def corpus_table(rows: int | None) -> pa.Table:
-    """The real paragraphs (``id``, ``doc``, ``text``); ``rows`` of them spread evenly over the corpus."""
-    table = corpora.paragraphs()
-    if rows is not None and rows < table.num_rows:
-        table = table.take(np.linspace(0, table.num_rows - 1, rows).astype(np.int64))
-        table = table.set_column(0, "id", pa.array(np.arange(rows, dtype=np.int64)))
-    return table
-
-
-def build_parquet(root: Path, rows: int | None) -> list[Path]:
-    """The corpus as 10 Parquet files with row groups of 10,000 rows (``corpora.write_parquet``); reused."""
-    folder = root / f"tokens-paragraphs-{rows or 'all'}"
-    want = {"rows": rows, "shards": 10, "row_group_size": 10_000, "version": DATA_VERSION}
-    if not _marked(folder, want):
-        t0 = time.perf_counter()
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        corpora.write_parquet(corpus_table(rows), tmp, shards=10, row_group_size=10_000)
-        _publish(tmp, folder, want)
-        print(f"  wrote {folder} in {time.perf_counter() - t0:.1f} s", flush=True)
-    return sorted(folder.glob("part-*.parquet"))
-
-
-def build_tokenizer(root: Path) -> Path:
-    """A byte-level BPE, vocabulary 16,384 with ``<|endoftext|>``, trained once on the whole corpus; reused."""
-    folder = root / "bpe16k"
-    want = {"vocab": VOCAB, "special": [EOS], "tokenizers": tokenizers.__version__, "version": DATA_VERSION}
-    if not _marked(folder, want):
-        t0 = time.perf_counter()
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=VOCAB,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(corpora.paragraphs()["text"].to_pylist(), trainer)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        tok.save(str(tmp / "tokenizer.json"))
-        _publish(tmp, folder, want)
-        print(f"  trained {folder} in {time.perf_counter() - t0:.1f} s", flush=True)
-    return folder / "tokenizer.json"
-
-
-def eos_id(tok: Tokenizer) -> int:
-    eos = tok.token_to_id(EOS)
-    if eos is None:
-        raise RuntimeError(f"the tokenizer has no {EOS} token; delete .bench/bpe16k to retrain it")
-    return int(eos)
-
-
 def read_texts(files: list[Path]) -> list[str]:
     return pq.read_table([str(p) for p in files], columns=["text"])["text"].to_pylist()  # type: ignore[arg-type]
 
@@ -226,10 +158,9 @@ def read_texts(files: list[Path]) -> list[str]:
 def build_bin(root: Path, files: list[Path], tok_path: Path, min_tokens: int) -> tuple[Path, int]:
     """The tokenized corpus (EOS after each document) as a nanoGPT ``.bin``, repeated to ``min_tokens``."""
     folder = root / f"tokens-nanogpt-{min_tokens}"
-    want = {"data": str(files[0].parent), "min_tokens": min_tokens, "version": DATA_VERSION}
-    path = folder / "train.bin"
-    if not _marked(folder, want):
-        t0 = time.perf_counter()
+    spec = {"data": str(files[0].parent), "min_tokens": min_tokens, "version": suite.DATA_VERSION}
+
+    def write(tmp: Path) -> None:
         tok = Tokenizer.from_file(str(tok_path))
         eos = eos_id(tok)
         texts = read_texts(files)
@@ -239,22 +170,13 @@ def build_bin(root: Path, files: list[Path], tok_path: Path, min_tokens: int) ->
                 ids.extend(e.ids)
                 ids.append(eos)
         once = np.array(ids, dtype=np.uint16)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         with (tmp / "train.bin").open("wb") as f:
             for _ in range(-(-min_tokens // len(once))):
                 once.tofile(f)
-        _publish(tmp, folder, want)
-        print(f"  wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    build_once(folder, spec, write, "the token file")
+    path = folder / "train.bin"
     return path, path.stat().st_size // 2
-
-
-def group_texts(examples: dict[str, list[list[int]]], seq_len: int = SEQ_LEN) -> dict[str, list[list[int]]]:
-    """The classic ``group_texts`` of ``run_clm.py``: concatenate the batch, cut it into ``seq_len``, drop the rest."""
-    concatenated = {k: list(chain(*examples[k])) for k in examples}
-    total = len(concatenated[next(iter(examples))]) // seq_len * seq_len
-    return {k: [t[i : i + seq_len] for i in range(0, total, seq_len)] for k, t in concatenated.items()}
 
 
 # -- 1. tokenize -> pack ------------------------------------------------------------------------------
@@ -298,14 +220,7 @@ def pack_variants(files: list[Path], tok_path: Path, workers: list[int]) -> list
 
     def hf_stream(fn: Callable[[Any], Any]) -> Callable[..., int]:
         def run(first: bool = False) -> int:
-            ds = hf().load_dataset(
-                "parquet",
-                data_files=[str(p) for p in files],
-                split="train",
-                streaming=True,
-                columns=["text"],
-                cache_dir=bench_core._HF_CACHE,
-            )
+            ds = hf_parquet([str(p) for p in files], columns=["text"])
             ds = ds.map(fn, batched=True, remove_columns=["text"]).map(group_texts, batched=True)
             return count(ds.iter(batch_size=PACK_BATCH), first)
 
@@ -447,12 +362,6 @@ class Prepare:
 
 
 # -- report -------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    import transformers
-
-    return {**bench_core.machine(), "tokenizers": tokenizers.__version__, "transformers": transformers.__version__}
-
-
 def print_summary(
     packed: dict[str, Timing], windows: dict[str, Timing], prep: dict[str, Any] | None, args: argparse.Namespace
 ) -> None:
@@ -625,8 +534,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    title = "headrace issue-3 benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT"
-    results = bench_core.report_header(title, machine(), args)
+    title = "headrace text benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT"
+    results = report_header(title, suite.script_machine("tokenizers", "transformers"), args)
     t_start = time.perf_counter()
     suite_machine = suite.machine()  # the suite's machine record, with the load when the run started
     files = build_parquet(args.data_dir, args.rows)
@@ -721,8 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     print_summary(packed, windows, prep_info if "prepare" not in args.skip else None, args)
     result = suite_result(packed, whole, prep, windows, all_failed, args, notes, suite_machine)
-    bench_core.write_suite(result, args, t_start)
-    return bench_core.report_json(results, args)
+    write_suite(result, args, t_start)
+    return report_json(results, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Same run, same tokens, same machine. The real paragraphs of ``corpora/`` (``tests/corpora.py``;
 10,000 of them spread over the corpus with ``--quick``) are tokenized once with the byte-level BPE of
-``bench_tokens.py`` (16,384 ids, ``<|endoftext|>`` after every document) and written as a nanoGPT
+``bench_text.py`` (16,384 ids, ``<|endoftext|>`` after every document) and written as a nanoGPT
 ``.bin`` (flat uint16), the corpus repeated to 50M tokens (2M with ``--quick``). From that one token
 stream every peer's format is written **with the peer's own tool**, as ``2049``-token blocks (a window
 of 2048 and its 1-token label shift), so that every reader delivers the same windows:
@@ -52,8 +52,6 @@ import contextlib
 import gc
 import io
 import json
-import resource
-import shutil
 import statistics
 import sys
 import time
@@ -74,17 +72,23 @@ from headrace.formats.tokens import TokenShards
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import bench_tokens  # noqa: E402 - the tokenizer (trained once on the corpus) and the corpus table
-from bench_core import warm_page_cache  # noqa: E402
-from peers import mosaic, peer_data  # noqa: E402
-from suite import Result  # noqa: E402
+from peers import mds_samples, mosaic, peer_data  # noqa: E402
+from suite import (  # noqa: E402
+    DATA_VERSION,
+    Result,
+    build_once,
+    build_tokenizer,
+    corpus_table,
+    eos_id,
+    warm_page_cache,
+)
+from suite import cpu_time as _cpu_time  # noqa: E402
 
 NAME = "windows"
 SEQ_LEN = 2048
 BLOCK = SEQ_LEN + 1  # a window and its 1-token label shift
 BATCH = 16
 LITDATA_CHUNK_TOKENS = BLOCK * 8012  # litdata's README (LLM pre-training): chunk_size=(2049 * 8012)
-DATA_VERSION = 1  # bump when the generated data changes, so that stale .bench folders are rebuilt
 SEQUENTIAL = f"sequential windows, {BATCH}x{SEQ_LEN} (+1 label shift)"
 SHUFFLED = f"shuffled windows, {BATCH}x{SEQ_LEN} (+1 label shift)"
 
@@ -108,37 +112,34 @@ class Contender:
     expect_last: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
-def cpu_time() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 # -- data ---------------------------------------------------------------------------------------------
+def cpu_time() -> float:
+    """CPU seconds of this process (its children, such as litdata's workers, are not counted)."""
+    return _cpu_time(children=False)
+
+
 def build_bin(root: Path, rows: int | None, min_tokens: int) -> Path:
     """The tokenized corpus (EOS after each document) as a nanoGPT ``.bin``, repeated to ``min_tokens``; reused."""
-    tok_path = bench_tokens.build_tokenizer(root)
+    tok_path = build_tokenizer(root)
     folder = root / f"windows-nanogpt-{rows or 'all'}r-{min_tokens}"
-    want = {"rows": rows, "min_tokens": min_tokens, "tokenizer": str(tok_path), "version": DATA_VERSION}
-    path = folder / "train.bin"
-    if not bench_tokens._marked(folder, want):
-        t0 = time.perf_counter()
+    spec = {"rows": rows, "min_tokens": min_tokens, "tokenizer": str(tok_path), "version": DATA_VERSION}
+
+    def write(tmp: Path) -> dict[str, Any]:
         tok = Tokenizer.from_file(str(tok_path))
-        eos = bench_tokens.eos_id(tok)
-        texts = bench_tokens.corpus_table(rows)["text"].to_pylist()
+        eos = eos_id(tok)
+        texts = corpus_table(rows)["text"].to_pylist()
         pieces: list[np.ndarray] = []
         for lo in range(0, len(texts), 1000):
             for e in tok.encode_batch_fast(texts[lo : lo + 1000], add_special_tokens=False):
                 pieces.append(np.array([*e.ids, eos], dtype=np.uint16))
         once = np.concatenate(pieces)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         with (tmp / "train.bin").open("wb") as f:
             for _ in range(-(-min_tokens // len(once))):
                 once.tofile(f)
-        bench_tokens._publish(tmp, folder, want)
-        print(f"  wrote {path}: {len(once):,} tokens, repeated, in {time.perf_counter() - t0:.1f} s", flush=True)
-    return path
+        return {"tokens_once": len(once)}
+
+    build_once(folder, spec, write, "the token file (the corpus' tokens, repeated)")
+    return folder / "train.bin"
 
 
 def blocks_of(bin_path: Path) -> np.ndarray:
@@ -165,28 +166,24 @@ def build_litdata(bin_path: Path) -> Path:
     import litdata
 
     folder = bin_path.parent.with_name(bin_path.parent.name + "-litdata")
-    want = _spec_of(bin_path, chunk_size=LITDATA_CHUNK_TOKENS, litdata=litdata.__version__)
-    if bench_tokens._marked(folder, want):
-        return folder
-    t0 = time.perf_counter()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    per = 1024
-    n = len(blocks_of(bin_path))
-    # one worker: litdata splits the inputs between workers, each writing its own chunks; one keeps the order
-    with contextlib.redirect_stdout(io.StringIO()):
-        litdata.optimize(
-            fn=partial(_litdata_items, bin_path=str(bin_path), per=per),
-            inputs=list(range(0, n, per)),
-            output_dir=str(tmp),
-            chunk_size=LITDATA_CHUNK_TOKENS,
-            item_loader=litdata.TokensLoader(),
-            num_workers=1,
-            verbose=False,
-        )
-    bench_tokens._publish(tmp, folder, want)
-    chunks = len(list(folder.glob("*.bin")))
-    print(f"  wrote {folder} ({chunks} chunks) in {time.perf_counter() - t0:.1f} s", flush=True)
+    spec = _spec_of(bin_path, chunk_size=LITDATA_CHUNK_TOKENS, litdata=litdata.__version__)
+
+    def write(tmp: Path) -> None:
+        per = 1024
+        n = len(blocks_of(bin_path))
+        # one worker: litdata splits the inputs between workers, each writing its own chunks; one keeps the order
+        with contextlib.redirect_stdout(io.StringIO()):
+            litdata.optimize(
+                fn=partial(_litdata_items, bin_path=str(bin_path), per=per),
+                inputs=list(range(0, n, per)),
+                output_dir=str(tmp),
+                chunk_size=LITDATA_CHUNK_TOKENS,
+                item_loader=litdata.TokensLoader(),
+                num_workers=1,
+                verbose=False,
+            )
+
+    build_once(folder, spec, write, "litdata token chunks")
     return folder
 
 
@@ -196,19 +193,14 @@ def build_mds(bin_path: Path) -> Path:
     if ms is None:
         raise RuntimeError("mosaicml-streaming is not installed")
     folder = bin_path.parent.with_name(bin_path.parent.name + "-mds")
-    want = _spec_of(bin_path, columns={"tokens": f"ndarray:uint16:{BLOCK}"}, streaming=ms.__version__)
-    if bench_tokens._marked(folder, want):
-        return folder
-    t0 = time.perf_counter()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    blocks = blocks_of(bin_path)
-    with ms.MDSWriter(out=str(tmp), columns=want["columns"]) as writer:
-        for k in range(len(blocks)):
-            writer.write({"tokens": np.array(blocks[k])})
-    bench_tokens._publish(tmp, folder, want)
-    shards = len(list(folder.glob("*.mds")))
-    print(f"  wrote {folder} ({shards} shards) in {time.perf_counter() - t0:.1f} s", flush=True)
+    columns = {"tokens": f"ndarray:uint16:{BLOCK}"}
+    spec = _spec_of(bin_path, columns=columns, streaming=ms.__version__)
+
+    def write(tmp: Path) -> None:
+        blocks = blocks_of(bin_path)
+        mds_samples(tmp, [({"tokens": np.array(blocks[k])} for k in range(len(blocks)))], columns)
+
+    build_once(folder, spec, write, "MDS token shards")
     return folder
 
 
