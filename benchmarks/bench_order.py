@@ -596,6 +596,33 @@ def collect(it: Batches, rows: int | None) -> list[int]:
     return got
 
 
+def delivered(
+    key: str, make: Callable[[list[str]], Batches] | None, setup: Setup, rows: int, epoch: bool, t0: float
+) -> tuple[list[int], float, list[int]]:
+    """The first ``rows`` ids ``key`` delivers, the seconds since ``t0`` to collect them, and its whole epoch's
+    order (empty without ``epoch`` for headrace and HF; MosaicML's and litdata's are computed, not read)."""
+    if make is None and key == "mosaic":
+        assert setup.mds is not None
+        ds, loader = mosaic_open(setup.mds)
+        it = iter(loader)
+        got: list[int] = []
+        while len(got) < rows:
+            got += ids_of(next(it))
+        seconds = time.perf_counter() - t0
+        everything = np.asarray(ds._get_work(0, 0)).tolist()
+        mosaic_close(ds, it)
+        return got, seconds, everything
+    if make is None:
+        assert setup.lit is not None
+        ds, loader = litdata_open(setup.lit, None if key == "litdata" else 0)
+        got = collect(iter(loader), rows)
+        seconds = time.perf_counter() - t0
+        return got, seconds, litdata_epoch_order(ds).tolist()  # set up by the run above (the epoch is not over)
+    got = collect(make(COLUMNS), rows)
+    seconds = time.perf_counter() - t0
+    return got, seconds, collect(make(["id"]), None) if epoch else []
+
+
 def quality(
     setup: Setup, rows: int, keys: list[str], epoch: bool, failed: dict[str, str] | None = None
 ) -> tuple[dict[str, dict[str, Any]], int]:
@@ -649,28 +676,7 @@ def quality(
         gc.collect()
         t0 = time.perf_counter()
         try:
-            if make is None and key == "mosaic":
-                assert setup.mds is not None
-                ds, loader = mosaic_open(setup.mds)
-                it = iter(loader)
-                got: list[int] = []
-                while len(got) < rows:
-                    got += ids_of(next(it))
-                seconds = time.perf_counter() - t0
-                everything = np.asarray(ds._get_work(0, 0)).tolist()
-                mosaic_close(ds, it)
-                del ds, loader
-            elif make is None:
-                assert setup.lit is not None
-                ds, loader = litdata_open(setup.lit, None if key == "litdata" else 0)
-                got = collect(iter(loader), rows)
-                seconds = time.perf_counter() - t0
-                everything = litdata_epoch_order(ds).tolist()  # set up by the run above (the epoch is not over)
-                del ds, loader
-            else:
-                got = collect(make(COLUMNS), rows)
-                seconds = time.perf_counter() - t0
-                everything = collect(make(["id"]), None) if epoch else []
+            got, seconds, everything = delivered(key, make, setup, rows, epoch, t0)
             if everything and everything[: len(got)] != got:
                 raise RuntimeError(f"{key}: the whole-epoch order does not start with the rows delivered")
         except Exception as e:
@@ -902,114 +908,10 @@ def suite_result(
         title="Resume time against position, and shuffle quality: headrace, HF datasets, MosaicML streaming, litdata",
         quick=args.quick,
     )
-    epoch = f"{args.rows / 1e6:g}M-row epoch"
-    metric = "s to first batch after resume"
     if res:
-        cps: dict[str, dict[float, Checkpoint]] = res["checkpoints"]
-        for p in sorted({p for by_pos in cps.values() for p in by_pos}):
-            where = f"resume at {p:.0%} of a {epoch}" if p else f"start of a {epoch}, no state (cold, for reference)"
-            for what, how in (("resume_s", "in process"), ("fresh_s", "fresh process, launch to first batch")):
-                for key, by_pos in cps.items():
-                    if p not in by_pos or not getattr(by_pos[p], what):
-                        continue
-                    cp = by_pos[p]
-                    exact = "exact" if all(cp.exact) else "NOT exact: resumes at a different batch"
-                    result.add(
-                        f"{where}, batch {BATCH}, {how}",
-                        LOADERS[key],
-                        metric,
-                        getattr(cp, what),
-                        role="headrace" if key.startswith("headrace") else "peer",
-                        higher_is_better=False,
-                        note=f"state {cp.state_bytes:,} bytes, {exact}" if cp.state is not None else "no state",
-                    )
-        result.notes += [exactness(key, by_pos) for key, by_pos in cps.items()]
-        result.notes += behind(cps, res["reads"])
-        made = res["made"]
-        if "litdata" in made and "state_from_sample_count_equal" in made["litdata"]:
-            result.notes.append(
-                "litdata's state is a sample count plus its configuration: the state computed from the count without "
-                "iterating equals the one taken after iterating: "
-                + str(made["litdata"]["state_from_sample_count_equal"])
-            )
-        result.notes.append(
-            "Checkpoints: headrace, HF and litdata states are taken after really iterating to the position; "
-            "MosaicML's from state_dict(num_samples) (expected batches from its epoch order, checked); headrace "
-            "elastic: a state as if saved on 2 ranks with batches of 128, made without iterating. Timings "
-            f"interleaved (every position and loader once per repetition, first loader rotating), {args.repeat} "
-            "repetition(s)."
-        )
+        add_resume(result, res, args)
     if qual:
-        for part, case in (("prefix", f"first {args.quality_rows:,} rows delivered"), ("epoch", f"whole {epoch}")):
-            for key, q in qual.items():
-                m = q.get(part)
-                if m is None:
-                    continue
-                c = f"shuffle quality, {case}, groups = source document, batch {BATCH}"
-                role = "reference" if key == "none" else "headrace" if key.startswith("headrace") else "peer"
-                kw: dict[str, Any] = {"role": role, "higher_is_better": False}
-                docs = f"{m['rows']:,} rows, {m['docs']:,} documents"
-                result.add(
-                    c,
-                    QUALITY[key],
-                    "batch-mix distance (0 = every batch mixed like the epoch)",
-                    [m["batch_mix_distance"]],
-                    note=f"noise floor {m['noise_floor']:.3f}; {docs}",
-                    **kw,
-                )
-                result.add(
-                    c,
-                    QUALITY[key],
-                    "batch-mix distance above a uniform shuffle's (noise floor)",
-                    [m["batch_mix_distance"] - m["noise_floor"]],
-                    **kw,
-                )
-                result.add(c, QUALITY[key], "|rank correlation| with the stored order (0 = none)",
-                           [abs(m["rank_correlation"])], note=f"signed {m['rank_correlation']:+.3f}", **kw)  # fmt: skip
-        result.notes.append(
-            "Shuffle quality: headrace.quality.shuffle_quality on the ids delivered, one seed (0); data stored sorted "
-            "by source document. Whole epoch: ids only (headrace, HF), MosaicML's _get_work order, litdata's order "
-            "computed from its shuffler; each checked against the rows really delivered. litdata's default "
-            "shuffle permutes aligned blocks of 256 items inside each chunk (item_shuffle_window=256), so a batch "
-            "of 256 is about one block of consecutive rows; item_shuffle_window=0 is its full in-chunk permutation."
-        )
-        data = results.get("data", {})
-        if data.get("corpus_rows"):
-            n = data["corpus_rows"]
-            result.notes.append(
-                f"Caveat on the shuffle quality: the data is the corpus' {n:,} paragraphs repeated "
-                f"{args.rows / n:.1f} times (fresh ids), so any contiguous run of {n:,} rows or more holds every "
-                "document in about its epoch proportion. Orders that mix inside large units of stored rows (litdata: "
-                "one chunk of its 64 MB chunks at a time; MosaicML: its shards of the same size, within 4M-sample "
-                "blocks) reach the noise floor on this data more easily than on data without such repetition; "
-                "headrace's window mixes 16 row groups of 20,000 rows drawn from anywhere in the epoch."
-            )
-        if data.get("litdata_chunks"):
-            result.notes.append(
-                f"litdata mixes rows only inside one chunk at a time (here {data['litdata_chunks']} chunks of about "
-                f"{args.rows // data['litdata_chunks']:,} rows; chunks in a shuffled order)"
-                + (
-                    ": with a single chunk its full in-chunk permutation is a full shuffle."
-                    if data["litdata_chunks"] == 1
-                    else "."
-                )
-            )
-        ep = {k: q["epoch"] for k, q in qual.items() if "epoch" in q}
-        peers = {k: m for k, m in ep.items() if not k.startswith(("headrace", "none"))}
-        if "headrace" in ep and peers:
-            best = min(peers, key=lambda k: peers[k]["batch_mix_distance"])
-            h, b = ep["headrace"], peers[best]
-            if h["batch_mix_distance"] > b["batch_mix_distance"]:
-                w64 = ep.get("headrace_window64")
-                result.notes.append(
-                    f"headrace's default global order mixes batches less well over the whole epoch than "
-                    f"{QUALITY[best]}: "
-                    f"batch-mix {h['batch_mix_distance']:.3f} vs {b['batch_mix_distance']:.3f} (noise floor "
-                    f"{h['noise_floor']:.3f}). Measured reason: each batch is drawn from one window of 16 chunks (the "
-                    f"row groups, 20,000 rows: {16 * 20_000:,} rows, {16 * 20_000 / args.rows:.0%} of the epoch)"
-                    + (f"; with window=64 the same order reaches {w64['batch_mix_distance']:.3f}" if w64 else "")
-                    + "."
-                )
+        add_quality(result, qual, results.get("data", {}), args)
     data = results.get("data", {})
     sizes = [f"{data.get('rows', args.rows):,} rows (text cut to 100 characters)",
              f"Parquet {data.get('parquet_bytes', 0) / 1e6:,.0f} MB in {data.get('shards', args.files)} files "
@@ -1025,15 +927,128 @@ def suite_result(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    title = (
-        "headrace order benchmark: global order, resume and shuffle quality vs HF datasets, MosaicML streaming "
-        "and litdata"
+def add_resume(result: Any, res: dict[str, Any], args: argparse.Namespace) -> None:
+    """The resume part: seconds to the first batch after resuming at each position, in process and fresh."""
+    epoch = f"{args.rows / 1e6:g}M-row epoch"
+    metric = "s to first batch after resume"
+    cps: dict[str, dict[float, Checkpoint]] = res["checkpoints"]
+    for p in sorted({p for by_pos in cps.values() for p in by_pos}):
+        where = f"resume at {p:.0%} of a {epoch}" if p else f"start of a {epoch}, no state (cold, for reference)"
+        for what, how in (("resume_s", "in process"), ("fresh_s", "fresh process, launch to first batch")):
+            for key, by_pos in cps.items():
+                if p not in by_pos or not getattr(by_pos[p], what):
+                    continue
+                cp = by_pos[p]
+                exact = "exact" if all(cp.exact) else "NOT exact: resumes at a different batch"
+                result.add(
+                    f"{where}, batch {BATCH}, {how}",
+                    LOADERS[key],
+                    metric,
+                    getattr(cp, what),
+                    role="headrace" if key.startswith("headrace") else "peer",
+                    higher_is_better=False,
+                    note=f"state {cp.state_bytes:,} bytes, {exact}" if cp.state is not None else "no state",
+                )
+    result.notes += [exactness(key, by_pos) for key, by_pos in cps.items()]
+    result.notes += behind(cps, res["reads"])
+    made = res["made"]
+    if "litdata" in made and "state_from_sample_count_equal" in made["litdata"]:
+        result.notes.append(
+            "litdata's state is a sample count plus its configuration: the state computed from the count without "
+            "iterating equals the one taken after iterating: " + str(made["litdata"]["state_from_sample_count_equal"])
+        )
+    result.notes.append(
+        "Checkpoints: headrace, HF and litdata states are taken after really iterating to the position; "
+        "MosaicML's from state_dict(num_samples) (expected batches from its epoch order, checked); headrace "
+        "elastic: a state as if saved on 2 ranks with batches of 128, made without iterating. Timings "
+        f"interleaved (every position and loader once per repetition, first loader rotating), {args.repeat} "
+        "repetition(s)."
     )
-    results = report_header(title, machine(), args)
-    t_start = time.perf_counter()
 
+
+def add_quality(result: Any, qual: dict[str, Any], data: dict[str, Any], args: argparse.Namespace) -> None:
+    """The shuffle-quality part: batch mix and rank correlation of each order, and what explains them."""
+    epoch = f"{args.rows / 1e6:g}M-row epoch"
+    for part, case in (("prefix", f"first {args.quality_rows:,} rows delivered"), ("epoch", f"whole {epoch}")):
+        for key, q in qual.items():
+            m = q.get(part)
+            if m is None:
+                continue
+            c = f"shuffle quality, {case}, groups = source document, batch {BATCH}"
+            role = "reference" if key == "none" else "headrace" if key.startswith("headrace") else "peer"
+            kw: dict[str, Any] = {"role": role, "higher_is_better": False}
+            docs = f"{m['rows']:,} rows, {m['docs']:,} documents"
+            result.add(
+                c,
+                QUALITY[key],
+                "batch-mix distance (0 = every batch mixed like the epoch)",
+                [m["batch_mix_distance"]],
+                note=f"noise floor {m['noise_floor']:.3f}; {docs}",
+                **kw,
+            )
+            result.add(
+                c,
+                QUALITY[key],
+                "batch-mix distance above a uniform shuffle's (noise floor)",
+                [m["batch_mix_distance"] - m["noise_floor"]],
+                **kw,
+            )
+            result.add(c, QUALITY[key], "|rank correlation| with the stored order (0 = none)",
+                       [abs(m["rank_correlation"])], note=f"signed {m['rank_correlation']:+.3f}", **kw)  # fmt: skip
+    result.notes += quality_notes(qual, data, args)
+
+
+def quality_notes(qual: dict[str, Any], data: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """How the shuffle quality was measured, the caveats of this data, and why headrace trails where it does."""
+    notes: list[str] = []
+    notes.append(
+        "Shuffle quality: headrace.quality.shuffle_quality on the ids delivered, one seed (0); data stored sorted "
+        "by source document. Whole epoch: ids only (headrace, HF), MosaicML's _get_work order, litdata's order "
+        "computed from its shuffler; each checked against the rows really delivered. litdata's default "
+        "shuffle permutes aligned blocks of 256 items inside each chunk (item_shuffle_window=256), so a batch "
+        "of 256 is about one block of consecutive rows; item_shuffle_window=0 is its full in-chunk permutation."
+    )
+    if data.get("corpus_rows"):
+        n = data["corpus_rows"]
+        notes.append(
+            f"Caveat on the shuffle quality: the data is the corpus' {n:,} paragraphs repeated "
+            f"{args.rows / n:.1f} times (fresh ids), so any contiguous run of {n:,} rows or more holds every "
+            "document in about its epoch proportion. Orders that mix inside large units of stored rows (litdata: "
+            "one chunk of its 64 MB chunks at a time; MosaicML: its shards of the same size, within 4M-sample "
+            "blocks) reach the noise floor on this data more easily than on data without such repetition; "
+            "headrace's window mixes 16 row groups of 20,000 rows drawn from anywhere in the epoch."
+        )
+    if data.get("litdata_chunks"):
+        notes.append(
+            f"litdata mixes rows only inside one chunk at a time (here {data['litdata_chunks']} chunks of about "
+            f"{args.rows // data['litdata_chunks']:,} rows; chunks in a shuffled order)"
+            + (
+                ": with a single chunk its full in-chunk permutation is a full shuffle."
+                if data["litdata_chunks"] == 1
+                else "."
+            )
+        )
+    ep = {k: q["epoch"] for k, q in qual.items() if "epoch" in q}
+    peers = {k: m for k, m in ep.items() if not k.startswith(("headrace", "none"))}
+    if "headrace" in ep and peers:
+        best = min(peers, key=lambda k: peers[k]["batch_mix_distance"])
+        h, b = ep["headrace"], peers[best]
+        if h["batch_mix_distance"] > b["batch_mix_distance"]:
+            w64 = ep.get("headrace_window64")
+            notes.append(
+                f"headrace's default global order mixes batches less well over the whole epoch than "
+                f"{QUALITY[best]}: "
+                f"batch-mix {h['batch_mix_distance']:.3f} vs {b['batch_mix_distance']:.3f} (noise floor "
+                f"{h['noise_floor']:.3f}). Measured reason: each batch is drawn from one window of 16 chunks (the "
+                f"row groups, 20,000 rows: {16 * 20_000:,} rows, {16 * 20_000 / args.rows:.0%} of the epoch)"
+                + (f"; with window=64 the same order reaches {w64['batch_mix_distance']:.3f}" if w64 else "")
+                + "."
+            )
+    return notes
+
+
+def contenders(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The loaders to run (a peer not installed or left out by a flag is dropped) and notes saying why."""
     keys = ["headrace", "headrace_elastic", "hf", "hf_shuffle", "mosaic", "litdata"]
     notes: list[str] = []
     if args.no_mosaic or mosaic() is None:
@@ -1050,6 +1065,44 @@ def main(argv: list[str] | None = None) -> int:
         print("  litdata: " + why)
         notes.append("litdata: " + why)
         keys.remove("litdata")
+    return keys, notes
+
+
+def resume_json(res: dict[str, Any]) -> dict[str, Any]:
+    """The resume part in the JSON line: the checkpoints' steps and states, and every timing."""
+    return {
+        "steps": {str(p): s for p, s in res["steps"].items()},
+        "made": res["made"],
+        "naive_batches_only_state": res["naive"],
+        "headrace_first_batch_decodes": {str(p): r for p, r in res["reads"].items()},
+        "timings": [
+            {
+                "key": cp.key,
+                "position": cp.position,
+                "step": cp.step,
+                "state_bytes": cp.state_bytes,
+                "exact": all(cp.exact),
+                "resume_s": [round(s, 4) for s in cp.resume_s],
+                "fresh_s": [round(s, 4) for s in cp.fresh_s],
+                "resume_median": round(cp.median("resume_s"), 4),
+                "fresh_median": round(cp.median("fresh_s"), 4),
+            }
+            for by_pos in res["checkpoints"].values()
+            for cp in by_pos.values()
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    title = (
+        "headrace order benchmark: global order, resume and shuffle quality vs HF datasets, MosaicML streaming "
+        "and litdata"
+    )
+    results = report_header(title, machine(), args)
+    t_start = time.perf_counter()
+
+    keys, notes = contenders(args)
     spec = DataSpec(args.rows, args.files, row_group_size=20_000, max_chars=100)
     files = build_data(spec, args.data_dir)
     mds = build_mds(files, args.rows) if "mosaic" in keys else None
@@ -1080,27 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[1] resume: {args.rows:,} rows in {len(files)} Parquet files (row groups of 20,000), batch {BATCH}")
         res = resume(setup, args.rows, args.positions, args.repeat, keys, cold=not args.no_cold)
         failed.update(res["failed"])
-        results["resume"] = {
-            "steps": {str(p): s for p, s in res["steps"].items()},
-            "made": res["made"],
-            "naive_batches_only_state": res["naive"],
-            "headrace_first_batch_decodes": {str(p): r for p, r in res["reads"].items()},
-            "timings": [
-                {
-                    "key": cp.key,
-                    "position": cp.position,
-                    "step": cp.step,
-                    "state_bytes": cp.state_bytes,
-                    "exact": all(cp.exact),
-                    "resume_s": [round(s, 4) for s in cp.resume_s],
-                    "fresh_s": [round(s, 4) for s in cp.fresh_s],
-                    "resume_median": round(cp.median("resume_s"), 4),
-                    "fresh_median": round(cp.median("fresh_s"), 4),
-                }
-                for by_pos in res["checkpoints"].values()
-                for cp in by_pos.values()
-            ],
-        }
+        results["resume"] = resume_json(res)
         if args.plot is not None:
             plot(res, args.plot, args.rows, args.positions, results["machine"])
             print(f"  plot: {args.plot}")

@@ -714,24 +714,7 @@ def suite_result(
     }
     if all(first.get(k) for k in ("headrace", "hf")) and med(first["headrace"]) > med(first["hf"]):
         res.notes.append(FIRST_BATCH_BEHIND)
-    counts = {f.key: f.requests_to_first for f in fb}
-    ours, theirs = counts.get("headrace"), counts.get("hf")
-    if ours is not None and theirs is not None and ours > theirs:
-        need, hf_need = -(-13_000 // MANY_ROWS), -(-1_000 // MANY_ROWS)
-        res.notes.append(REQUESTS_BEHIND.format(shards=args.many, rows=MANY_ROWS, ours=ours, theirs=theirs,
-                                                need=need, hf_need=hf_need))  # fmt: skip
-    for f in fb:
-        case = f"S3, {f.shards:,} shards × {MANY_ROWS} rows: open → first batch ({tokens}), fresh process"
-        role = _role(f.key)
-        if f.open_to_first_s:
-            res.add(case, f.name, "seconds, open → first batch", f.open_to_first_s, role=role, higher_is_better=False)
-            res.add(
-                case, f.name, "seconds, launch → first batch", f.launch_to_first_s, role=role, higher_is_better=False
-            )
-        if f.requests_to_first is not None:
-            requests = [float(f.requests_to_first)]
-            res.add(case, f.name, "requests before the first batch", requests, role=role, higher_is_better=False)
-        res.notes += [f"{f.name}, first batch over {f.shards:,} shards: failed: {e[:300]}" for e in f.errors]
+    add_first_batch(res, fb, args, tokens)
     res.notes.insert(
         0,
         f"Data: {rows:,} rows of real paragraphs (tests/corpora.py, repeated with fresh ids) in {args.shards} Parquet "
@@ -750,6 +733,35 @@ def suite_result(
             f"truncated body (both mid-body) or a 503 with Retry-After: {args.retry_after} s; a fresh fault schedule "
             "for every pass. The read case is the exactness pass: id and text rows, no tokenizer, every id collected.",
         )
+    res.notes += check_notes(summary, rows)
+    return res
+
+
+def add_first_batch(res: Result, fb: list[FirstBatch], args: argparse.Namespace, tokens: str) -> None:
+    """The time and the requests to the first batch over many shards, and why headrace needs more requests."""
+    counts = {f.key: f.requests_to_first for f in fb}
+    ours, theirs = counts.get("headrace"), counts.get("hf")
+    if ours is not None and theirs is not None and ours > theirs:
+        need, hf_need = -(-13_000 // MANY_ROWS), -(-1_000 // MANY_ROWS)
+        res.notes.append(REQUESTS_BEHIND.format(shards=args.many, rows=MANY_ROWS, ours=ours, theirs=theirs,
+                                                need=need, hf_need=hf_need))  # fmt: skip
+    for f in fb:
+        case = f"S3, {f.shards:,} shards × {MANY_ROWS} rows: open → first batch ({tokens}), fresh process"
+        role = _role(f.key)
+        if f.open_to_first_s:
+            res.add(case, f.name, "seconds, open → first batch", f.open_to_first_s, role=role, higher_is_better=False)
+            res.add(
+                case, f.name, "seconds, launch → first batch", f.launch_to_first_s, role=role, higher_is_better=False
+            )
+        if f.requests_to_first is not None:
+            requests = [float(f.requests_to_first)]
+            res.add(case, f.name, "requests before the first batch", requests, role=role, higher_is_better=False)
+        res.notes += [f"{f.name}, first batch over {f.shards:,} shards: failed: {e[:300]}" for e in f.errors]
+
+
+def check_notes(summary: dict[str, dict[str, Any]], rows: int) -> list[str]:
+    """One note per configuration: the exactness checks that passed or failed, the faults injected."""
+    notes = []
     for s in summary.values():
         checks = []
         if s["id_passes"]:
@@ -767,8 +779,8 @@ def suite_result(
         if faults:
             checks.append(f"faults injected: {faults}; retry warnings logged: {s['warnings_logged']}")
         checks += s["failed"]
-        res.notes.append(f"{s['name']}: " + "; ".join(checks or ["no check ran"]))
-    return res
+        notes.append(f"{s['name']}: " + "; ".join(checks or ["no check ran"]))
+    return notes
 
 
 def machine() -> dict[str, Any]:
@@ -813,6 +825,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def upload(store: Store, files: list[Path], many_files: list[Path]) -> dict[str, float]:
+    """Upload the data (and the many small shards) to the bucket; the seconds and MB of each."""
+    t0 = time.perf_counter()
+    store.put(files[0].parent, "data")
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    done = {"data_s": round(time.perf_counter() - t0, 2), "data_mb": round(mb, 1)}
+    if many_files:
+        t0 = time.perf_counter()
+        store.put(many_files[0].parent, "many")
+        done["many_s"] = round(time.perf_counter() - t0, 2)
+        done["many_mb"] = round(sum(p.stat().st_size for p in many_files) / 1e6, 1)
+    print(f"  SeaweedFS at {store.endpoint}, uploaded: {done}", flush=True)
+    return done
+
+
+def config_json(s: dict[str, Any]) -> dict[str, Any]:
+    """One configuration's summary in the JSON line: its checks and counts, rates rounded, with medians."""
+    rates = ("tokens_per_s", "rows_per_s", "first_batch_s", "tokens_per_cpu_s", "tokens_per_s_by_rep")
+    return {
+        **{k: v for k, v in s.items() if k not in rates},
+        "tokens_per_s": [round(x) for x in s["tokens_per_s"]],
+        "tokens_per_s_median": round(med(s["tokens_per_s"])) if s["tokens_per_s"] else None,
+        "rows_per_s_median": round(med(s["rows_per_s"])) if s["rows_per_s"] else None,
+        "tokens_per_cpu_s": [round(x) for x in s["tokens_per_cpu_s"]],
+        "first_batch_s": [round(x, 3) for x in s["first_batch_s"]],
+        "first_batch_s_median": round(med(s["first_batch_s"]), 3) if s["first_batch_s"] else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops SeaweedFS (the with block)
@@ -834,16 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     fb: list[FirstBatch] = []
     info = {"rows": args.rows, "shards": args.shards, "mb": mb, "basis": 0}
     with server as store, WARNINGS:
-        t0 = time.perf_counter()
-        store.put(files[0].parent, "data")
-        upload = {"data_s": round(time.perf_counter() - t0, 2), "data_mb": round(mb, 1)}
-        if many_files:
-            t0 = time.perf_counter()
-            store.put(many_files[0].parent, "many")
-            upload["many_s"] = round(time.perf_counter() - t0, 2)
-            upload["many_mb"] = round(sum(p.stat().st_size for p in many_files) / 1e6, 1)
-        print(f"  SeaweedFS at {store.endpoint}, uploaded: {upload}", flush=True)
-        results["upload"] = upload
+        results["upload"] = upload(store, files, many_files)
         print(f"\n[1] S3 throughput: {args.rows:,} rows in {args.shards} Parquet files ({mb:.0f} MB)", flush=True)
         runner = Runner(tok_path, args.workers)
         local_glob = str(files[0].parent / "part-*.parquet")
@@ -865,29 +897,7 @@ def main(argv: list[str] | None = None) -> int:
             "basis": "HF's tokenizing map's count" if hf_tokenized else "headrace local delivered tokens",
             "fault_kinds": list(FAULT_KINDS),
             "retry_after_s": args.retry_after,
-            "configs": {
-                k: {
-                    **{
-                        kk: vv
-                        for kk, vv in s.items()
-                        if kk
-                        not in (
-                            "tokens_per_s",
-                            "rows_per_s",
-                            "first_batch_s",
-                            "tokens_per_cpu_s",
-                            "tokens_per_s_by_rep",
-                        )
-                    },
-                    "tokens_per_s": [round(x) for x in s["tokens_per_s"]],
-                    "tokens_per_s_median": round(med(s["tokens_per_s"])) if s["tokens_per_s"] else None,
-                    "rows_per_s_median": round(med(s["rows_per_s"])) if s["rows_per_s"] else None,
-                    "tokens_per_cpu_s": [round(x) for x in s["tokens_per_cpu_s"]],
-                    "first_batch_s": [round(x, 3) for x in s["first_batch_s"]],
-                    "first_batch_s_median": round(med(s["first_batch_s"]), 3) if s["first_batch_s"] else None,
-                }
-                for k, s in summary.items()
-            },
+            "configs": {k: config_json(c) for k, c in summary.items()},
         }
         if many_files:
             print(f"\n[2] time to first batch: {args.many:,} shards x {MANY_ROWS} rows in S3, fresh processes")

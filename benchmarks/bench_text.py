@@ -532,6 +532,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def prepare_json(whole: Timing, prep: Prepare, tokenizer: Timing) -> dict[str, Any]:
+    """``headrace prepare``'s part of the JSON line: its rates, alone and against the tokenizer alone."""
+    info: dict[str, Any] = {
+        "measured": True,
+        "tokens": whole.tokens[0],
+        "tokens_per_s": round(whole.tokens_per_s),
+        "run_tokens_per_s": round(whole.tokens[0] / statistics.median(prep.run_seconds)),
+        "seconds": [round(s, 3) for s in whole.seconds],
+        "run_seconds": prep.run_seconds,
+        "tokens_per_cpu_s": round(whole.tokens_per_cpu_s),
+        "cpu_ratio_vs_tokenizer": round(whole.tokens_per_cpu_s / tokenizer.tokens_per_cpu_s, 3),
+    }
+    info["ratio_vs_tokenizer"] = round(info["tokens_per_s"] / tokenizer.tokens_per_s, 3)
+    info["run_ratio_vs_tokenizer"] = round(info["run_tokens_per_s"] / tokenizer.tokens_per_s, 3)
+    return info
+
+
+def pack_json(packed: dict[str, Timing]) -> dict[str, Any]:
+    """Part 1 in the JSON line: every contender's rates, against HF and the tokenizer alone, and raw timings."""
+    return {
+        "tokens_per_s": {k: round(v.tokens_per_s) for k, v in packed.items()},
+        "ratio_vs_hf": {
+            k: round(v.tokens_per_s / packed["hf"].tokens_per_s, 3) for k, v in packed.items() if "hf" in packed
+        },
+        "ratio_vs_tokenizer": {
+            k: round(v.tokens_per_s / packed["tokenizer"].tokens_per_s, 3) for k, v in packed.items()
+        },
+        "tokens_per_cpu_s": {k: round(v.tokens_per_cpu_s) for k, v in packed.items()},
+        "tokens": {k: v.tokens[0] for k, v in packed.items()},
+        "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in packed.items()},
+        "cpu_seconds": {k: [round(s, 3) for s in v.cpu_seconds] for k, v in packed.items()},
+    }
+
+
+def window_json(windows: dict[str, Timing]) -> dict[str, Any]:
+    """Part 2 in the JSON line: every reader's rates, against nanoGPT's ``get_batch``, and raw timings."""
+    return {
+        "tokens_per_s": {k: round(v.tokens_per_s) for k, v in windows.items()},
+        "ratio_vs_nanogpt": {k: round(v.tokens_per_s / windows["nanogpt"].tokens_per_s, 3) for k, v in windows.items()},
+        "tokens_per_cpu_s": {k: round(v.tokens_per_cpu_s) for k, v in windows.items()},
+        "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in windows.items()},
+        "cpu_seconds": {k: [round(s, 3) for s in v.cpu_seconds] for k, v in windows.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     title = "headrace text benchmark: the token pipeline vs HF datasets, the tokenizer alone and nanoGPT"
@@ -577,32 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         if prep is not None and whole is None:
             prep_info["why"] = f"headrace prepare failed: {failed.get('prepare', '?')}"
         elif prep is not None and whole is not None:
-            tok = packed["tokenizer"].tokens_per_s
-            prep_info = {
-                "measured": True,
-                "tokens": whole.tokens[0],
-                "tokens_per_s": round(whole.tokens_per_s),
-                "run_tokens_per_s": round(whole.tokens[0] / statistics.median(prep.run_seconds)),
-                "seconds": [round(s, 3) for s in whole.seconds],
-                "run_seconds": prep.run_seconds,
-                "tokens_per_cpu_s": round(whole.tokens_per_cpu_s),
-                "cpu_ratio_vs_tokenizer": round(whole.tokens_per_cpu_s / packed["tokenizer"].tokens_per_cpu_s, 3),
-            }
-            prep_info["ratio_vs_tokenizer"] = round(prep_info["tokens_per_s"] / tok, 3)
-            prep_info["run_ratio_vs_tokenizer"] = round(prep_info["run_tokens_per_s"] / tok, 3)
-        results["pack"] = {
-            "tokens_per_s": {k: round(v.tokens_per_s) for k, v in packed.items()},
-            "ratio_vs_hf": {
-                k: round(v.tokens_per_s / packed["hf"].tokens_per_s, 3) for k, v in packed.items() if "hf" in packed
-            },
-            "ratio_vs_tokenizer": {
-                k: round(v.tokens_per_s / packed["tokenizer"].tokens_per_s, 3) for k, v in packed.items()
-            },
-            "tokens_per_cpu_s": {k: round(v.tokens_per_cpu_s) for k, v in packed.items()},
-            "tokens": {k: v.tokens[0] for k, v in packed.items()},
-            "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in packed.items()},
-            "cpu_seconds": {k: [round(s, 3) for s in v.cpu_seconds] for k, v in packed.items()},
-        }
+            prep_info = prepare_json(whole, prep, packed["tokenizer"])
+        results["pack"] = pack_json(packed)
     if "prepare" not in args.skip:
         results["prepare"] = prep_info
     windows: dict[str, Timing] = {}
@@ -614,17 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         windows, failed = interleaved(
             window_variants(bin_path, num_tokens), args.repeat, optional=frozenset({"headrace_random"})
         )
-        results["window"] = {
-            "bin_tokens": num_tokens,
-            "tokens_per_s": {k: round(v.tokens_per_s) for k, v in windows.items()},
-            "ratio_vs_nanogpt": {
-                k: round(v.tokens_per_s / windows["nanogpt"].tokens_per_s, 3) for k, v in windows.items()
-            },
-            "tokens_per_cpu_s": {k: round(v.tokens_per_cpu_s) for k, v in windows.items()},
-            "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in windows.items()},
-            "cpu_seconds": {k: [round(s, 3) for s in v.cpu_seconds] for k, v in windows.items()},
-            "failed": failed,
-        }
+        results["window"] = {"bin_tokens": num_tokens, **window_json(windows), "failed": failed}
         all_failed.update(failed)
     results["load_after"] = round(os.getloadavg()[0], 2)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
