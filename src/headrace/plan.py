@@ -157,7 +157,7 @@ class HFStage(Stage):
         return HFNode(self.source, ctx.world, ctx.epoch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MixStage(Stage):
     """The root of a mixture: named child pipelines interleaved by weight (see :func:`mix`)."""
 

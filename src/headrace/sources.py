@@ -84,8 +84,9 @@ def mix(
     unknown = sorted(set(caps) - set(names))
     if unknown:
         raise ValueError(f"mix(): budgets name unknown source(s) {unknown}; the sources are {list(names)}")
-    stage = MixStage(names, tuple(datasets[n] for n in names), tuple(shares), seed, stop,
-                     tuple(caps.get(n) for n in names), positive(block_rows, "block_rows"))  # fmt: skip
+    stage = MixStage(names=names, children=tuple(datasets[n] for n in names), weights=tuple(shares), seed=seed,
+                     stop=stop, budgets=tuple(caps.get(n) for n in names),
+                     block_rows=positive(block_rows, "block_rows"))  # fmt: skip
     return Dataset(stage)
 
 
