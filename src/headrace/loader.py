@@ -29,7 +29,7 @@ from headrace import agree
 from headrace.agree import Agreement
 from headrace.core import state as states
 from headrace.core.errors import LoaderTimeout, StateError
-from headrace.core.node import Node, State
+from headrace.core.node import Node, State, line
 from headrace.core.policy import ErrorLog
 from headrace.core.world import World
 from headrace.pipeline import REMAINDERS, Context, Dataset
@@ -325,9 +325,7 @@ class Loader:
                 node.close()
                 raise
         if self._weights is not None:
-            mixer: Any = node
-            while mixer is not None and not hasattr(mixer, "set_weights"):
-                mixer = getattr(mixer, "upstream", None)
+            mixer: Any = next((n for n in line(node) if hasattr(n, "set_weights")), None)
             if mixer is not None:
                 mixer.set_weights(self._weights)
         return node
@@ -509,10 +507,7 @@ class _Padding:
 
 
 def _chain(node: Node[Any]) -> Iterator[Node[Any]]:
-    current: Node[Any] | None = node
-    while current is not None:
-        yield current
-        current = current.upstream
+    return line(node)
 
 
 @atexit.register

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from headrace.core.node import Node
+from headrace.core.node import Node, line, walk
 
 TOKEN_COLUMNS = ("input_ids", "tokens")
 
@@ -70,18 +70,13 @@ def stage_name(node: Node[Any]) -> str:
 
 
 def instrument(node: Node[Any]) -> list[StageTimer]:
-    """Time every node along ``node``'s ``upstream`` chain (a mixture counts as one stage, its sources in it).
+    """Time every node along ``node``'s line of inputs (:func:`~headrace.core.node.line`: a mixture counts
+    as one stage, its sources in it).
 
     Names that would repeat (two ``map(<lambda>)``, two ``pack``) are numbered in pipeline order,
     source first: ``map(<lambda>)#1``, ``map(<lambda>)#2``.
     """
-    chain = []
-    seen: set[int] = set()
-    current: Node[Any] | None = node
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        chain.append(current)
-        current = getattr(current, "upstream", None)
+    chain = list(line(node))
     names = [stage_name(n) for n in chain]
     counts = {name: names.count(name) for name in names}
     numbered = {name: 0 for name in names}
@@ -206,16 +201,7 @@ def measure(item: Any) -> tuple[int, int, int]:
 
 def sources(node: Node[Any]) -> Iterator[Any]:
     """The remote filesystems under ``node`` (for their retry and cache counts)."""
-    seen: set[int] = set()
-    todo: list[Any] = [node]
-    while todo:
-        current = todo.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        source = getattr(current, "source", None)
-        fs = getattr(source, "fs", None)
+    for current in walk(node):
+        fs = getattr(getattr(current, "source", None), "fs", None)
         if fs is not None and hasattr(fs, "stats"):
             yield fs
-        todo.append(getattr(current, "upstream", None))
-        todo += list(getattr(current, "_children", []) or [])

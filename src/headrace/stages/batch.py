@@ -27,7 +27,6 @@ class _GroupNode(Node[T]):
 
     def __init__(self, upstream: Node[Block], size: int) -> None:
         self.upstream, self.cursor, self.size = upstream, Cursor(upstream), size
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:
@@ -83,7 +82,6 @@ class RowNode(Node[dict[str, Any]]):
     def __init__(self, upstream: Node[Block]) -> None:
         self.upstream = upstream
         self.cursor = Cursor(upstream)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

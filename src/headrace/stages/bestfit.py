@@ -49,7 +49,6 @@ class BestFitNode(Node[Block]):
         self.window = RowWindow(upstream, buffer)
         self.column, self.seq_len, self.pad_id = column, seq_len, pad_id
         self.truncated = 0
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._bins: list[list[int]] = []

@@ -120,7 +120,6 @@ class GlobalSourceNode(Node[Block]):
         self.length = strided_length(self.order.total, self.start, self.consumers, remainder)
         largest = int(self.order.size_of.max()) if len(self.order.size_of) else 1
         self.cache = PieceCache(source, self.errors, chunks=source.window + 1, chunk_rows=largest)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._pos = 0 if state is None else strided_state(state, self.start, self.consumers, self.length)

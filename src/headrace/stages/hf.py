@@ -42,7 +42,6 @@ class HFNode(Node[Block]):
 
             ds = split_dataset_by_node(ds, rank=world.consumer, world_size=world.consumers)
         self.base, self.epoch, self.block_rows = ds, epoch, source.block_rows
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self.ds = self.base.with_format("arrow")  # a fresh copy: HF keeps the position on the object

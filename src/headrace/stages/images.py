@@ -175,7 +175,6 @@ class RejectNode(Node[Block]):
     def __init__(self, upstream: Node[Block], policy: Policy) -> None:
         self.upstream = upstream
         self.errors = ErrorLog(policy)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

@@ -15,7 +15,6 @@ class LimitNode(Node[Block]):
         self.upstream = upstream
         self.cursor = Cursor(upstream)
         self.skip, self.take, self.block_rows = skip, take, block_rows
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

@@ -33,7 +33,6 @@ from headrace.core.block import Block, concat
 from headrace.core.cursor import Cursor
 from headrace.core.errors import SchemaError, SourceError
 from headrace.core.node import Node, State
-from headrace.core.policy import ErrorLog
 from headrace.stages.mix_schedule import (
     CREDIT_BOUND,
     MixPlan,
@@ -47,6 +46,8 @@ from headrace.stages.mix_schedule import (
 
 class MixNode(Node[Block]):
     """Rows of several child pipelines, interleaved by weight (see the module docstring)."""
+
+    merges = True
 
     def __init__(
         self,
@@ -81,7 +82,6 @@ class MixNode(Node[Block]):
         self._children = [build(epoch) for build in self.builders]
         self._cursors = [Cursor(child) for child in self._children]
         self._epochs = [epoch] * n
-        self.reset(None)
 
     # -- state -------------------------------------------------------------------------------------
     def reset(self, state: State | None) -> None:
@@ -135,22 +135,17 @@ class MixNode(Node[Block]):
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """New weights by source name (missing names: 0), normalized; positions and credits are kept."""
+        self.ensure_positioned()  # positioned first: the start would put the initial weights back
         self._weights = weights_by_name(self.names, weights, "set_weights()")
 
     @property
     def weights(self) -> dict[str, float]:
+        self.ensure_positioned()
         return dict(zip(self.names, self._weights, strict=True))
 
-    def close(self) -> None:
-        for child in self._children:
-            child.close()
-
-    def error_logs(self) -> list[ErrorLog]:
-        return [log for child in self._children for log in child.error_logs()]
-
-    def busy(self) -> str | None:
-        """The user function's call one of the sources is waiting for right now (``None``: none)."""
-        return next((found for child in self._children if (found := child.busy()) is not None), None)
+    def children(self) -> list[Node[Any]]:
+        """The sources' pipelines, in the order of ``names`` (``close``, ``busy`` and ``error_logs`` ask each)."""
+        return list(self._children)
 
     def _open(self, i: int, epoch: int) -> None:
         """Child ``i`` built for ``epoch`` (kept if it already is), behind a fresh cursor."""

@@ -124,7 +124,6 @@ class MaskNode(Node[Block]):
         self.probability, self.seed, self.epoch, self.stage = probability, seed, epoch, stage
         self.column = column
         self.shares = check_shares(mask_replace_prob, random_replace_prob)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

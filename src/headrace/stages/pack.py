@@ -59,7 +59,6 @@ class WindowNode(Node[Block]):
         self.documents, self.remainder, self.pad_id = documents, remainder, pad_id
         self.batch_size, self.seed, self.epoch, self.stage = batch_size, seed, epoch, stage
         self.divisors = [d for d in range(1, seq_len) if seq_len % d == 0]
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

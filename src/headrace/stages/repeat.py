@@ -12,29 +12,35 @@ from headrace.core.node import Node, State
 class RepeatNode(Node[Any]):
     """Each repetition is a fresh upstream built for epoch ``base + repetition``."""
 
+    upstream: Node[Any]
+
     def __init__(self, build: Callable[[int], Node[Any]], *, times: int | None) -> None:
         self.build = build
         self.times = times
-        self.upstream = None
-        self.reset(None)
+        self._rep = 0
+        self.upstream = build(0)  # built, not positioned: the first reset keeps it
+        self._closed = False
 
     def reset(self, state: State | None) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
         last = states.MAX_COUNT if self.times is None else max(0, self.times - 1)
-        self._rep = 0 if state is None else states.field(state, "repetition", hi=last)
-        self.upstream = self.build(self._rep)
+        rep = 0 if state is None else states.field(state, "repetition", hi=last)
+        if self._rep != rep or self.upstream.positioned or self._closed:  # not as built for ``rep``: a new one
+            self.upstream.close()
+            self.upstream = self.build(rep)
+        self._rep, self._closed = rep, False
         if state is not None:
             states.load_child(self.upstream.reset, state, "upstream")
 
     def state_dict(self) -> State:
-        assert self.upstream is not None
         return {"repetition": self._rep, "upstream": self.upstream.state_dict()}
+
+    def close(self) -> None:
+        self._closed = True
+        super().close()
 
     def next(self) -> Any:
         empty_runs = 0  # a repetition that yields nothing means the data is empty: stop, never spin
         while True:
-            assert self.upstream is not None
             try:
                 return self.upstream.next()
             except StopIteration:

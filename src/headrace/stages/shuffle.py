@@ -25,7 +25,6 @@ class ShuffleNode(Node[Block]):
         self.upstream = upstream
         self.window = RowWindow(upstream, buffer_size)
         self.seed, self.epoch, self.stage, self.block_rows = seed, epoch, stage, block_rows
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._perm = np.empty(0, dtype=np.int64)

@@ -171,7 +171,6 @@ class SourceNode(Node[Block]):
             self._lo, self._length = lo, hi - lo
         else:
             self._lo, self._length = 0, -1  # until the shards run out
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._pieces: Iterator[Piece] | None = None

@@ -181,7 +181,6 @@ class SplitNode(Node[Block]):
 
     def __init__(self, upstream: Node[Block], keep: Keep) -> None:
         self.upstream, self.keep = upstream, keep
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         if state is None:

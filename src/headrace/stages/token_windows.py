@@ -60,7 +60,6 @@ class TokenWindowNode(Node[Block]):
         self.consumer, self.consumers = world.consumer, world.consumers
         self.start = min(start, self.order.total)
         self.length = strided_length(self.order.total, self.start, self.consumers, remainder)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._pos = 0 if state is None else strided_state(state, self.start, self.consumers, self.length)

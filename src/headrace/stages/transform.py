@@ -82,7 +82,6 @@ class TransformNode(Node[Block]):
         self.depth = max(1, depth)
         self._pending: deque[tuple[Future[Block], State, tuple[int, int] | None]] = deque()
         self._waiting: tuple[tuple[int, int] | None] | None = None  # (first row of the block waited for,)
-        self.reset(None)
 
     def reset(self, state: State | None) -> None:
         self._drain()
