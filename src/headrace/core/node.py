@@ -33,6 +33,10 @@ from headrace.core.policy import ErrorLog
 T = TypeVar("T")
 State = dict[str, Any]
 
+# State keys shared by nodes (their strings are the saved format: never change them).
+UPSTREAM = "upstream"  # a node with one input: that input's state
+CURSOR = "cursor"  # a node reading through a Cursor: the cursor's state
+
 
 def _positions(reset: Callable[[Any, State | None], None]) -> Callable[[Any, State | None], None]:
     """``reset`` that first marks the node positioned (a ``next()`` inside it must not start it again)."""

@@ -12,7 +12,7 @@ from headrace.core import state as states
 from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.cursor import Cursor
 from headrace.core.errors import SchemaError
-from headrace.core.node import Node, State
+from headrace.core.node import CURSOR, Node, State
 
 Batch = dict[str, np.ndarray]
 BatchOutput = Literal["numpy", "arrow"]
@@ -32,10 +32,10 @@ class _GroupNode(Node[T]):
         if state is None:
             self.cursor.reset(None)
         else:
-            states.load_child(self.cursor.reset, state, "cursor")
+            states.load_child(self.cursor.reset, state, CURSOR)
 
     def state_dict(self) -> State:
-        return {"cursor": self.cursor.state_dict()}
+        return {CURSOR: self.cursor.state_dict()}
 
 
 class RebatchNode(_GroupNode[Block]):
@@ -87,10 +87,10 @@ class RowNode(Node[dict[str, Any]]):
         if state is None:
             self.cursor.reset(None)
         else:
-            states.load_child(self.cursor.reset, state, "cursor")
+            states.load_child(self.cursor.reset, state, CURSOR)
 
     def state_dict(self) -> State:
-        return {"cursor": self.cursor.state_dict()}
+        return {CURSOR: self.cursor.state_dict()}
 
     def next(self) -> dict[str, Any]:
         row = self.cursor.take(1)

@@ -24,10 +24,13 @@ import numpy as np
 from headrace.core import state as states
 from headrace.core.block import Block, Column, to_pylist
 from headrace.core.errors import RecordError, SchemaError
-from headrace.core.node import Node, State
+from headrace.core.node import UPSTREAM, Node, State
 from headrace.core.policy import ErrorLog, Policy
 from headrace.core.rng import uniforms
 from headrace.stages.image_files import ImageFiles
+
+# State keys (their strings are the saved format: never change them).
+SKIPPED = "skipped"
 
 MODES = {"RGB": 3, "RGBA": 4, "L": 1}
 PADDING_MODES = ("constant", "edge", "reflect")
@@ -181,11 +184,11 @@ class RejectNode(Node[Block]):
             self.upstream.reset(None)
             self.errors.skipped = 0
         else:
-            self.errors.skipped = states.field(state, "skipped")
-            states.load_child(self.upstream.reset, state, "upstream")
+            self.errors.skipped = states.field(state, SKIPPED)
+            states.load_child(self.upstream.reset, state, UPSTREAM)
 
     def state_dict(self) -> State:
-        return {"upstream": self.upstream.state_dict(), "skipped": self.errors.skipped}
+        return {UPSTREAM: self.upstream.state_dict(), SKIPPED: self.errors.skipped}
 
     def next(self) -> Block:
         while True:

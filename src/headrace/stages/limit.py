@@ -5,7 +5,10 @@ from __future__ import annotations
 from headrace.core import state as states
 from headrace.core.block import Block
 from headrace.core.cursor import Cursor
-from headrace.core.node import Node, State
+from headrace.core.node import CURSOR, Node, State
+
+# State keys (their strings are the saved format: never change them).
+COUNT = "count"
 
 
 class LimitNode(Node[Block]):
@@ -22,11 +25,11 @@ class LimitNode(Node[Block]):
             self._count = 0
             return
         end = self.skip + self.take if self.take >= 0 else states.MAX_COUNT
-        self._count = states.field(state, "count", hi=end)
-        states.load_child(self.cursor.reset, state, "cursor")
+        self._count = states.field(state, COUNT, hi=end)
+        states.load_child(self.cursor.reset, state, CURSOR)
 
     def state_dict(self) -> State:
-        return {"cursor": self.cursor.state_dict(), "count": self._count}
+        return {CURSOR: self.cursor.state_dict(), COUNT: self._count}
 
     def next(self) -> Block:
         while self._count < self.skip:

@@ -23,9 +23,12 @@ import pyarrow as pa
 from headrace.core import state as states
 from headrace.core.block import Block, Column, arrow_numbers
 from headrace.core.errors import SchemaError
-from headrace.core.node import Node, State
+from headrace.core.node import UPSTREAM, Node, State
 from headrace.core.rng import rng
 from headrace.tokenizer import Tokenizer, TokenizerError
+
+# State keys (their strings are the saved format: never change them).
+BLOCKS = "blocks"
 
 IGNORE = -100
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the rest keep their id
@@ -130,11 +133,11 @@ class MaskNode(Node[Block]):
             self.upstream.reset(None)
             self._blocks = 0
         else:
-            self._blocks = states.field(state, "blocks")
-            states.load_child(self.upstream.reset, state, "upstream")
+            self._blocks = states.field(state, BLOCKS)
+            states.load_child(self.upstream.reset, state, UPSTREAM)
 
     def state_dict(self) -> State:
-        return {"upstream": self.upstream.state_dict(), "blocks": self._blocks}
+        return {UPSTREAM: self.upstream.state_dict(), BLOCKS: self._blocks}
 
     def next(self) -> Block:
         block = self.upstream.next()

@@ -23,6 +23,11 @@ from headrace.core.node import Node, State
 from headrace.core.rng import rng
 from headrace.stages.tokens import TokenStream
 
+# State keys (their strings are the saved format: never change them).
+STREAM = "stream"
+BLOCKS = "blocks"
+DONE = "done"
+
 MAX_ROWS = 256  # sequences per emitted block
 FIRST_ROWS = 8  # ... but the first blocks are smaller, doubling up to MAX_ROWS: the first batch comes quickly
 
@@ -65,11 +70,11 @@ class WindowNode(Node[Block]):
             self.stream.reset(None)
             self._blocks, self._done = 0, False
             return
-        self._blocks, self._done = states.field(state, "blocks"), states.field(state, "done", bool)
-        states.load_child(self.stream.reset, state, "stream")
+        self._blocks, self._done = states.field(state, BLOCKS), states.field(state, DONE, bool)
+        states.load_child(self.stream.reset, state, STREAM)
 
     def state_dict(self) -> State:
-        return {"stream": self.stream.state_dict(), "blocks": self._blocks, "done": self._done}
+        return {STREAM: self.stream.state_dict(), BLOCKS: self._blocks, DONE: self._done}
 
     def next(self) -> Block:
         if self._done:

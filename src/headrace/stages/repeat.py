@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 from headrace.core import state as states
-from headrace.core.node import Node, State
+from headrace.core.node import UPSTREAM, Node, State
+
+# State keys (their strings are the saved format: never change them).
+REPETITION = "repetition"
 
 
 class RepeatNode(Node[Any]):
@@ -23,16 +26,16 @@ class RepeatNode(Node[Any]):
 
     def reset(self, state: State | None) -> None:
         last = states.MAX_COUNT if self.times is None else max(0, self.times - 1)
-        rep = 0 if state is None else states.field(state, "repetition", hi=last)
+        rep = 0 if state is None else states.field(state, REPETITION, hi=last)
         if self._rep != rep or self.upstream.positioned or self._closed:  # not as built for ``rep``: a new one
             self.upstream.close()
             self.upstream = self.build(rep)
         self._rep, self._closed = rep, False
         if state is not None:
-            states.load_child(self.upstream.reset, state, "upstream")
+            states.load_child(self.upstream.reset, state, UPSTREAM)
 
     def state_dict(self) -> State:
-        return {"repetition": self._rep, "upstream": self.upstream.state_dict()}
+        return {REPETITION: self._rep, UPSTREAM: self.upstream.state_dict()}
 
     def close(self) -> None:
         self._closed = True

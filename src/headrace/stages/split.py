@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from headrace.core import state as states
 from headrace.core.block import Block, to_numpy, to_pylist
-from headrace.core.node import Node, State
+from headrace.core.node import UPSTREAM, Node, State
 from headrace.plan import Context, Stage, Upstream
 from headrace.stages.source import Source
 
@@ -186,10 +186,10 @@ class SplitNode(Node[Block]):
         if state is None:
             self.upstream.reset(None)
         else:
-            states.load_child(self.upstream.reset, state, "upstream")
+            states.load_child(self.upstream.reset, state, UPSTREAM)
 
     def state_dict(self) -> State:
-        return {"upstream": self.upstream.state_dict()}
+        return {UPSTREAM: self.upstream.state_dict()}
 
     def next(self) -> Block:
         while True:

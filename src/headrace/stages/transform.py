@@ -18,7 +18,7 @@ import numpy as np
 from headrace.core import state as states
 from headrace.core.block import Block, as_column, to_numpy, to_pylist
 from headrace.core.errors import WorkerError
-from headrace.core.node import Node, State
+from headrace.core.node import UPSTREAM, Node, State
 from headrace.core.redact import redact, redact_notes
 
 BatchFormat = Literal["numpy", "python", "arrow"]
@@ -88,12 +88,12 @@ class TransformNode(Node[Block]):
         if state is None:
             self.upstream.reset(None)
         else:
-            states.load_child(self.upstream.reset, state, "upstream")
+            states.load_child(self.upstream.reset, state, UPSTREAM)
         self._delivered = self.upstream.state_dict()
         self._exhausted = False
 
     def state_dict(self) -> State:
-        return {"upstream": self._delivered}
+        return {UPSTREAM: self._delivered}
 
     def next(self) -> Block:
         while True:
