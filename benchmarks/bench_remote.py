@@ -63,7 +63,7 @@ import suite  # noqa: E402 - benchmarks/suite.py: the suite's common result form
 from faultproxy import FaultProxy  # noqa: E402 - tests/faultproxy.py
 from peers import HF_ENV, group_texts, hf_parquet  # noqa: E402
 from servers import SeaweedS3, Store  # noqa: E402 - tests/servers.py
-from suite import (  # noqa: E402  # noqa: E402
+from suite import (  # noqa: E402
     EOS,
     DataSpec,
     Result,
