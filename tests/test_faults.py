@@ -435,8 +435,10 @@ def test_a_500_at_open_that_clears_after_two_tries_opens_and_reads_every_row_onc
     proxy, proxied = _proxied(name, request, one_file, fault_proxy)
     proxy.inject("500", times=2, match=INFO[name].split(" ", 1)[1], method=INFO[name].split(" ", 1)[0])
     ds = hr.open(proxied.url(OPEN), columns=["id"], storage_options=proxied.storage_options, retry=FIVE)
-    tries = [r.getMessage() for r in caplog.records if r.name == "headrace.io"]
-    assert [t.split(": ", 1)[0] for t in tries] == [f"{proxied.url(OPEN)} (info)"] * 2
+    tries = [r.getMessage().split(": ", 1)[0] for r in caplog.records if r.name == "headrace.io"]
+    # gcsfs retries a 500 itself now and then (its own backoff) before headrace sees it: one try of ours or two
+    expected = [1, 2] if name == "gcs" else [2]
+    assert len(tries) in expected and set(tries) == {f"{proxied.url(OPEN)} (info)"}, tries
     assert [f.target.split("?", 1)[0] for f in proxy.log] == [INFO[name].split(" ", 1)[1]] * 2
     assert ids_of(ds.batch(64)) == OPEN_IDS
     assert proxy.counts == {"500": 2}
