@@ -76,21 +76,11 @@ class BatchNode(_GroupNode[Batch | pa.RecordBatch]):
         return collate(rows, self.pad, self.pad_value, self.lineage)
 
 
-class RowNode(Node[dict[str, Any]]):
+class RowNode(_GroupNode[dict[str, Any]]):
     """Rows one at a time, as dicts, for pipelines without ``batch()``."""
 
     def __init__(self, upstream: Node[Block]) -> None:
-        self.upstream = upstream
-        self.cursor = Cursor(upstream)
-
-    def reset(self, state: State | None) -> None:
-        if state is None:
-            self.cursor.reset(None)
-        else:
-            states.load_child(self.cursor.reset, state, CURSOR)
-
-    def state_dict(self) -> State:
-        return {CURSOR: self.cursor.state_dict()}
+        super().__init__(upstream, 1)
 
     def next(self) -> dict[str, Any]:
         row = self.cursor.take(1)
