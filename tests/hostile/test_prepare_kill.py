@@ -70,9 +70,10 @@ def test_killed_at_random_points_again_and_again_the_rerun_is_exact(data: Path, 
     kills = 0
     for attempt in range(5):
         before = finished(out) if (out / STATE_DIR).exists() else 0
-        # a kill point: after a seeded delay (start-up, the resume check), or once a seeded number of units is done
-        target = min(UNITS - 1, before + rng.randint(1, 5))  # never the last unit: the run must not end first
-        delay = rng.uniform(0.0, 1.5) if attempt % 2 == 0 or before >= UNITS - 1 else None
+        # a kill point: after a seeded delay (start-up, the resume check), or once a seeded number of units is done.
+        # Small steps: on a fast machine a run given 5 units or 1.5 s could finish before its kill point.
+        target = min(UNITS - 1, before + rng.randint(1, 2))  # never the last unit: the run must not end first
+        delay = rng.uniform(0.0, 0.4) if attempt % 2 == 0 or before >= UNITS - 1 else None
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
         try:
             began = time.monotonic()
