@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,25 +19,24 @@ def rows(first: int, count: int) -> list[dict[str, object]]:
             for i in range(first, first + count)]  # fmt: skip
 
 
-@pytest.fixture
-def jsonl(tmp_path: Path) -> Path:
-    """Three JSON Lines shards, ``part-0.jsonl`` .. ``part-2.jsonl``, of 10, 7 and 7 rows (ids 0..23 in order)."""
-    folder = tmp_path / "jsonl"
+def shards(folder: Path, write: Callable[[list[dict[str, object]], Path], object], suffix: str) -> Path:
+    """``folder`` with the 24 rows as three shards ``part-0`` .. ``part-2`` of ``SHARD_ROWS`` rows, by ``write``."""
     folder.mkdir()
     first = 0
     for k, n in enumerate(SHARD_ROWS):
-        (folder / f"part-{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(first, n)))
+        write(rows(first, n), folder / f"part-{k}{suffix}")
         first += n
     return folder
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path) -> Path:
+    """Three JSON Lines shards, ``part-0.jsonl`` .. ``part-2.jsonl``, of 10, 7 and 7 rows (ids 0..23 in order)."""
+    return shards(tmp_path / "jsonl", lambda r, p: p.write_text("".join(json.dumps(x) + "\n" for x in r)), ".jsonl")
 
 
 @pytest.fixture
 def parquet(tmp_path: Path) -> Path:
     """The same 24 rows as three Parquet shards, in row groups of 3 rows."""
-    folder = tmp_path / "parquet"
-    folder.mkdir()
-    first = 0
-    for k, n in enumerate(SHARD_ROWS):
-        pq.write_table(pa.Table.from_pylist(rows(first, n)), folder / f"part-{k}.parquet", row_group_size=3)
-        first += n
-    return folder
+    return shards(tmp_path / "parquet",
+                  lambda r, p: pq.write_table(pa.Table.from_pylist(r), p, row_group_size=3), ".parquet")  # fmt: skip
