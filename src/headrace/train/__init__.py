@@ -2,10 +2,12 @@
 
 import os
 
-# Intel MKL (torch's CPU BLAS here) picks its kernels by the memory alignment of the operands unless asked for
-# reproducible results: a run resumed from a checkpoint could then differ from the uninterrupted one in the last
-# bits of a loss. Set before torch is imported, where the user has not chosen a mode.
-os.environ.setdefault("MKL_CBWR", "AUTO")
+# Intel MKL (torch's CPU BLAS here) picks its kernels by the memory alignment of the operands, and its thread
+# count by the machine's load, unless asked for reproducible results: a run resumed from a checkpoint could then
+# differ from the uninterrupted one in the last bits of a loss. Strict CNR makes matrix products bitwise the same
+# whatever the threads and alignment. Set before torch is imported, where the user has not chosen a mode.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 from headrace.train.job import TrainOptions, corpus_files, run  # after MKL_CBWR
 
